@@ -1,0 +1,171 @@
+"""The Snapshot: everything one collection cycle read from the world, as frozen plain data.
+
+Sources fill these types and know nothing of OpenTelemetry; the catalog turns a Snapshot into
+data points. Units are in the field names: ``_bytes``, ``_watts``, ``_joules``, ``_celsius``,
+``_hz``, ``_s``; ratios are 0..1. ``None`` means the hardware or the kernel did not give the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SourceError:
+    """One failed read, recorded instead of raised."""
+
+    source: str  # nvml, host, procfs, cgroup, docker, kubelet
+    call: str  # the function or file that failed, e.g. nvmlDeviceGetPowerUsage
+    error_type: str  # e.g. NOT_SUPPORTED, GPU_IS_LOST, PermissionError
+    device: str | None = None  # hw.name of the device concerned, when there is one
+
+
+@dataclass(frozen=True)
+class GpmMetrics:
+    """Hopper-and-later GPU Performance Monitoring ratios over the last sample interval."""
+
+    sm_utilization: float | None = None
+    sm_occupancy: float | None = None
+    tensor_utilization: float | None = None
+    dram_utilization: float | None = None
+    graphics_engine_utilization: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process that holds a context on a GPU or MIG device, as NVML reports it (host pid)."""
+
+    pid: int
+    used_memory_bytes: int | None
+    gpu_instance_id: int | None = None  # None when MIG is off
+    compute_instance_id: int | None = None
+    sm_utilization: float | None = None  # per-process sample; never on MIG
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    index: int  # NVML MIG device index on its parent
+    uuid: str
+    name: str  # hw.name, e.g. gpu0/mig1
+    parent_uuid: str
+    model: str
+    profile: str | None  # e.g. 3g.20gb
+    gpu_instance_id: int | None
+    compute_instance_id: int | None
+    placement_start: int | None
+    placement_size: int | None
+    compute_slices: int | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    processes: tuple[GpuProcess, ...] = ()
+    gpm: GpmMetrics | None = None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str  # hw.name, e.g. gpu0
+    model: str | None = None
+    serial: str | None = None
+    lost: bool = False
+    utilization_general: float | None = None
+    utilization_encoder: float | None = None
+    utilization_decoder: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None
+    temperature_gpu_celsius: float | None = None
+    temperature_memory_celsius: float | None = None
+    clocks_hz: dict[str, float] = field(default_factory=dict)  # graphics/sm/memory/video
+    clocks_event_reasons: dict[str, bool] = field(default_factory=dict)  # supported ones only
+    ecc_corrected: int | None = None
+    ecc_uncorrected: int | None = None
+    remapped_rows_corrected: int | None = None
+    remapped_rows_uncorrected: int | None = None
+    remap_pending: bool | None = None
+    remap_failed: bool | None = None
+    pcie_tx_bytes: int | None = None  # cumulative since the agent started
+    pcie_rx_bytes: int | None = None
+    fan_speed_ratio: float | None = None
+    mig_mode_current: bool | None = None
+    mig_mode_pending: bool | None = None
+    mig_devices: tuple[MigDevice, ...] = ()
+    mig_compute_slices_total: int | None = None
+    mig_reconfigurations: int = 0
+    processes: tuple[GpuProcess, ...] = ()  # with MIG on: every MIG device's processes
+    gpm: GpmMetrics | None = None
+    xid_errors: dict[int, int] = field(default_factory=dict)  # code -> count since start
+
+    @property
+    def mig_enabled(self) -> bool:
+        return bool(self.mig_mode_current)
+
+
+@dataclass(frozen=True)
+class DiskIo:
+    read_bytes: int
+    write_bytes: int
+    read_operations: int
+    write_operations: int
+
+
+@dataclass(frozen=True)
+class NetworkIo:
+    receive_bytes: int
+    transmit_bytes: int
+    receive_dropped: int
+    transmit_dropped: int
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    device: str
+    mountpoint: str
+    type: str
+    mode: str  # rw / ro
+    used_bytes: int
+    free_bytes: int
+    reserved_bytes: int
+
+    @property
+    def size_bytes(self) -> int:
+        return self.used_bytes + self.free_bytes + self.reserved_bytes
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    cpu_time_s: dict[str, float] = field(default_factory=dict)  # cpu.mode -> seconds, all CPUs
+    cpu_utilization: dict[str, float] = field(default_factory=dict)  # cpu.mode -> ratio
+    cpu_logical_count: int | None = None
+    memory_total_bytes: int | None = None
+    memory_state_bytes: dict[str, int] = field(default_factory=dict)  # used/free/buffers/cached
+    memory_available_bytes: int | None = None
+    swap_state_bytes: dict[str, int] = field(default_factory=dict)  # used/free
+    disks: dict[str, DiskIo] = field(default_factory=dict)
+    networks: dict[str, NetworkIo] = field(default_factory=dict)
+    filesystems: tuple[Filesystem, ...] = ()
+
+    @property
+    def memory_used_ratio(self) -> float | None:
+        used = self.memory_state_bytes.get("used")
+        if used is None or not self.memory_total_bytes:
+            return None
+        return used / self.memory_total_bytes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One collection cycle. ``timestamp`` is simulated time under ``--simulate``."""
+
+    cycle: int
+    timestamp: float
+    driver_available: bool
+    driver_version: str | None = None
+    gpus: tuple[Gpu, ...] = ()
+    host: HostSnapshot | None = None
+    errors: tuple[SourceError, ...] = ()  # this cycle's failures
+    error_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # since start
+    durations_s: dict[str, float] = field(default_factory=dict)  # source -> seconds this cycle
