@@ -1,0 +1,164 @@
+"""``otel-gpu``: the node agent and one-shot snapshot (see the contract for every option)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from otel_gpu.pipeline import Pipeline, build_pipeline
+from otel_gpu.report import snapshot_document, snapshot_table
+from otel_gpu.telemetry import EXPORTERS, ConfigError
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as the contract says
+        sys.stderr.write(f"otel-gpu: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, default_exporter: str) -> None:
+    parser.add_argument(
+        "--simulate",
+        metavar="SCENARIO",
+        help="use a simulated GPU server: a built-in name (dgx-a100, "
+        "dgx-h100-mig, h200) or a scenario file (YAML or JSON)",
+    )
+    parser.add_argument(
+        "--exporter",
+        action="append",
+        choices=EXPORTERS,
+        help=f"where metrics go (repeatable; default {default_exporter}); "
+        "OTLP honours the standard OTEL_EXPORTER_OTLP_* variables",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="collection interval (default 10; simulated time under --simulate)",
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="otel-gpu", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    agent = commands.add_parser(
+        "agent", help="collect every interval and export until SIGTERM/SIGINT"
+    )
+    _add_common(agent, "otlp")
+    agent.add_argument(
+        "--cycles",
+        type=_count,
+        default=0,
+        help="stop after this many cycles (default 0: run until signalled)",
+    )
+    snap = commands.add_parser(
+        "snapshot", help="run the pipeline for --cycles collections and print the last one"
+    )
+    _add_common(snap, "none")
+    snap.add_argument("--cycles", type=_count, default=1, help="collections to run (default 1)")
+    snap.add_argument("--format", choices=("json", "table"), default="table")
+    return parser
+
+
+def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) -> Pipeline:
+    exporters = args.exporter or [default_exporter]
+    pipeline = build_pipeline(
+        simulate=args.simulate, exporters=exporters, interval_s=args.interval, in_memory=in_memory
+    )
+    if pipeline.driver_message:
+        print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
+    return pipeline
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pipeline = _pipeline(args, "otlp", in_memory=False)
+    try:
+        done = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            pipeline.collect_and_export()
+            done += 1
+            if args.cycles and done >= args.cycles:
+                break
+            stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
+        if stop.is_set():
+            pipeline.collect_and_export()  # the state at shutdown goes out too
+    finally:
+        pipeline.shutdown()
+    return EXIT_OK
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args, "none", in_memory=True)
+    try:
+        cycles = max(1, args.cycles)
+        snapshot = None
+        for i in range(cycles):
+            if i and args.simulate is None:
+                time.sleep(args.interval)
+            snapshot = pipeline.collect_and_export()
+        assert pipeline.memory_reader is not None and snapshot is not None
+        data = pipeline.memory_reader.get_metrics_data()
+        if args.format == "json":
+            json.dump(snapshot_document(data), sys.stdout, indent=1, sort_keys=False)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(snapshot_table(snapshot))
+    finally:
+        pipeline.shutdown()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from otel_gpu.simulate import ScenarioError
+
+    logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
+    args = make_parser().parse_args(argv)
+    try:
+        if args.command == "agent":
+            return run_agent(args)
+        return run_snapshot(args)
+    except (ScenarioError, ConfigError) as err:
+        print(f"otel-gpu: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as err:
+        print(f"otel-gpu: unexpected error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

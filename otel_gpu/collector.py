@@ -1,0 +1,146 @@
+"""One collection cycle: run every source once, fault-isolated, and freeze the result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from otel_gpu.snapshot import HostSnapshot, Snapshot, SourceError
+from otel_gpu.sources.nvml import NvmlSource
+
+
+class HostReader(Protocol):
+    def read(self, overrides: Any = None) -> tuple[HostSnapshot, list[SourceError]]: ...
+
+
+class Simulation(Protocol):
+    def begin_cycle(self, cycle: int) -> None: ...
+    def clock(self, cycle: int) -> float: ...
+    def host_overrides(self, cycle: int) -> Any: ...
+
+
+class Collector:
+    """Builds one Snapshot per call of ``collect()``; never raises."""
+
+    def __init__(
+        self,
+        nvml: NvmlSource,
+        host: HostReader | None,
+        *,
+        simulation: Simulation | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nvml = nvml
+        self.host = host
+        self.simulation = simulation
+        self._clock = clock
+        self._cycle = 0
+        self._error_counts: dict[tuple[str, str], int] = {}
+
+    def start(self) -> str | None:
+        """Initialise the sources; returns the one message to show when there is no driver."""
+        if self.nvml.start():
+            return None
+        return self.nvml.unavailable_reason
+
+    def close(self) -> None:
+        self.nvml.close()
+
+    @property
+    def cycles(self) -> int:
+        return self._cycle
+
+    def collect(self) -> Snapshot:
+        cycle = self._cycle
+        self._cycle += 1
+        sim = self.simulation
+        if sim is not None:
+            sim.begin_cycle(cycle)
+            now = sim.clock(cycle)
+        else:
+            now = self._clock()
+        errors: list[SourceError] = []
+        durations: dict[str, float] = {}
+
+        started = time.perf_counter()
+        gpus: tuple = ()
+        driver_version = None
+        if self.nvml.available:
+            try:
+                reading = self.nvml.read(now if sim is not None else None)
+                gpus, driver_version = tuple(reading.gpus), reading.driver_version
+                errors.extend(reading.errors)
+            except Exception as err:
+                errors.append(SourceError("nvml", "read", type(err).__name__))
+            durations["nvml"] = time.perf_counter() - started
+
+        host = None
+        if self.host is not None:
+            started = time.perf_counter()
+            overrides = sim.host_overrides(cycle) if sim is not None else None
+            try:
+                host, host_errors = self.host.read(overrides)
+                errors.extend(host_errors)
+            except Exception as err:
+                errors.append(SourceError("host", "read", type(err).__name__))
+            durations["host"] = time.perf_counter() - started
+
+        for err in errors:
+            key = (err.source, err.error_type)
+            self._error_counts[key] = self._error_counts.get(key, 0) + 1
+        return Snapshot(
+            cycle=cycle,
+            timestamp=now,
+            driver_available=self.nvml.available,
+            driver_version=driver_version,
+            gpus=gpus,
+            host=host,
+            errors=tuple(errors),
+            error_counts=dict(self._error_counts),
+            durations_s=durations,
+        )
+
+
+class SnapshotCache:
+    """Hands every instrument callback of one collection the same Snapshot.
+
+    The first callback of a collection finds the cached Snapshot older than ``max_age_s`` and
+    takes a new one; the callbacks after it, run moments later by the same reader, reuse it.
+    A driver of its own (the agent) calls ``refresh()`` before asking the readers to collect.
+    """
+
+    def __init__(
+        self,
+        collector: Collector,
+        max_age_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._collector = collector
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._taken_at = 0.0
+
+    @property
+    def latest(self) -> Snapshot | None:
+        return self._snapshot
+
+    def get(self) -> Snapshot:
+        with self._lock:
+            if self._snapshot is None or self._clock() - self._taken_at > self._max_age_s:
+                self._take()
+            assert self._snapshot is not None
+            return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        with self._lock:
+            self._take()
+            assert self._snapshot is not None
+            return self._snapshot
+
+    def _take(self) -> None:
+        self._snapshot = self._collector.collect()
+        self._taken_at = self._clock()

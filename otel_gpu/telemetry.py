@@ -1,0 +1,163 @@
+"""OpenTelemetry wiring: resource, exporters and readers, and instruments from the catalog."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from otel_gpu import __version__
+from otel_gpu.catalog import COUNTER, GAUGE, UPDOWNCOUNTER, Metric, observed_metrics
+from otel_gpu.collector import SnapshotCache
+
+log = logging.getLogger("otel_gpu")
+
+EXPORTERS = ("otlp", "console", "prometheus", "none")
+METER_NAME = "otel_gpu"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the CLI exits 2 with this message."""
+
+
+def build_resource(service_name: str = "otel-gpu-agent") -> Resource:
+    """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``."""
+    ours = Resource(
+        {
+            "service.name": service_name,
+            "host.name": socket.gethostname(),
+            "service.version": __version__,
+        }
+    )
+    return Resource.create({}).merge(ours).merge(OTELResourceDetector().detect())
+
+
+def otlp_protocol() -> str:
+    protocol = (
+        (
+            os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "grpc"
+        )
+        .strip()
+        .lower()
+    )
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
+            "(use grpc or http/protobuf)"
+        )
+    return protocol
+
+
+def _otlp_exporter() -> Any:
+    # The exporters read every OTEL_EXPORTER_OTLP_* variable themselves (endpoint, headers,
+    # timeout, compression, TLS, temporality preference).
+    if otlp_protocol() == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    return OTLPMetricExporter()
+
+
+def _prometheus_reader() -> MetricReader:
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+    except ImportError as err:
+        raise ConfigError(
+            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
+        ) from err
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+    port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+    try:
+        port = int(port_text)
+    except ValueError as err:
+        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
+    try:
+        start_http_server(port=port, addr=host)
+    except OSError as err:
+        raise ConfigError(f"prometheus exporter: cannot listen on {host}:{port}: {err}") from err
+    return PrometheusMetricReader()
+
+
+def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[MetricReader]:
+    """One reader per exporter. ``interval_s`` None: the caller drives collection itself."""
+    millis = math.inf if interval_s is None else interval_s * 1000.0
+    readers: list[MetricReader] = []
+    for name in dict.fromkeys(exporters):
+        if name == "otlp":
+            readers.append(
+                PeriodicExportingMetricReader(_otlp_exporter(), export_interval_millis=millis)
+            )
+        elif name == "console":
+            readers.append(
+                PeriodicExportingMetricReader(
+                    ConsoleMetricExporter(), export_interval_millis=millis
+                )
+            )
+        elif name == "prometheus":
+            readers.append(_prometheus_reader())
+        elif name != "none":
+            raise ConfigError(
+                f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
+            )
+    return readers
+
+
+def _callback(metric: Metric, cache: SnapshotCache) -> Any:
+    observe = metric.observe
+    assert observe is not None
+
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            snapshot = cache.get()
+            return [Observation(value, attrs) for value, attrs in observe(snapshot)]
+        except Exception:
+            log.exception("otel-gpu: could not observe %s", metric.name)
+            return []
+
+    return callback
+
+
+def register_catalog(
+    meter: Meter, cache: SnapshotCache, metrics: Iterable[Metric] | None = None
+) -> list[Any]:
+    """Create one observable instrument per catalog entry; all read the cached Snapshot."""
+    instruments = []
+    for metric in observed_metrics() if metrics is None else metrics:
+        create = {
+            COUNTER: meter.create_observable_counter,
+            UPDOWNCOUNTER: meter.create_observable_up_down_counter,
+            GAUGE: meter.create_observable_gauge,
+        }[metric.instrument]
+        instruments.append(
+            create(
+                metric.name,
+                callbacks=[_callback(metric, cache)],
+                unit=metric.unit,
+                description=metric.description,
+            )
+        )
+    return instruments
+
+
+def build_meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
+    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False)
+
+
+def get_meter(provider: Any) -> Meter:
+    return provider.get_meter(METER_NAME, __version__, schema_url=SCHEMA_URL)
