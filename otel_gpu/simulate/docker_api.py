@@ -1,0 +1,139 @@
+"""A Docker Engine API stand-in on a Unix socket, serving a scenario's containers.
+
+``GET [/v<version>]/containers/<id or unique id prefix>/json`` answers in the shape of the Engine
+API's container inspect; anything else is 404. A container given as a scenario entry
+(``id``, ``name``, ``image``, ``labels``, ``devices``, optional ``env`` and ``runtime``) is turned
+into that shape; one with an ``inspect`` key is served as that JSON value verbatim, and one with
+``raw`` (bytes) as those bytes, for answers no real daemon would give.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socketserver
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+_PATH = re.compile(r"^(?:/v[0-9.]+)?/containers/([^/]+)/json$")
+
+
+def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
+    """The inspect answer for a scenario container."""
+    devices = [str(d) for d in container.get("devices", ())]
+    requests = []
+    if devices:
+        requests.append(
+            {
+                "Driver": "",
+                "Count": 0,
+                "DeviceIDs": devices,
+                "Capabilities": [["gpu"]],
+                "Options": {},
+            }
+        )
+    env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    env += [f"{k}={v}" for k, v in container.get("env", {}).items()]
+    return {
+        "Id": container["id"],
+        "Name": "/" + container.get("name", container["id"][:12]),
+        "Image": "sha256:" + "0" * 64,
+        "State": {"Status": "running", "Running": True, "Pid": container.get("pid", 0)},
+        "Config": {
+            "Image": container.get("image", ""),
+            "Labels": dict(container.get("labels", {})),
+            "Env": env,
+        },
+        "HostConfig": {
+            "Runtime": container.get("runtime", "runc"),
+            "DeviceRequests": requests or None,
+        },
+    }
+
+
+class DockerApiServer:
+    """A running stand-in; ``close()`` (or leaving the ``with`` block) stops it."""
+
+    def __init__(
+        self, socket_path: str, containers: Sequence[dict[str, Any]], delay_s: float = 0.0
+    ) -> None:
+        self.socket_path = socket_path
+        self.containers = list(containers)
+        self.delay_s = delay_s
+        self.requests: list[str] = []
+        self._release = threading.Event()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                api.requests.append(self.path)
+                if api.delay_s:
+                    api._release.wait(api.delay_s)
+                status, body = api.answer(self.path)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up waiting
+
+            def address_string(self) -> str:
+                return "unix"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        self._server = socketserver.ThreadingUnixStreamServer(socket_path, Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def answer(self, path: str) -> tuple[int, bytes]:
+        m = _PATH.match(path.split("?", 1)[0])
+        if m:
+            wanted = m.group(1)
+            matches = [c for c in self.containers if str(c.get("id", "")).startswith(wanted)]
+            if len(matches) == 1:
+                return 200, _body(matches[0])
+        message = {"message": f"No such container: {m.group(1) if m else path}"}
+        return 404, json.dumps(message).encode()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+    def __enter__(self) -> DockerApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _body(container: dict[str, Any]) -> bytes:
+    if "raw" in container:
+        return bytes(container["raw"])
+    if "inspect" in container:
+        return json.dumps(container["inspect"]).encode()
+    return json.dumps(inspect_document(container)).encode()
+
+
+def serve_docker_api(
+    socket_path: str, containers: Sequence[dict[str, Any]], delay_s: float = 0.0
+) -> DockerApiServer:
+    """Serve ``containers`` on ``socket_path`` in a background thread until ``close()``."""
+    return DockerApiServer(socket_path, containers, delay_s)

@@ -1,0 +1,269 @@
+"""Container names, images, labels and GPUs from the Docker Engine API over its Unix socket.
+
+GET only, short timeouts, bounded answers. Names, images, labels and device ids are set by whoever
+runs the container: they are cut to ``MAX_TEXT`` characters, stripped of control and format
+characters, and only allow-listed labels are kept. Of the environment only
+``NVIDIA_VISIBLE_DEVICES`` is looked at, and only its device list is kept.
+
+Field names are those of the Engine API's ContainerInspectResponse and DeviceRequest schemas
+(docs.docker.com/reference/api/engine/version/v1.57/schemas/): ``Name``, ``Config.Image``,
+``Config.Labels``, ``Config.Env``, ``HostConfig.Runtime`` and ``HostConfig.DeviceRequests[]``
+with ``Driver``, ``Count`` (-1: all, as ``--gpus all`` sends), ``DeviceIDs``, ``Capabilities``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_gpu.snapshot import SourceError
+
+SOURCE = "docker"
+DEFAULT_SOCKET = "/var/run/docker.sock"
+MAX_TEXT = 128
+MAX_DEVICES = 64
+MAX_ANSWER_BYTES = 8 << 20
+DEFAULT_LABELS = frozenset(
+    {
+        "com.docker.compose.project",
+        "com.docker.compose.service",
+        # set by cri-dockerd on the containers of Kubernetes pods
+        "io.kubernetes.pod.name",
+        "io.kubernetes.pod.namespace",
+        "io.kubernetes.pod.uid",
+        "io.kubernetes.container.name",
+    }
+)
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
+_MAX_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class ContainerMeta:
+    """What the Docker Engine says about one container, cleaned for use as attribute values."""
+
+    id: str
+    name: str  # without the leading "/"
+    image: (
+        str | None
+    )  # Config.Image as given to `docker run`, e.g. nvcr.io/nvidia/pytorch:24.05-py3
+    labels: dict[str, str] = field(default_factory=dict)  # allow-listed keys only
+    runtime: str | None = None  # HostConfig.Runtime: runc, nvidia, ...
+    gpu_ids: tuple[str, ...] = ()  # GPU/MIG UUIDs or indexes given to it
+    all_gpus: bool = False
+    gpu_count: int | None = None  # GPUs requested by number: the API does not say which
+
+
+def clean_text(value: Any, limit: int = MAX_TEXT) -> str:
+    """``value`` as a string without control/format characters, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    return "".join(c for c in text if not unicodedata.category(c).startswith("C"))[:limit]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to a server listening on a Unix socket."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _Failed(Exception):
+    def __init__(self, error_type: str, transport: bool = False) -> None:
+        super().__init__(error_type)
+        self.error_type = error_type
+        self.transport = transport
+
+
+class DockerClient:
+    """``inspect(container_id)`` with a cache by container id; never raises.
+
+    Answers (including "no such container") are cached for ``ttl_s``. After the daemon cannot be
+    reached or times out, it is not asked again for ``retry_after_s``, so that a hung daemon costs
+    one timeout per ``retry_after_s`` rather than one per container per cycle.
+    """
+
+    def __init__(
+        self,
+        socket_path: str = DEFAULT_SOCKET,
+        *,
+        timeout_s: float = 1.0,
+        ttl_s: float = 60.0,
+        retry_after_s: float = 30.0,
+        label_allowlist: Iterable[str] = DEFAULT_LABELS,
+        api_version: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self.label_allowlist = frozenset(label_allowlist)
+        self._prefix = f"/v{api_version}" if api_version else ""
+        self._clock = clock
+        self._cache: dict[str, tuple[float, ContainerMeta | None]] = {}
+        self._down_until = float("-inf")
+        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
+
+    def take_errors(self) -> tuple[SourceError, ...]:
+        """The failures recorded since the last call (source ``docker``)."""
+        errors = tuple(self._errors)
+        self._errors.clear()
+        return errors
+
+    @property
+    def cached_ids(self) -> frozenset[str]:
+        return frozenset(self._cache)
+
+    def inspect(self, container_id: str) -> ContainerMeta | None:
+        """The container's metadata, or None if it cannot be had (the failure is recorded)."""
+        now = self._clock()
+        cached = self._cache.get(container_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if not _CONTAINER_ID.match(container_id):
+            self._errors.append(SourceError(SOURCE, "inspect", "InvalidId"))
+            return None
+        if now < self._down_until:
+            return cached[1] if cached is not None else None
+        try:
+            meta: ContainerMeta | None = self._inspect(container_id)
+        except _Failed as e:
+            self._errors.append(SourceError(SOURCE, "inspect", e.error_type))
+            if e.transport:
+                self._down_until = now + self.retry_after_s
+                return cached[1] if cached is not None else None
+            meta = None
+        self._cache[container_id] = (now + self.ttl_s, meta)
+        return meta
+
+    def inspect_many(self, container_ids: Iterable[str]) -> dict[str, ContainerMeta]:
+        """Metadata of each container that has it; forgets cached ids not in ``container_ids``."""
+        wanted = set(container_ids)
+        for cid in self._cache.keys() - wanted:
+            del self._cache[cid]
+        found = {}
+        for cid in wanted:
+            meta = self.inspect(cid)
+            if meta is not None:
+                found[cid] = meta
+        return found
+
+    def _inspect(self, container_id: str) -> ContainerMeta:
+        status, body = self._get(f"{self._prefix}/containers/{container_id}/json")
+        if status == 404:
+            raise _Failed("NotFound")
+        if status != 200:
+            raise _Failed(f"HTTP{status}")
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _Failed("MalformedJSON") from e
+        if not isinstance(doc, dict):
+            raise _Failed("Malformed")
+        return self._meta(container_id, doc)
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        conn = UnixHTTPConnection(self.socket_path, self.timeout_s)
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            body = response.read(MAX_ANSWER_BYTES + 1)
+        except TimeoutError as e:
+            raise _Failed("TimeoutError", transport=True) from e
+        except (OSError, http.client.HTTPException) as e:
+            raise _Failed(type(e).__name__, transport=True) from e
+        finally:
+            conn.close()
+        if len(body) > MAX_ANSWER_BYTES:
+            raise _Failed("TooLarge")
+        return response.status, body
+
+    def _meta(self, container_id: str, doc: dict[str, Any]) -> ContainerMeta:
+        config = _dict(doc.get("Config"))
+        host = _dict(doc.get("HostConfig"))
+        labels = _dict(config.get("Labels"))
+        runtime = host.get("Runtime") if isinstance(host.get("Runtime"), str) else None
+        ids, all_gpus, count = _device_requests(host.get("DeviceRequests"))
+        if runtime == "nvidia":
+            # The nvidia runtime, unlike --gpus, hands out what NVIDIA_VISIBLE_DEVICES names.
+            env_ids, env_all = _visible_devices(config.get("Env"))
+            ids += tuple(i for i in env_ids if i not in ids)
+            all_gpus = all_gpus or env_all
+        name = doc.get("Name")
+        image = config.get("Image")
+        return ContainerMeta(
+            id=container_id,
+            name=clean_text(name.lstrip("/")) if isinstance(name, str) else container_id[:12],
+            image=clean_text(image) if isinstance(image, str) and image else None,
+            labels={
+                k: clean_text(v)
+                for k, v in labels.items()
+                if k in self.label_allowlist and isinstance(v, str)
+            },
+            runtime=clean_text(runtime) if runtime else None,
+            gpu_ids=ids[:MAX_DEVICES],
+            all_gpus=all_gpus,
+            gpu_count=count,
+        )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _device_requests(requests: Any) -> tuple[tuple[str, ...], bool, int | None]:
+    """GPUs of ``--gpus``: Driver "nvidia", or Driver "" with the "gpu" capability."""
+    ids: list[str] = []
+    all_gpus = False
+    count: int | None = None
+    for request in requests if isinstance(requests, list) else ():
+        if not isinstance(request, dict) or not _is_gpu_request(request):
+            continue
+        device_ids = request.get("DeviceIDs")
+        if isinstance(device_ids, list) and device_ids:
+            ids += [clean_text(d) for d in device_ids if isinstance(d, str) and d]
+        elif request.get("Count") == -1:
+            all_gpus = True
+        elif isinstance(request.get("Count"), int) and request["Count"] > 0:
+            count = (count or 0) + request["Count"]
+    return tuple(dict.fromkeys(ids)), all_gpus, count
+
+
+def _is_gpu_request(request: dict[str, Any]) -> bool:
+    if request.get("Driver") == "nvidia":
+        return True
+    capabilities = request.get("Capabilities")
+    return isinstance(capabilities, list) and any(
+        isinstance(group, list) and "gpu" in group for group in capabilities
+    )
+
+
+def _visible_devices(env: Any) -> tuple[tuple[str, ...], bool]:
+    for entry in env if isinstance(env, list) else ():
+        if isinstance(entry, str) and entry.startswith("NVIDIA_VISIBLE_DEVICES="):
+            value = entry.partition("=")[2].strip()
+            if value == "all":
+                return (), True
+            if value in ("", "none", "void"):
+                return (), False
+            return tuple(clean_text(d.strip()) for d in value.split(",") if d.strip()), False
+    return (), False

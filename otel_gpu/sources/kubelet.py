@@ -1,0 +1,357 @@
+"""Pods from the kubelet: which container was given which GPU, and which container id is which pod.
+
+Two clients, both local to the node: the pod-resources gRPC API (``List``, on the kubelet's Unix
+socket; what dcgm-exporter uses) gives namespace/pod/container -> device ids; the kubelet's
+``/pods`` endpoint gives pod uid and container id -> names. Neither raises: a failure returns
+None and is recorded for ``take_errors()``.
+
+The gRPC messages are built here from a descriptor rather than from generated code, which would be
+tied to one protobuf version. Field numbers are those of k8s.io/kubelet
+``pkg/apis/podresources/v1/api.proto`` (reproduced in kubernetes/enhancements
+keps/sig-node/2403-pod-resources-allocatable-resources and in the kubernetes.io page "Monitor Device
+Plugin Resources"); only the fields read here are declared, the others are skipped when parsing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from otel_gpu.snapshot import SourceError
+
+SOURCE = "kubelet"
+POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+LIST_METHOD = "/v1.PodResourcesLister/List"
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+GPU_RESOURCE = "nvidia.com/gpu"
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+MAX_MESSAGE_BYTES = 16 << 20
+MAX_POD_LIST_BYTES = 64 << 20
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
+_RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
+_MAX_ERRORS = 1000
+
+
+def _build_messages() -> dict[str, Any]:
+    f = descriptor_pb2.FieldDescriptorProto
+    one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
+    messages: dict[str, list[tuple[str, int, int, int, str]]] = {
+        "ListPodResourcesRequest": [],
+        "ListPodResourcesResponse": [("pod_resources", 1, f.TYPE_MESSAGE, many, "PodResources")],
+        "PodResources": [
+            ("name", 1, f.TYPE_STRING, one, ""),
+            ("namespace", 2, f.TYPE_STRING, one, ""),
+            ("containers", 3, f.TYPE_MESSAGE, many, "ContainerResources"),
+        ],
+        "ContainerResources": [
+            ("name", 1, f.TYPE_STRING, one, ""),
+            ("devices", 2, f.TYPE_MESSAGE, many, "ContainerDevices"),
+            ("cpu_ids", 3, f.TYPE_INT64, many, ""),
+        ],
+        "ContainerDevices": [
+            ("resource_name", 1, f.TYPE_STRING, one, ""),
+            ("device_ids", 2, f.TYPE_STRING, many, ""),
+            ("topology", 3, f.TYPE_MESSAGE, one, "TopologyInfo"),
+        ],
+        "TopologyInfo": [("nodes", 1, f.TYPE_MESSAGE, many, "NUMANode")],
+        "NUMANode": [("ID", 1, f.TYPE_INT64, one, "")],
+    }
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="otel_gpu/kubelet/podresources/v1/api.proto", package="v1", syntax="proto3"
+    )
+    for message_name, fields in messages.items():
+        message = proto.message_type.add(name=message_name)
+        for name, number, kind, label, type_name in fields:
+            added = message.field.add(name=name, number=number, type=kind, label=label)
+            if type_name:
+                added.type_name = f".v1.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(proto.SerializeToString())
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"v1.{name}"))
+        for name in messages
+    }
+
+
+_MESSAGES = _build_messages()
+ListPodResourcesRequest = _MESSAGES["ListPodResourcesRequest"]
+ListPodResourcesResponse = _MESSAGES["ListPodResourcesResponse"]
+
+
+@dataclass(frozen=True)
+class PodDevices:
+    """The devices of one resource that the kubelet gave one container."""
+
+    namespace: str
+    pod_name: str
+    container_name: str
+    resource_name: str  # nvidia.com/gpu, nvidia.com/mig-1g.10gb, ...
+    device_ids: tuple[str, ...]  # GPU/MIG UUIDs as the device plugin named them
+
+
+def is_gpu_resource(resource_name: str, extra: Iterable[str] = ()) -> bool:
+    return (
+        resource_name == GPU_RESOURCE
+        or resource_name.startswith(MIG_RESOURCE_PREFIX)
+        or resource_name in extra
+    )
+
+
+def device_uuid(device_id: str) -> str:
+    """The UUID in a device plugin id: time-slicing replicas are ``<uuid>::<n>``."""
+    return device_id.split("::", 1)[0]
+
+
+class _ErrorLog:
+    def __init__(self) -> None:
+        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
+
+    def take_errors(self) -> tuple[SourceError, ...]:
+        """The failures recorded since the last call (source ``kubelet``)."""
+        errors = tuple(self._errors)
+        self._errors.clear()
+        return errors
+
+    def _record(self, call: str, error_type: str) -> None:
+        self._errors.append(SourceError(SOURCE, call, error_type))
+
+
+class PodResourcesClient(_ErrorLog):
+    """``v1.PodResourcesLister/List`` over the kubelet's Unix socket, kept for ``ttl_s``."""
+
+    def __init__(
+        self,
+        socket_path: str = POD_RESOURCES_SOCKET,
+        *,
+        timeout_s: float = 5.0,
+        ttl_s: float = 10.0,
+        resource_names: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self.resource_names = frozenset(resource_names)
+        self._clock = clock
+        self._cached: tuple[float, tuple[PodDevices, ...]] | None = None
+
+    def available(self) -> bool:
+        """Whether the socket is there at all (it is not on a node without a kubelet)."""
+        return os.path.exists(self.socket_path)
+
+    def list_devices(self) -> tuple[PodDevices, ...] | None:
+        """GPU and MIG devices per container; None when the kubelet could not be asked."""
+        now = self._clock()
+        if self._cached is not None and self._cached[0] > now:
+            return self._cached[1]
+        try:
+            response = self._call()
+        except grpc.RpcError as e:
+            code = e.code() if callable(getattr(e, "code", None)) else None
+            self._record("List", code.name if code is not None else type(e).__name__)
+            return None
+        except Exception as e:  # a channel or decoding failure must not stop the cycle
+            self._record("List", type(e).__name__)
+            return None
+        devices = tuple(
+            PodDevices(
+                namespace=pod.namespace,
+                pod_name=pod.name,
+                container_name=container.name,
+                resource_name=dev.resource_name,
+                device_ids=tuple(dev.device_ids),
+            )
+            for pod in response.pod_resources
+            for container in pod.containers
+            for dev in container.devices
+            if is_gpu_resource(dev.resource_name, self.resource_names)
+        )
+        self._cached = (now + self.ttl_s, devices)
+        return devices
+
+    def _call(self) -> Any:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        with grpc.insecure_channel(f"unix://{self.socket_path}", options=options) as channel:
+            method = channel.unary_unary(
+                LIST_METHOD,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=ListPodResourcesResponse.FromString,
+            )
+            return method(ListPodResourcesRequest(), timeout=self.timeout_s)
+
+
+@dataclass(frozen=True)
+class PodContainer:
+    id: str  # without the runtime prefix
+    name: str
+    runtime: str | None  # containerd, docker, cri-o
+
+
+@dataclass(frozen=True)
+class KubeletPod:
+    uid: str
+    name: str
+    namespace: str
+    containers: dict[str, PodContainer] = field(default_factory=dict)  # by container id
+
+
+class PodListClient(_ErrorLog):
+    """The kubelet's ``/pods`` (a PodList), by pod uid, kept for ``ttl_s``.
+
+    ``url`` defaults to ``https://<node>:10250/pods``; an ``http://`` URL is accepted too. The
+    service account's token is sent when its file exists, and its CA verifies the kubelet's
+    certificate unless ``verify=False``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        node: str = "localhost",
+        token_path: str = f"{SERVICE_ACCOUNT}/token",
+        ca_path: str = f"{SERVICE_ACCOUNT}/ca.crt",
+        verify: bool = True,
+        timeout_s: float = 5.0,
+        ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.url = url or f"https://{node}:10250/pods"
+        self.token_path = token_path
+        self.ca_path = ca_path
+        self.verify = verify
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._cached: tuple[float, dict[str, KubeletPod]] | None = None
+
+    def pods(self) -> dict[str, KubeletPod] | None:
+        """Pods on this node by uid; None when the kubelet could not be asked."""
+        now = self._clock()
+        if self._cached is not None and self._cached[0] > now:
+            return self._cached[1]
+        body = self._get()
+        if body is None:
+            return None
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            self._record("pods", "MalformedJSON")
+            return None
+        items = doc.get("items") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            self._record("pods", "Malformed")
+            return None
+        pods = {pod.uid: pod for pod in (_pod(item) for item in items) if pod is not None}
+        self._cached = (now + self.ttl_s, pods)
+        return pods
+
+    def _get(self) -> bytes | None:
+        parts = urlsplit(self.url)
+        headers = {"Accept": "application/json"}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn: http.client.HTTPConnection
+        try:
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(
+                    parts.hostname or "localhost",
+                    parts.port or 10250,
+                    timeout=self.timeout_s,
+                    context=self._tls(),
+                )
+            elif parts.scheme == "http":
+                conn = http.client.HTTPConnection(
+                    parts.hostname or "localhost", parts.port or 80, timeout=self.timeout_s
+                )
+            else:
+                self._record("pods", "BadURL")
+                return None
+            try:
+                conn.request("GET", parts.path or "/pods", headers=headers)
+                response = conn.getresponse()
+                body = response.read(MAX_POD_LIST_BYTES + 1)
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            self._record("pods", type(e).__name__)
+            return None
+        if response.status != 200:
+            self._record("pods", f"HTTP{response.status}")
+            return None
+        if len(body) > MAX_POD_LIST_BYTES:
+            self._record("pods", "TooLarge")
+            return None
+        return body
+
+    def _token(self) -> str | None:
+        try:
+            with open(self.token_path, encoding="utf-8") as f:
+                return f.read(1 << 16).strip() or None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            self._record("token", type(e).__name__)
+            return None
+
+    def _tls(self) -> ssl.SSLContext:
+        if not self.verify:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        cafile = self.ca_path if os.path.exists(self.ca_path) else None
+        return ssl.create_default_context(cafile=cafile)
+
+
+def _pod(item: Any) -> KubeletPod | None:
+    """One PodList item: metadata.{uid,name,namespace} and the container statuses' ids.
+
+    Per the Kubernetes API reference (Pod v1, ContainerStatus), ``containerID`` is
+    ``<type>://<container_id>`` and is absent until the container has been created.
+    """
+    if not isinstance(item, dict):
+        return None
+    meta = item.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    uid, name, namespace = meta.get("uid"), meta.get("name"), meta.get("namespace")
+    if not (isinstance(uid, str) and isinstance(name, str) and isinstance(namespace, str)):
+        return None
+    status = item.get("status")
+    status = status if isinstance(status, dict) else {}
+    containers: dict[str, PodContainer] = {}
+    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+        statuses = status.get(key)
+        for entry in statuses if isinstance(statuses, list) else ():
+            container = _container(entry)
+            if container is not None:
+                containers[container.id] = container
+    return KubeletPod(uid=uid, name=name, namespace=namespace, containers=containers)
+
+
+def _container(entry: Any) -> PodContainer | None:
+    if not isinstance(entry, dict):
+        return None
+    name, raw_id = entry.get("name"), entry.get("containerID")
+    if not isinstance(name, str) or not isinstance(raw_id, str):
+        return None  # not started yet: no container id
+    prefix, sep, cid = raw_id.partition("://")
+    if not sep:
+        prefix, cid = "", raw_id
+    if not _CONTAINER_ID.match(cid):
+        return None
+    return PodContainer(id=cid, name=name, runtime=_RUNTIME_PREFIXES.get(prefix))

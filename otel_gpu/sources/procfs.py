@@ -1,0 +1,145 @@
+"""Host processes from /proc: owner uid, command name, start time and cgroup lines.
+
+Only ``stat``, ``status`` and ``cgroup`` are read, all world-readable; command lines and
+environments are never read. A process may exit between being listed and being read: that gives
+None, not an error. Under ``hidepid=`` mounts other users' files fail with PermissionError: the
+reader then returns what it could read (``complete=False``) and records the failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from otel_gpu.snapshot import SourceError
+
+SOURCE = "procfs"
+_MAX_ERRORS = 1000
+_MAX_FILE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One host process. ``None`` fields could not be read (see ``complete``)."""
+
+    pid: int
+    start_time_ticks: int | None  # field 22 of /proc/<pid>/stat, clock ticks after boot
+    comm: str | None  # control characters replaced by "?"
+    uid: int | None  # real uid, from the Uid: line of /proc/<pid>/status
+    cgroup_lines: tuple[str, ...]  # /proc/<pid>/cgroup as the reader's cgroup namespace shows it
+    complete: bool = True  # False when a file could not be read (permission)
+
+
+class _Gone(Exception):
+    """The process exited while it was being read."""
+
+
+class ProcfsReader:
+    """Reads processes under ``root``.
+
+    uid and cgroup are read once per process, keyed by (pid, start time) so that a reused pid is
+    read afresh; comm comes from ``stat``, read every time to check the start time anyway.
+    """
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+        self._cache: dict[int, ProcessInfo] = {}
+        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
+
+    def take_errors(self) -> tuple[SourceError, ...]:
+        """The failures recorded since the last call (source ``procfs``)."""
+        errors = tuple(self._errors)
+        self._errors.clear()
+        return errors
+
+    @property
+    def cached_pids(self) -> frozenset[int]:
+        return frozenset(self._cache)
+
+    def read(self, pid: int) -> ProcessInfo | None:
+        """The process ``pid``, or None if there is no such process (any more)."""
+        try:
+            return self._read(pid)
+        except _Gone:
+            self._cache.pop(pid, None)
+            return None
+
+    def read_many(self, pids: Iterable[int]) -> dict[int, ProcessInfo]:
+        """Every process of ``pids`` that still exists; forgets cached pids not in ``pids``."""
+        wanted = set(pids)
+        for pid in self._cache.keys() - wanted:
+            del self._cache[pid]
+        found = {}
+        for pid in wanted:
+            info = self.read(pid)
+            if info is not None:
+                found[pid] = info
+        return found
+
+    def _read(self, pid: int) -> ProcessInfo:
+        stat = self._file(pid, "stat")
+        start, comm = _parse_stat(stat) if stat is not None else (None, None)
+        if stat is not None and start is None:
+            self._errors.append(SourceError(SOURCE, "stat", "Malformed"))
+        cached = self._cache.get(pid)
+        if cached is not None and start is not None and cached.start_time_ticks == start:
+            # comm changes on exec, which keeps the pid and start time; stat is read anyway.
+            if cached.comm != comm:
+                cached = self._cache[pid] = replace(cached, comm=comm)
+            return cached
+        status = self._file(pid, "status")
+        cgroup = self._file(pid, "cgroup")
+        info = ProcessInfo(
+            pid=pid,
+            start_time_ticks=start,
+            comm=comm,
+            uid=_parse_uid(status) if status is not None else None,
+            cgroup_lines=tuple(cgroup.splitlines()) if cgroup is not None else (),
+            complete=None not in (stat, status, cgroup),
+        )
+        if status is not None and info.uid is None:
+            self._errors.append(SourceError(SOURCE, "status", "Malformed"))
+        if info.complete and start is not None:
+            self._cache[pid] = info
+        else:
+            self._cache.pop(pid, None)
+        return info
+
+    def _file(self, pid: int, name: str) -> str | None:
+        path = os.path.join(self.root, str(pid), name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_FILE_BYTES)
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise _Gone from e
+        except OSError as e:
+            self._errors.append(SourceError(SOURCE, name, type(e).__name__))
+            return None
+        return data.decode("utf-8", errors="replace")
+
+
+def _parse_stat(text: str) -> tuple[int | None, str | None]:
+    """Start time and comm from ``pid (comm) state ppid ...``; comm may hold spaces and parens."""
+    open_paren, close_paren = text.find("("), text.rfind(")")
+    if open_paren < 0 or close_paren < open_paren:
+        return None, None
+    comm = "".join(c if c.isprintable() else "?" for c in text[open_paren + 1 : close_paren])
+    fields = text[close_paren + 1 :].split()
+    # fields[0] is field 3 (state), so field 22 (starttime) is fields[19]; see proc_pid_stat(5).
+    try:
+        return int(fields[19]), comm
+    except (IndexError, ValueError):
+        return None, comm
+
+
+def _parse_uid(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            try:
+                return int(fields[1])
+            except (IndexError, ValueError):
+                return None
+    return None

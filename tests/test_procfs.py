@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otel_gpu.sources import procfs
+from otel_gpu.sources.procfs import ProcessInfo, ProcfsReader
+
+CID = "3f2a9c1be0d74e55a0c6b1f2d3e4a5b6c7d8e9f00112233445566778899aabbc"
+
+
+def _stat(pid: int, comm: str, start: int) -> str:
+    # pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime
+    # stime cutime cstime priority nice num_threads itrealvalue starttime vsize rss ...
+    rest = ["S", "1", pid, pid, "0", "-1", "4194560", "10", "0", "0", "0", "5", "3", "0", "0"]
+    rest += ["20", "0", "4", "0", start, "123456", "789"]
+    return f"{pid} ({comm}) " + " ".join(str(x) for x in rest) + "\n"
+
+
+def _status(uid: int, euid: int | None = None) -> str:
+    euid = uid if euid is None else euid
+    ids = f"{uid}\t{euid}\t{euid}\t{euid}"
+    return f"Name:\tpython\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t{ids}\nGid:\t0\t0\t0\t0\n"
+
+
+def _proc(
+    root: Path,
+    pid: int,
+    comm: str = "python",
+    start: int = 1000,
+    uid: int = 1000,
+    cgroup: str = f"0::/system.slice/docker-{CID}.scope\n",
+) -> Path:
+    d = root / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "stat").write_text(_stat(pid, comm, start))
+    (d / "status").write_text(_status(uid))
+    (d / "cgroup").write_text(cgroup)
+    return d
+
+
+def test_reads_uid_comm_start_and_cgroup(tmp_path: Path) -> None:
+    _proc(tmp_path, 4242, uid=1001, start=98765)
+    (tmp_path / "4242" / "status").write_text(_status(1001, euid=0))  # setuid: real uid counts
+    info = ProcfsReader(str(tmp_path)).read(4242)
+    assert info == ProcessInfo(
+        pid=4242,
+        start_time_ticks=98765,
+        comm="python",
+        uid=1001,
+        cgroup_lines=(f"0::/system.slice/docker-{CID}.scope",),
+        complete=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "comm",
+    ["my prog", "a) (b", "x)", "((", ") 1 2 3 4", "python3.11", ""],
+    ids=["space", "parens", "close paren", "open parens", "fake fields", "dots", "empty"],
+)
+def test_comm_with_spaces_and_parentheses(tmp_path: Path, comm: str) -> None:
+    _proc(tmp_path, 7, comm=comm, start=424242)
+    info = ProcfsReader(str(tmp_path)).read(7)
+    assert info is not None
+    assert info.comm == comm
+    assert info.start_time_ticks == 424242
+
+
+def test_control_characters_in_comm_are_replaced(tmp_path: Path) -> None:
+    _proc(tmp_path, 7, comm="evil\x1b[31m\nx")
+    info = ProcfsReader(str(tmp_path)).read(7)
+    assert info is not None and info.comm == "evil?[31m?x"
+
+
+def test_missing_process_is_none_without_error(tmp_path: Path) -> None:
+    reader = ProcfsReader(str(tmp_path))
+    assert reader.read(99999) is None
+    assert reader.take_errors() == ()
+
+
+def test_exit_between_files_is_none(tmp_path: Path) -> None:
+    d = _proc(tmp_path, 5)
+    (d / "cgroup").unlink()  # stat and status were there, cgroup is gone: the process exited
+    reader = ProcfsReader(str(tmp_path))
+    assert reader.read(5) is None
+    assert reader.take_errors() == ()
+
+
+def test_permission_error_gives_partial_info_and_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _proc(tmp_path, 5, uid=1000)
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).endswith("/5/cgroup"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(procfs, "open", fake_open, raising=False)
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(5)
+    assert info is not None
+    assert (info.uid, info.comm, info.cgroup_lines, info.complete) == (1000, "python", (), False)
+    assert [(e.source, e.call, e.error_type) for e in reader.take_errors()] == [
+        ("procfs", "cgroup", "PermissionError")
+    ]
+    assert 5 not in reader.cached_pids  # partial reads are retried next time
+
+
+def test_malformed_files(tmp_path: Path) -> None:
+    d = _proc(tmp_path, 6)
+    (d / "stat").write_text("6 (short) S 1 2\n")
+    (d / "status").write_text("Name:\tx\nUid:\tnobody\n")
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(6)
+    assert info is not None
+    assert (info.start_time_ticks, info.comm, info.uid) == (None, "short", None)
+    assert {(e.call, e.error_type) for e in reader.take_errors()} == {
+        ("stat", "Malformed"),
+        ("status", "Malformed"),
+    }
+    assert 6 not in reader.cached_pids
+
+
+def test_cache_by_pid_and_start_time(tmp_path: Path) -> None:
+    d = _proc(tmp_path, 10, uid=1000, start=500)
+    reader = ProcfsReader(str(tmp_path))
+    first = reader.read(10)
+    assert first is not None and first.uid == 1000
+    (d / "status").write_text(_status(2000))
+    assert reader.read(10) is first  # same process: status is not read again
+    (d / "stat").write_text(_stat(10, "python", 500).replace("(python)", "(torchrun)"))
+    renamed = reader.read(10)
+    assert renamed is not None and renamed.comm == "torchrun" and renamed.uid == 1000  # exec
+    (d / "stat").write_text(_stat(10, "python", 501))  # pid reused by a new process
+    reused = reader.read(10)
+    assert reused is not None and reused.uid == 2000 and reused.start_time_ticks == 501
+
+
+def test_read_many_evicts_pids_not_seen(tmp_path: Path) -> None:
+    for pid in (1, 2, 3):
+        _proc(tmp_path, pid, uid=1000 + pid)
+    reader = ProcfsReader(str(tmp_path))
+    assert set(reader.read_many([1, 2, 3])) == {1, 2, 3}
+    assert reader.cached_pids == {1, 2, 3}
+    found = reader.read_many([2, 3, 4])  # 4 does not exist
+    assert {pid: info.uid for pid, info in found.items()} == {2: 1002, 3: 1003}
+    assert reader.cached_pids == {2, 3}
+    os.remove(tmp_path / "3" / "stat")
+    assert set(reader.read_many([2, 3])) == {2}
+    assert reader.cached_pids == {2}
+
+
+def test_never_reads_cmdline_or_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _proc(tmp_path, 8)
+    opened: list[str] = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(os.path.basename(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(procfs, "open", spy, raising=False)
+    ProcfsReader(str(tmp_path)).read_many([8])
+    assert sorted(opened) == ["cgroup", "stat", "status"]
+
+
+def test_real_proc_self_and_child() -> None:
+    reader = ProcfsReader()
+    me = reader.read(os.getpid())
+    assert me is not None and me.complete
+    assert me.uid == os.getuid()
+    assert me.start_time_ticks is not None and me.start_time_ticks > 0
+    with open("/proc/self/cgroup") as f:
+        assert me.cgroup_lines == tuple(f.read().splitlines())
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        info = reader.read(child.pid)
+        assert info is not None and info.start_time_ticks is not None
+        assert info.start_time_ticks >= me.start_time_ticks
+    finally:
+        child.communicate(b"")
+    assert reader.read(child.pid) is None  # reaped
+    assert reader.take_errors() == ()
