@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from otel_gpu.snapshot import HostSnapshot, Snapshot, SourceError
@@ -38,6 +38,11 @@ class Collector:
         self._clock = clock
         self._cycle = 0
         self._error_counts: dict[tuple[str, str], int] = {}
+        self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
+
+    def add_error_source(self, take_errors: Callable[[], Iterable[SourceError]]) -> None:
+        """Failures recorded outside the cycle (e.g. by the training tracker), drained per cycle."""
+        self._error_sources.append(take_errors)
 
     def start(self) -> str | None:
         """Initialise the sources; returns the one message to show when there is no driver."""
@@ -87,6 +92,11 @@ class Collector:
                 errors.append(SourceError("host", "read", type(err).__name__))
             durations["host"] = time.perf_counter() - started
 
+        for take_errors in self._error_sources:
+            try:
+                errors.extend(take_errors())
+            except Exception as err:
+                errors.append(SourceError("collector", "take_errors", type(err).__name__))
         for err in errors:
             key = (err.source, err.error_type)
             self._error_counts[key] = self._error_counts.get(key, 0) + 1

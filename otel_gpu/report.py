@@ -53,7 +53,10 @@ def _metric_points(metric: Any) -> list[dict[str, Any]]:
             point.update(
                 count=dp.count,
                 sum=dp.sum,
-                buckets=[{"le": b, "count": c} for b, c in zip(bounds, dp.bucket_counts)],
+                buckets=[
+                    {"le": b, "count": c}
+                    for b, c in zip(bounds, dp.bucket_counts, strict=True)
+                ],
             )
         else:
             point["value"] = dp.value
@@ -85,21 +88,21 @@ def _fmt(value: float | None, unit: str) -> str:
 def snapshot_table(snapshot: Snapshot) -> str:
     """A terminal view of one Snapshot, 80 columns wide."""
     header = (
-        f"{'device':<11} {'model / profile':<24} {'util':>5} {'memory':>13} {'power':>6} "
+        f"{'device':<11} {'model / profile':<22} {'util':>5} {'memory':>13} {'power':>6} "
         f"{'temp':>5} {'procs':>5} {'state':<6}"
     )
     lines = [header, "-" * len(header)]
     for gpu in snapshot.gpus:
         if gpu.lost:
             lines.append(
-                f"{gpu.name:<11} {(gpu.model or '?')[:24]:<24} {'':>5} {'':>13} "
+                f"{gpu.name:<11} {(gpu.model or '?')[:22]:<22} {'':>5} {'':>13} "
                 f"{'':>6} {'':>5} {'':>5} failed"
             )
             continue
         util = "mig" if gpu.mig_enabled else _fmt_ratio(gpu.utilization_general)
         memory = f"{_fmt_bytes(gpu.memory_used_bytes)}/{_fmt_bytes(gpu.memory_total_bytes)}"
         lines.append(
-            f"{gpu.name:<11} {(gpu.model or '?')[:24]:<24} {util:>5} {memory:>13} "
+            f"{gpu.name:<11} {(gpu.model or '?')[:22]:<22} {util:>5} {memory:>13} "
             f"{_fmt(gpu.power_watts, 'W'):>6} {_fmt(gpu.temperature_gpu_celsius, 'C'):>5} "
             f"{len(gpu.processes):>5} ok"
         )
@@ -107,7 +110,7 @@ def snapshot_table(snapshot: Snapshot) -> str:
             sm = mig.gpm.sm_utilization if mig.gpm else None
             memory = f"{_fmt_bytes(mig.memory_used_bytes)}/{_fmt_bytes(mig.memory_total_bytes)}"
             lines.append(
-                f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<24} "
+                f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<22} "
                 f"{_fmt_ratio(sm):>5} {memory:>13} {'':>6} {'':>5} "
                 f"{len(mig.processes):>5} ok"
             )

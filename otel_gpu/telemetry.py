@@ -7,7 +7,7 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -20,13 +20,17 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from otel_gpu import __version__
 from otel_gpu.catalog import COUNTER, GAUGE, UPDOWNCOUNTER, Metric, observed_metrics
-from otel_gpu.collector import SnapshotCache
+from otel_gpu.snapshot import Snapshot
 
 log = logging.getLogger("otel_gpu")
 
 EXPORTERS = ("otlp", "console", "prometheus", "none")
 METER_NAME = "otel_gpu"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+
+
+class SnapshotSource(Protocol):
+    def get(self) -> Snapshot: ...
 
 
 class ConfigError(ValueError):
@@ -118,7 +122,7 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
     return readers
 
 
-def _callback(metric: Metric, cache: SnapshotCache) -> Any:
+def _callback(metric: Metric, cache: SnapshotSource) -> Any:
     observe = metric.observe
     assert observe is not None
 
@@ -134,7 +138,7 @@ def _callback(metric: Metric, cache: SnapshotCache) -> Any:
 
 
 def register_catalog(
-    meter: Meter, cache: SnapshotCache, metrics: Iterable[Metric] | None = None
+    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None
 ) -> list[Any]:
     """Create one observable instrument per catalog entry; all read the cached Snapshot."""
     instruments = []

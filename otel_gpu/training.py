@@ -56,6 +56,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from otel_gpu import __version__
+from otel_gpu.catalog import BY_NAME, GAUGE, HISTOGRAM
+from otel_gpu.snapshot import SourceError
+
 __all__ = [
     "COMPUTE_SPAN",
     "DATA_WAIT_DURATION",
@@ -79,7 +83,6 @@ DATA_WAIT_DURATION = "otel_gpu.training.data_wait.duration"
 DATA_WAIT_RATIO = "otel_gpu.training.data_wait.ratio"
 STEPS = "otel_gpu.training.steps"
 SAMPLES = "otel_gpu.training.samples"
-COLLECTION_ERRORS = "otel_gpu.collection.errors"
 
 EPOCH_SPAN = "otel_gpu.training.epoch"
 STEP_SPAN = "otel_gpu.training.step"
@@ -90,6 +93,7 @@ EPOCH_ATTRIBUTE = "otel_gpu.training.epoch"
 STEP_ATTRIBUTE = "otel_gpu.training.step"
 
 _SCOPE = "otel_gpu.training"
+_MAX_PENDING_ERRORS = 1000
 
 # Seconds; the SDK's default boundaries (0, 5, 10, 25, ...) are meant for milliseconds.
 _DURATION_BUCKETS = (
@@ -103,13 +107,15 @@ _logger = logging.getLogger(__name__)
 _clock = time.perf_counter_ns
 
 
-def _version() -> str:
-    try:
-        from otel_gpu import __version__
-
-        return __version__
-    except Exception:
-        return "0"
+def _instrument(meter: metrics.Meter, name: str) -> Any:
+    """A synchronous instrument named, typed and described by the catalog."""
+    spec = BY_NAME[name]
+    if spec.instrument == HISTOGRAM:
+        return meter.create_histogram(name, unit=spec.unit, description=spec.description,
+                                      explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
+    if spec.instrument == GAUGE:
+        return meter.create_gauge(name, unit=spec.unit, description=spec.description)
+    return meter.create_counter(name, unit=spec.unit, description=spec.description)
 
 
 def batch_size_of(batch: Any) -> int | None:
@@ -156,8 +162,7 @@ class TrainingTracker:
             raise ValueError("ratio_window must be >= 1")
         self._pid = os.getpid()
         self._attrs: dict[str, str] = dict(attributes or {})
-        self._error_attrs: dict[str, str] = {"otel_gpu.source": "training"}
-        version = _version()
+        version = __version__
         if meter_provider is None:
             meter_provider = metrics.get_meter_provider()
         if tracer_provider is None:
@@ -165,32 +170,12 @@ class TrainingTracker:
         meter = meter_provider.get_meter(_SCOPE, version)
         self._tracer = tracer_provider.get_tracer(_SCOPE, version)
 
-        self._step_hist = meter.create_histogram(
-            STEP_DURATION,
-            unit="s",
-            description="Training step time: data wait plus compute.",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self._wait_hist = meter.create_histogram(
-            DATA_WAIT_DURATION,
-            unit="s",
-            description="Time a training step spent blocked waiting for its batch.",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-        )
-        self._ratio_gauge = meter.create_gauge(
-            DATA_WAIT_RATIO,
-            unit="1",
-            description="Data wait over step time across the last steps of the window.",
-        )
-        self._steps_counter = meter.create_counter(
-            STEPS, unit="{step}", description="Training steps completed."
-        )
-        self._samples_counter = meter.create_counter(
-            SAMPLES, unit="{sample}", description="Training samples processed."
-        )
-        self._errors_counter = meter.create_counter(
-            COLLECTION_ERRORS, unit="{error}", description="Failures while collecting telemetry."
-        )
+        self._step_hist = _instrument(meter, STEP_DURATION)
+        self._wait_hist = _instrument(meter, DATA_WAIT_DURATION)
+        self._ratio_gauge = _instrument(meter, DATA_WAIT_RATIO)
+        self._steps_counter = _instrument(meter, STEPS)
+        self._samples_counter = _instrument(meter, SAMPLES)
+        self._new_errors: list[SourceError] = []
 
         self._span_every = span_every
         # Span timestamps are perf-counter readings shifted to the Unix epoch. The shift is taken
@@ -441,11 +426,15 @@ class TrainingTracker:
                 _logger.warning("training telemetry failed; the loop goes on", exc_info=exc)
             else:
                 _logger.debug("training telemetry failed", exc_info=exc)
-            self._errors_counter.add(
-                1, attributes={**self._error_attrs, "error.type": type(exc).__name__}
-            )
+            if len(self._new_errors) < _MAX_PENDING_ERRORS:
+                self._new_errors.append(SourceError("training", "record", type(exc).__name__))
         except Exception:
             pass
+
+    def take_errors(self) -> tuple[SourceError, ...]:
+        """Recording failures since the last call, for ``otel_gpu.collection.errors``."""
+        errors, self._new_errors = tuple(self._new_errors), []
+        return errors
 
 
 class _StepMark:

@@ -274,12 +274,10 @@ def test_recording_failures_do_not_reach_the_loop(otel: Telemetry) -> None:
     with tracker.epoch(1), tracker.step(), tracker.data_wait():
         pass
     assert tracker.errors >= 5
-    errors = otel.point("otel_gpu.collection.errors")
-    assert errors.value == tracker.errors
-    assert dict(errors.attributes) == {
-        "otel_gpu.source": "training",
-        "error.type": "RuntimeError",
-    }
+    errors = tracker.take_errors()
+    assert len(errors) == tracker.errors
+    assert {(e.source, e.error_type) for e in errors} == {("training", "RuntimeError")}
+    assert tracker.take_errors() == ()
 
 
 def test_manual_markers(otel: Telemetry, clock: FakeClock) -> None:
