@@ -252,17 +252,19 @@ class Session:
         if self.stopped or self.pid != os.getpid():
             return
         self.stopped = True
-        for provider in (self.meter_provider, self.tracer_provider):
+        # A provider this session made exports one last time as it shuts down; one the
+        # application owns is flushed and left running.
+        for provider, owned in ((self.meter_provider, self._owns_meter),
+                                (self.tracer_provider, self._owns_tracer)):
             try:
-                provider.force_flush()
+                if owned:
+                    provider.shutdown()
+                else:
+                    provider.force_flush()
             except Exception:
                 log.warning("otel-gpu: flush failed", exc_info=True)
         if self._cache is not None:
             self._cache.closed = True
-        if self._owns_meter:
-            self.meter_provider.shutdown()
-        if self._owns_tracer:
-            self.tracer_provider.shutdown()
         if self.collector is not None:
             self.collector.close()
 

@@ -342,7 +342,10 @@ INVALID = {
         f"gpus: [{{{A100}, clocks_event_reasons: [too_hot]}}]\n",
         "gpus[0].clocks_event_reasons[0]",
     ),
-    "unknown clock": (f"gpus: [{{{A100}, clocks_mhz: {{shader: 1}}}}]\n", "gpus[0].clocks_mhz.shader"),
+    "unknown clock": (
+        f"gpus: [{{{A100}, clocks_mhz: {{shader: 1}}}}]\n",
+        "gpus[0].clocks_mhz.shader",
+    ),
     "profile not offered": (
         f"gpus: [{{{A100}, mig: {{instances: [{{profile: 1g.10gb+me}}]}}}}]\n",
         "gpus[0].mig.instances[0].profile",
@@ -393,7 +396,10 @@ INVALID = {
         f"gpus: [{{{A100}, processes: [{{pid: 10, mig_instance: 0}}]}}]\n",
         "gpus[0].processes[0].mig_instance",
     ),
-    "pid as bool": (f"gpus: [{{{A100}, processes: [{{pid: true}}]}}]\n", "gpus[0].processes[0].pid"),
+    "pid as bool": (
+        f"gpus: [{{{A100}, processes: [{{pid: true}}]}}]\n",
+        "gpus[0].processes[0].pid",
+    ),
     "pid listed twice": (
         f"gpus: [{{{A100}, processes: [{{pid: 7}}, {{pid: 7}}]}}]\n",
         "gpus[0].processes[1].pid",
@@ -403,7 +409,8 @@ INVALID = {
         "gpus[0].gpm",
     ),
     "gpm on an Ampere MIG device": (
-        f"gpus: [{{{A100}, mig: {{instances: [{{profile: 7g.40gb, gpm: {{sm_occupancy: 0.1}}}}]}}}}]\n",
+        f"gpus: [{{{A100}, mig: {{instances: "
+        "[{profile: 7g.40gb, gpm: {sm_occupancy: 0.1}}]}}]\n",
         "gpus[0].mig.instances[0].gpm",
     ),
     "unknown gpm value": (
@@ -458,7 +465,10 @@ INVALID = {
         "host: {filesystems: [{mountpoint: /, size_bytes: 10, used_bytes: [5, 11]}]}\ngpus: []\n",
         "host.filesystems[0].used_bytes[1]",
     ),
-    "host ratio out of range": ("host: {memory_used_ratio: 1.5}\ngpus: []\n", "host.memory_used_ratio"),
+    "host ratio out of range": (
+        "host: {memory_used_ratio: 1.5}\ngpus: []\n",
+        "host.memory_used_ratio",
+    ),
     "not a mapping": ("- just\n- a list\n", "(file)"),
     "empty file": ("", "(file)"),
     "yaml syntax error": ("gpus: [{model: H200\n", "(file)"),
@@ -478,7 +488,7 @@ def test_missing_file_is_a_scenario_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(ScenarioError, match=r"nope\.yaml: \(file\): no such scenario"):
         load_scenario(missing)
-    with pytest.raises(ScenarioError, match="built-ins: .*dgx-a100"):
+    with pytest.raises(ScenarioError, match=r"built-ins: .*dgx-a100"):
         load_scenario("no-such-builtin")
 
 

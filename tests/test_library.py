@@ -1,0 +1,246 @@
+"""``otel_gpu.start()`` in a training script: providers, devices per rank, forks, auto-instrumentation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from otlp_receiver import OtlpReceiver, points
+
+from otel_gpu.library import rank_devices, scope_snapshot, visible_devices
+from otel_gpu.pipeline import build_collector
+
+
+def _run_script(code: str, env: dict[str, str], timeout: float = 120) -> None:
+    full_env = {**os.environ, **env}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+
+
+def _gpu_names(received: list[dict]) -> set[str]:
+    return {p["attributes"]["hw.name"] for p in received if p["name"] == "hw.gpu.memory.usage"}
+
+
+def test_start_exports_gpu_host_and_training_over_otlp() -> None:
+    with OtlpReceiver() as receiver:
+        _run_script("""
+            import otel_gpu
+            with otel_gpu.start():
+                for _ in otel_gpu.track(range(20), batch_size=4):
+                    pass
+        """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_SERVICE_NAME": "resnet-train"})
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        # stop() exported once at exit, long before the 60 s interval.
+        assert len(receiver.metric_requests) == 1
+        received = points(receiver.metric_requests)
+        assert receiver.wait_for(lambda: receiver.trace_requests, timeout_s=10)
+    names = {p["name"] for p in received}
+    assert {"hw.gpu.memory.usage", "system.memory.usage", "otel_gpu.training.steps"} <= names
+    steps = [p for p in received if p["name"] == "otel_gpu.training.steps"]
+    assert sum(p["value"] for p in steps) == 20
+    samples = [p for p in received if p["name"] == "otel_gpu.training.samples"]
+    assert sum(p["value"] for p in samples) == 80
+    assert {p["resource"]["service.name"] for p in received} == {"resnet-train"}
+    assert _gpu_names(received) == {"gpu0"}
+
+
+def test_each_rank_reports_its_own_device_and_one_reports_the_host() -> None:
+    with OtlpReceiver() as receiver:
+        for rank in ("0", "1"):
+            _run_script("""
+                import otel_gpu
+                otel_gpu.start()
+                otel_gpu.stop()
+            """, {"OTEL_GPU_SIMULATE": "dgx-a100", "LOCAL_RANK": rank, "WORLD_SIZE": "2",
+                  "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                  "OTEL_RESOURCE_ATTRIBUTES": f"test.rank={rank}"})
+        assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
+        received = points(receiver.metric_requests)
+    by_rank: dict[str, list[dict]] = {}
+    for p in received:
+        by_rank.setdefault(p["resource"]["test.rank"], []).append(p)
+    assert _gpu_names(by_rank["0"]) == {"gpu0", "gpu0/mig0", "gpu0/mig1", "gpu0/mig2",
+                                        "gpu0/mig3"}
+    assert _gpu_names(by_rank["1"]) == {"gpu1", "gpu1/mig0", "gpu1/mig1", "gpu1/mig2"}
+    assert any(p["name"] == "system.memory.usage" for p in by_rank["0"])
+    assert not any(p["name"].startswith("system.") for p in by_rank["1"])
+
+
+def test_visible_devices_and_ranks() -> None:
+    assert visible_devices({}) is None
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_devices({"NVIDIA_VISIBLE_DEVICES": "all"}) is None
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": "MIG-abc"}) == ["MIG-abc"]
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert rank_devices({"LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "4,5"}) == (["5"], False)
+    assert rank_devices({"LOCAL_RANK": "0"}) == (["0"], True)
+    assert rank_devices({"LOCAL_RANK": "3", "CUDA_VISIBLE_DEVICES": "4"}) == ([], False)
+
+
+def test_scope_keeps_a_mig_device_given_by_uuid() -> None:
+    collector = build_collector("dgx-a100", 10.0)
+    collector.start()
+    snapshot = collector.collect()
+    mig = snapshot.gpus[0].mig_devices[1]
+    scoped = scope_snapshot(snapshot, [mig.uuid], report_host=False)
+    assert [g.uuid for g in scoped.gpus] == [snapshot.gpus[0].uuid]
+    assert [m.uuid for m in scoped.gpus[0].mig_devices] == [mig.uuid]
+    assert scoped.host is None
+    assert scope_snapshot(snapshot, None, True) is snapshot
+
+
+class _PidFileExporter(MetricExporter):
+    """Writes the exporting process's pid to a file on every export."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: object) -> MetricExportResult:
+        with self.path.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_no_collector_and_exports_nothing(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    child_report = tmp_path / "child"
+    code = f"""
+        import os, time
+        from pathlib import Path
+        import otel_gpu
+        from otel_gpu.library import start
+        from test_library import _PidFileExporter
+        session = start(simulate="h200", export_interval_s=0.05,
+                        metric_exporters=[_PidFileExporter(Path({str(pids)!r}))])
+        time.sleep(0.3)
+        pid = os.fork()
+        if pid == 0:
+            again = otel_gpu.start()
+            steps = list(otel_gpu.track(range(5)))
+            time.sleep(0.5)
+            Path({str(child_report)!r}).write_text(
+                f"{{again.collector is None}} {{again is not session}} {{len(steps)}}")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        otel_gpu.stop()
+        print(os.getpid())
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    parent = result.stdout.strip()
+    exported_by = set(pids.read_text().split())
+    assert exported_by == {parent}
+    assert child_report.read_text() == "True True 5"
+
+
+class _BlockingExporter(MetricExporter):
+    """A backend that hangs until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: object) -> MetricExportResult:
+        self.calls += 1
+        self.release.wait(30)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: object) -> None:
+        self.release.set()
+
+
+def test_a_hung_backend_does_not_block_the_training_loop() -> None:
+    from otel_gpu.library import start, stop
+
+    exporter = _BlockingExporter()
+    session = start(simulate="h200", export_interval_s=0.01, metric_exporters=[exporter])
+    try:
+        while exporter.calls == 0:
+            threading.Event().wait(0.01)
+        # The export thread is stuck inside the backend now; the loop must still run through.
+        done = list(session.track(range(200)))
+        assert len(done) == 200 and exporter.calls == 1
+    finally:
+        exporter.release.set()
+        stop()
+
+
+def test_start_is_idempotent_and_uses_the_global_sdk_provider() -> None:
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    code = """
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import otel_gpu
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        metrics.set_meter_provider(provider)
+        first = otel_gpu.start(simulate="h200")
+        assert otel_gpu.start() is first
+        assert first.meter_provider is provider
+        names = {m.name for rm in reader.get_metrics_data().resource_metrics
+                 for sm in rm.scope_metrics for m in sm.metrics}
+        assert "hw.gpu.memory.usage" in names, names
+        otel_gpu.stop()  # its final flush is the last collection with GPU points
+        reader.get_metrics_data()
+        after = reader.get_metrics_data()
+        left = {m.name for rm in after.resource_metrics for sm in rm.scope_metrics
+                for m in sm.metrics} if after else set()
+        assert "hw.gpu.memory.usage" not in left, left
+    """
+    _run_script(code, {})
+    assert metrics and MeterProvider and InMemoryMetricReader  # imported names stay in use
+
+
+@pytest.mark.skipif(shutil.which("opentelemetry-instrument",
+                                 path=os.path.dirname(sys.executable)) is None,
+                    reason="opentelemetry-instrumentation is a test dependency")
+def test_opentelemetry_instrument_picks_up_the_instrumentor() -> None:
+    command = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
+    with OtlpReceiver() as receiver:
+        env = {**os.environ, "OTEL_GPU_SIMULATE": "dgx-a100",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+               "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_TRACES_EXPORTER": "none",
+               "OTEL_LOGS_EXPORTER": "none", "OTEL_SERVICE_NAME": "auto"}
+        result = subprocess.run([command, sys.executable, "-c",
+                                 "import time; time.sleep(1.5)"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        received = points(receiver.metric_requests)
+    assert len(_gpu_names(received)) > 8
+    assert {p["resource"]["service.name"] for p in received} == {"auto"}
