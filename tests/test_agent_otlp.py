@@ -1,4 +1,4 @@
-"""End to end: ``otel-gpu agent --simulate`` exports over OTLP to a real receiver, which decodes it."""
+"""End to end: `otel-gpu agent --simulate` exports over OTLP to a real receiver that decodes it."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_agent_exports_the_scenario_over_otlp(protocol: str) -> None:
         endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
         agent = _agent({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
                         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}, "--cycles", "2")
-        out, err = agent.communicate(timeout=120)
+        _, err = agent.communicate(timeout=120)
         assert agent.returncode == 0, err
         assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
         requests = receiver.metric_requests
@@ -76,7 +76,7 @@ def test_sigterm_flushes_the_last_cycle_and_exits_zero() -> None:
                        "30")
         assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 1, timeout_s=60)
         agent.send_signal(signal.SIGTERM)
-        out, err = agent.communicate(timeout=60)
+        _, err = agent.communicate(timeout=60)
         assert agent.returncode == 0, err
         # One export at start, one more for the state at shutdown, and nothing lost in between.
         assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
@@ -86,5 +86,5 @@ def test_sigterm_flushes_the_last_cycle_and_exits_zero() -> None:
 def test_unreachable_backend_does_not_crash_or_hang_the_agent() -> None:
     agent = _agent({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
                     "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}, "--cycles", "2")
-    out, err = agent.communicate(timeout=120)
+    _, err = agent.communicate(timeout=120)
     assert agent.returncode == 0, err

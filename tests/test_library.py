@@ -1,4 +1,4 @@
-"""``otel_gpu.start()`` in a training script: providers, devices per rank, forks, auto-instrumentation."""
+"""otel_gpu.start() in a training script: providers, ranks, forks, auto-instrumentation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``otel-gpu snapshot`` on simulated servers: the real NVML adapter against the simulated driver."""
+"""`otel-gpu snapshot` on simulated servers: the real NVML adapter on the simulated driver."""
 
 from __future__ import annotations
 
