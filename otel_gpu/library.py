@@ -130,12 +130,24 @@ def _span_exporters() -> list[Any]:
     return exporters
 
 
+# Providers a stopped session made and shut down; they stay the globals (the API allows setting
+# them once) but must not be reused by a later session.
+_retired: list[Any] = []
+
+
 def _is_sdk_meter_provider(provider: Any) -> bool:
-    return isinstance(provider, MeterProvider)
+    return isinstance(provider, MeterProvider) and not any(provider is p for p in _retired)
 
 
 def _is_sdk_tracer_provider(provider: Any) -> bool:
-    return isinstance(provider, TracerProvider)
+    return isinstance(provider, TracerProvider) and not any(provider is p for p in _retired)
+
+
+def _set_global(setter: Any, getter: Any, provider: Any) -> None:
+    current = getter()
+    if isinstance(current, (MeterProvider, TracerProvider)):
+        return  # already set once; the API refuses a second one
+    setter(provider)
 
 
 # -- which devices this process reports ------------------------------------------------------
@@ -259,6 +271,7 @@ class Session:
             try:
                 if owned:
                     provider.shutdown()
+                    _retired.append(provider)
                 else:
                     provider.force_flush()
             except Exception:
@@ -332,7 +345,7 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
             else _metric_exporters()
         readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        metrics.set_meter_provider(meter_provider)
+        _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
         owns_meter = True
     if tracer_provider is None and _is_sdk_tracer_provider(trace.get_tracer_provider()):
         tracer_provider = trace.get_tracer_provider()
@@ -340,7 +353,7 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         tracer_provider = TracerProvider(resource=resource)
         for exporter in _span_exporters():
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(tracer_provider)
+        _set_global(trace.set_tracer_provider, trace.get_tracer_provider, tracer_provider)
         owns_tracer = True
 
     simulate = simulate or os.environ.get("OTEL_GPU_SIMULATE") or None

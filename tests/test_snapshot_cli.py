@@ -235,3 +235,13 @@ def test_table_format_is_readable() -> None:
     assert any(line.startswith("gpu7 ") for line in lines)
     assert any("MIG " in line for line in lines)
     assert any(line.startswith("host:") for line in lines)
+
+
+def test_xid_79_in_the_cycle_the_gpu_falls_off_the_bus_is_kept() -> None:
+    doc = snapshot_json("--simulate", "tests/scenarios/lost-gpu.yaml", "--cycles", "3")
+    xids = [(p["attributes"]["hw.name"], p["attributes"]["nvidia.gpu.xid"], p["value"])
+            for p in points_named(doc, "nvidia.gpu.xid.errors")]
+    assert xids == [("gpu1", 79, 1)]
+    failed = {p["attributes"]["hw.name"] for p in points_named(doc, "hw.status")
+              if p["attributes"]["hw.state"] == "failed" and p["value"] == 1}
+    assert failed == {"gpu1"}

@@ -9,6 +9,7 @@ mJ -> J, MHz -> Hz, percent -> ratio.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,14 @@ class _Caller:
             return _ABSENT
 
 
+def _handle_key(handle: Any) -> int:
+    """A device handle's identity: the address it points to (pynvml), else the object."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value or id(handle)
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
+
+
 def _present(value: Any) -> bool:
     return value is not _ABSENT and value is not _EXPECTED and value is not None
 
@@ -159,7 +168,7 @@ class NvmlSource:
         self._driver_version: str | None = None
         self._error_names: dict[int, str] = {}
         self._state: dict[int, _GpuState] = {}
-        self._uuid_to_index: dict[str, int] = {}
+        self._handle_to_index: dict[int, int] = {}
         self._gpm_samples: dict[str, Any] = {}
         self._event_set: Any = None
         self._last_read: float | None = None
@@ -254,7 +263,6 @@ class NvmlSource:
                 return self._lost_gpu(index, state)
             static = state.static or self._read_static(call, handle)
             state.static = static
-            self._uuid_to_index[static.uuid] = index
             return self._read_gpu_values(index, handle, static, state, elapsed, call, pending_gpm)
         except _GpuLost:
             return self._lost_gpu(index, state)
@@ -614,10 +622,8 @@ class NvmlSource:
             gpu_call = _Caller(nvml, errors, self._error_names, f"gpu{index}")
             try:
                 handle = gpu_call("nvmlDeviceGetHandleByIndex", index)
-                uuid = _text(gpu_call("nvmlDeviceGetUUID", handle)) if _present(handle) else None
-                if uuid is not None:
-                    self._uuid_to_index[uuid] = index
                 if _present(handle):
+                    self._handle_to_index[_handle_key(handle)] = index
                     gpu_call(
                         "nvmlDeviceRegisterEvents",
                         handle,
@@ -641,11 +647,8 @@ class NvmlSource:
                 break
             if data.eventType != self._nvml.nvmlEventTypeXidCriticalError:
                 continue
-            try:
-                uuid = _text(call("nvmlDeviceGetUUID", data.device))
-            except _GpuLost:
-                uuid = None
-            index = self._uuid_to_index.get(uuid or "")
+            # Matched by handle: on a GPU that is being lost, asking for its UUID would fail.
+            index = self._handle_to_index.get(_handle_key(data.device))
             if index is not None:
                 found.setdefault(index, []).append(int(data.eventData))
         return found
