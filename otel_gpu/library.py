@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from otel_gpu.telemetry import (
     ConfigError,
     build_resource,
     get_meter,
-    otlp_protocol,
+    otlp_exporter,
     register_catalog,
 )
 from otel_gpu.training import TrainingTracker
@@ -86,47 +86,17 @@ def _export_interval_ms() -> float:
     return value
 
 
-def _metric_exporters() -> list[MetricExporter]:
-    exporters: list[MetricExporter] = []
-    for name in _env_list("OTEL_METRICS_EXPORTER", "otlp"):
-        if name == "otlp":
-            if otlp_protocol() == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter,
-                )
-            else:
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                    OTLPMetricExporter,
-                )
-            exporters.append(OTLPMetricExporter())
-        elif name == "console":
-            exporters.append(ConsoleMetricExporter())
-        elif name != "none":
-            raise ConfigError(f"OTEL_METRICS_EXPORTER: {name!r} is not supported "
-                              "(otlp, console or none)")
-    return exporters
-
-
-def _span_exporters() -> list[Any]:
+def _exporters(signal: str, console: Callable[[], Any]) -> list[Any]:
+    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
     exporters: list[Any] = []
-    for name in _env_list("OTEL_TRACES_EXPORTER", "otlp"):
+    for name in _env_list(variable, "otlp"):
         if name == "otlp":
-            protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").lower()
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-            exporters.append(OTLPSpanExporter())
+            exporters.append(otlp_exporter(signal))
         elif name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(console())
         elif name != "none":
-            raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not supported "
-                              "(otlp, console or none)")
+            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
     return exporters
 
 
@@ -342,7 +312,7 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         meter_provider = metrics.get_meter_provider()
     if meter_provider is None:
         exporters = list(metric_exporters) if metric_exporters is not None \
-            else _metric_exporters()
+            else _exporters("metrics", ConsoleMetricExporter)
         readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
@@ -351,7 +321,7 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         tracer_provider = trace.get_tracer_provider()
     if tracer_provider is None:
         tracer_provider = TracerProvider(resource=resource)
-        for exporter in _span_exporters():
+        for exporter in _exporters("traces", ConsoleSpanExporter):
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         _set_global(trace.set_tracer_provider, trace.get_tracer_provider, tracer_provider)
         owns_tracer = True

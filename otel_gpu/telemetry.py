@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -49,32 +50,38 @@ def build_resource(service_name: str = "otel-gpu-agent") -> Resource:
     return Resource.create({}).merge(ours).merge(OTELResourceDetector().detect())
 
 
-def otlp_protocol() -> str:
-    protocol = (
-        (
-            os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "grpc"
-        )
-        .strip()
-        .lower()
-    )
+def otlp_protocol(signal: str = "metrics") -> str:
+    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc."""
+    name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+    raw = os.environ.get(name) or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    protocol = raw.strip().lower()
     if protocol not in ("grpc", "http/protobuf"):
-        raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported "
-            "(use grpc or http/protobuf)"
-        )
+        raise ConfigError(f"{name if os.environ.get(name) else 'OTEL_EXPORTER_OTLP_PROTOCOL'}: "
+                          f"{protocol!r} is not supported (use grpc or http/protobuf)")
     return protocol
 
 
-def _otlp_exporter() -> Any:
-    # The exporters read every OTEL_EXPORTER_OTLP_* variable themselves (endpoint, headers,
-    # timeout, compression, TLS, temporality preference).
-    if otlp_protocol() == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    return OTLPMetricExporter()
+_OTLP_CLASSES = {
+    ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+                          "OTLPMetricExporter"),
+    ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                                   "OTLPMetricExporter"),
+    ("traces", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+                         "OTLPSpanExporter"),
+    ("traces", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                                  "OTLPSpanExporter"),
+    ("logs", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+                       "OTLPLogExporter"),
+    ("logs", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http._log_exporter",
+                                "OTLPLogExporter"),
+}
+
+
+def otlp_exporter(signal: str = "metrics") -> Any:
+    """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
+    itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
+    module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
+    return getattr(importlib.import_module(module), name)()
 
 
 def _prometheus_reader() -> MetricReader:
@@ -105,7 +112,9 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
     for name in dict.fromkeys(exporters):
         if name == "otlp":
             readers.append(
-                PeriodicExportingMetricReader(_otlp_exporter(), export_interval_millis=millis)
+                PeriodicExportingMetricReader(
+                    otlp_exporter("metrics"), export_interval_millis=millis
+                )
             )
         elif name == "console":
             readers.append(

@@ -1,0 +1,143 @@
+"""Training-loop throughput with and without otel_gpu, alternated in one run.
+
+A CPU-bound synthetic training step (pure Python arithmetic, so it competes with the collector
+thread for the interpreter) runs in blocks of fixed wall time. Plain blocks iterate a range;
+instrumented blocks run with an ``otel_gpu.start()`` session on the simulated ``dgx-a100``
+(collection and export every second, the OTLP encoding done and discarded) and iterate through
+``otel_gpu.track()``. Blocks alternate, their order swapping each round, and the figure is the
+median over rounds of instrumented throughput over plain throughput.
+
+    .venv/bin/python benchmarks/bench_training.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+import otel_gpu
+from otel_gpu.library import start, stop
+
+GOAL = 0.99
+
+
+class EncodingExporter(MetricExporter):
+    """Does an OTLP exporter's CPU work (protobuf encoding) and drops the bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exports = 0
+        self.bytes = 0
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        self.exports += 1
+        self.bytes += len(encode_metrics(metrics_data).SerializeToString())
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+def step_work(n: int) -> int:
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def calibrate(target_s: float) -> int:
+    """Iterations of ``step_work`` that take about ``target_s``."""
+    n = 1000
+    while True:
+        started = time.perf_counter()
+        step_work(n)
+        took = time.perf_counter() - started
+        if took > 0.02:
+            return max(1, int(n * target_s / took))
+        n *= 2
+
+
+def run_block(batches: Callable[[Iterable[int]], Iterable[int]], work: int,
+              seconds: float) -> float:
+    """Steps per second over a block of about ``seconds``."""
+    steps = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    for _ in batches(range(10**9)):
+        step_work(work)
+        steps += 1
+        if time.perf_counter() >= deadline:
+            break
+    return steps / (time.perf_counter() - started)
+
+
+def measure(rounds: int, block_s: float, step_s: float) -> dict[str, Any]:
+    work = calibrate(step_s)
+    plain, instrumented, exports = [], [], []
+    for r in range(rounds):
+        order = ("plain", "otel") if r % 2 == 0 else ("otel", "plain")
+        for kind in order:
+            if kind == "plain":
+                plain.append(run_block(iter, work, block_s))
+                continue
+            exporter = EncodingExporter()
+            session = start(simulate="dgx-a100", export_interval_s=1.0,
+                            metric_exporters=[exporter])
+            try:
+                instrumented.append(run_block(otel_gpu.track, work, block_s))
+            finally:
+                stop()
+            exports.append(exporter.exports)
+            assert session.tracker.steps > 0
+    ratios = [i / p for i, p in zip(instrumented, plain, strict=True)]
+    return {
+        "date": dt.date.today().isoformat(),
+        "rounds": rounds,
+        "block_s": block_s,
+        "step_ms": step_s * 1e3,
+        "plain_steps_per_s": plain,
+        "otel_steps_per_s": instrumented,
+        "exports_per_block": exports,
+        "ratio_per_round": ratios,
+        "median_ratio": statistics.median(ratios),
+        "goal": GOAL,
+        "met": statistics.median(ratios) >= GOAL,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (a smoke test)")
+    parser.add_argument("--step-ms", type=float, default=10.0, help="synthetic step time")
+    parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    args = parser.parse_args(argv)
+    rounds, block_s = (2, 2.0) if args.quick else (8, 6.0)
+    result = measure(rounds, block_s, args.step_ms / 1e3)
+    print(f"step {result['step_ms']:.1f} ms, {rounds} rounds of {block_s:.0f} s blocks")
+    for i, (p, o, e) in enumerate(zip(result["plain_steps_per_s"], result["otel_steps_per_s"],
+                                      result["exports_per_block"], strict=True)):
+        print(f"  round {i}: plain {p:8.1f} steps/s  otel {o:8.1f} steps/s  "
+              f"ratio {o / p:.4f}  exports {e}")
+    verdict = "met" if result["met"] else "NOT met"
+    print(f"median throughput kept: {result['median_ratio']:.4f} (goal >= {GOAL}: {verdict})")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(result, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
