@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.collector import Collector, SnapshotCache
+from otel_gpu.embedded import detect_self, self_resource
 from otel_gpu.pipeline import build_collector
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry import (
@@ -304,8 +305,10 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
            metric_exporters: Sequence[MetricExporter] | None, export_interval_s: float | None,
            attributes: Mapping[str, str] | None, resource: Resource | None) -> Session:
     interval_ms = _export_interval_ms() if export_interval_s is None else export_interval_s * 1e3
+    info = detect_self()
     if resource is None:
-        resource = build_resource(DEFAULT_SERVICE_NAME).merge(
+        # Detected attributes first, so that OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win.
+        resource = self_resource(info).merge(build_resource(DEFAULT_SERVICE_NAME)).merge(
             Resource({"process.pid": os.getpid()}))
     owns_meter = owns_tracer = False
     if meter_provider is None and _is_sdk_meter_provider(metrics.get_meter_provider()):
@@ -331,6 +334,8 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     message = collector.start()
     if message:
         log.warning("otel-gpu: %s; reporting host metrics only", message)
+    if info.attribution_note:
+        log.info("otel-gpu: %s", info.attribution_note)
     devices, host = rank_devices()
     cache = _ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, interval_ms / 2e3)),
                          devices, host)
