@@ -380,6 +380,16 @@ def current_tracker() -> TrainingTracker:
     if current is not None:
         return current.tracker
     global _fallback
-    if _fallback is None or _fallback._pid != os.getpid():
-        _fallback = TrainingTracker()
+    if _fallback is None or _fallback._pid != os.getpid() or _fallback_retired():
+        meter_provider = metrics.get_meter_provider()
+        tracer_provider = trace.get_tracer_provider()
+        if any(meter_provider is p for p in _retired):
+            meter_provider = metrics.NoOpMeterProvider()
+        if any(tracer_provider is p for p in _retired):
+            tracer_provider = trace.NoOpTracerProvider()
+        _fallback = TrainingTracker(meter_provider, tracer_provider)
     return _fallback
+
+
+def _fallback_retired() -> bool:
+    return _fallback is not None and any(_fallback.meter_provider is p for p in _retired)

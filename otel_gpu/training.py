@@ -167,6 +167,7 @@ class TrainingTracker:
             meter_provider = metrics.get_meter_provider()
         if tracer_provider is None:
             tracer_provider = trace.get_tracer_provider()
+        self.meter_provider = meter_provider
         meter = meter_provider.get_meter(_SCOPE, version)
         self._tracer = tracer_provider.get_tracer(_SCOPE, version)
 
