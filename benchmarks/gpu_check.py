@@ -41,7 +41,7 @@ while time.time() < end:
     torch.cuda.synchronize()
 """
 
-SMI_FIELDS = "uuid,name,memory.used,utilization.gpu,power.draw,temperature.gpu"
+SMI_FIELDS = "uuid,name,driver_version,memory.used,utilization.gpu,power.draw,temperature.gpu"
 
 
 def snapshot(out: Path, name: str, *args: str) -> dict[str, Any]:
@@ -165,9 +165,7 @@ def main() -> int:
     checks[f"the load's process is attributed to its user ({me})"] = me in owners
     timings = time_nvml(out)
     verdict = {"date": time.strftime("%Y-%m-%d"), "load_pid": load_pid,
-               "driver_version": next((p["attributes"].get("hw.driver_version")
-                                       for p in busy["points"] if "hw.driver_version"
-                                       in p["attributes"]), None),
+               "driver_version": busy_smi[0].get("driver_version") if busy_smi else None,
                "checks": checks, "nvml_timings_us": timings,
                "memory_growth_bytes": grown, "utilization": util, "sm_utilization": sm,
                "power_idle_w": idle_power, "power_load_w": busy_power,
