@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "epoch", "session", "start", "step", "stop", "track"]
+__all__ = ["__version__", "data_wait", "epoch", "session", "start", "step", "stop", "track"]
 
 if TYPE_CHECKING:
     from otel_gpu.library import Session
@@ -62,3 +62,10 @@ def epoch(n: int) -> Any:
     from otel_gpu.library import current_tracker
 
     return current_tracker().epoch(n)
+
+
+def data_wait() -> Any:
+    """Mark the part of a hand-marked step that waits for data (a context manager)."""
+    from otel_gpu.library import current_tracker
+
+    return current_tracker().data_wait()
