@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from otel_gpu.snapshot import Gpu, MigDevice, Snapshot
+from otel_gpu.snapshot import ContainerUsage, Gpu, MigDevice, Snapshot, Workload
 
 Attributes = dict[str, str | int | float | bool]
 Point = tuple[float, Attributes]
@@ -22,6 +22,19 @@ HISTOGRAM = "histogram"
 
 GPU_IDENTITY = ("hw.id", "hw.name", "hw.model", "hw.vendor")
 MIG_IDENTITY = (*GPU_IDENTITY, "hw.parent", "nvidia.gpu.mig.profile")
+LABEL_TEMPLATE = "container.label.<key>"  # one attribute per allow-listed container label
+CONTAINER_ATTRIBUTES = (
+    "container.id",
+    "container.name",
+    "container.image.name",
+    "container.runtime.name",
+    "k8s.pod.name",
+    "k8s.pod.uid",
+    "k8s.namespace.name",
+    "k8s.container.name",
+    LABEL_TEMPLATE,
+)
+WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES)
 
 
 @dataclass(frozen=True)
@@ -264,6 +277,73 @@ def _mig_slices(snap: Snapshot) -> Iterator[Point]:
         )
 
 
+# -- who uses what ------------------------------------------------------------------------------
+
+
+def _identities(snap: Snapshot) -> dict[str, Attributes]:
+    return {dev.uuid: ident for dev, ident in _all_devices(snap)}
+
+
+def _workload(
+    value_of: Callable[[Workload], float | None],
+) -> Callable[[Snapshot], Iterator[Point]]:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if not snap.workloads:
+            return
+        identities = _identities(snap)
+        for workload in snap.workloads:
+            identity = identities.get(workload.device_uuid)
+            value = value_of(workload)
+            if identity is not None and value is not None:
+                yield value, {**identity, **workload.attributes}
+
+    return observe
+
+
+def _assignments(snap: Snapshot) -> Iterator[Point]:
+    if not snap.assignments:
+        return
+    identities = _identities(snap)
+    for assignment in snap.assignments:
+        identity = identities.get(assignment.device_uuid)
+        if identity is not None:
+            yield 1, {**identity, **assignment.attributes}
+
+
+def _container(
+    value_of: Callable[[ContainerUsage], float | None],
+) -> Callable[[Snapshot], Iterator[Point]]:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            value = value_of(usage)
+            if value is not None:
+                yield value, dict(usage.attributes)
+
+    return observe
+
+
+def _container_pair(
+    key: str, pairs: tuple[tuple[str, str], ...]
+) -> Callable[[Snapshot], Iterator[Point]]:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            for state, attr in pairs:
+                value = getattr(usage.resources, attr)
+                if value is not None:
+                    yield value, {**usage.attributes, key: state}
+
+    return observe
+
+
+def _insights(snap: Snapshot) -> Iterator[Point]:
+    for insight in snap.insights:
+        yield 1, {
+            **insight.attributes,
+            "otel_gpu.insight.rule": insight.rule,
+            "otel_gpu.insight.severity": insight.severity,
+        }
+
+
 def _collection_duration(snap: Snapshot) -> Iterator[Point]:
     for source, seconds in snap.durations_s.items():
         yield seconds, {"otel_gpu.source": source}
@@ -364,8 +444,11 @@ def _filesystem(ratio: bool) -> Callable[[Snapshot], Iterator[Point]]:
 
 _GPU = "Physical GPU and MIG device"
 _MIG = "MIG layout"
+_WHO = "Who uses what"
+_CONTAINERS = "Containers that hold GPUs"
 _HOST = "Host"
 _SELF = "Training and self-telemetry"
+_INSIGHTS = "Insights"
 
 _HW_GPU = (*GPU_IDENTITY, "hw.type")
 _FS = (
@@ -376,6 +459,7 @@ _FS = (
     "system.filesystem.mountpoint",
 )
 _TRAINING = ("otel_gpu.training.run",)
+_WORKLOAD = (*MIG_IDENTITY, *WORKLOAD_ATTRIBUTES)
 
 CATALOG: tuple[Metric, ...] = (
     Metric(
@@ -640,6 +724,101 @@ CATALOG: tuple[Metric, ...] = (
         _gpu_field("mig_reconfigurations"),
     ),
     Metric(
+        "otel_gpu.workload.gpu.memory.usage",
+        UPDOWNCOUNTER,
+        "By",
+        "GPU or MIG device memory used by the processes of one user in one container.",
+        _WORKLOAD,
+        _WHO,
+        _workload(lambda w: w.memory_bytes),
+    ),
+    Metric(
+        "otel_gpu.workload.gpu.processes",
+        UPDOWNCOUNTER,
+        "{process}",
+        "Processes of one user in one container holding a context on the GPU or MIG device.",
+        _WORKLOAD,
+        _WHO,
+        _workload(lambda w: w.processes),
+    ),
+    Metric(
+        "otel_gpu.workload.gpu.utilization",
+        GAUGE,
+        "1",
+        "Sum of the workload's per-process SM utilization samples, at most 1; absent on MIG.",
+        _WORKLOAD,
+        _WHO,
+        _workload(lambda w: None if w.mig else w.sm_utilization),
+    ),
+    Metric(
+        "otel_gpu.device.assignment",
+        GAUGE,
+        "1",
+        "1 per device and container or pod that the runtime or the kubelet gave it, busy or idle.",
+        (*MIG_IDENTITY, *CONTAINER_ATTRIBUTES),
+        _WHO,
+        _assignments,
+    ),
+    Metric(
+        "container.cpu.time",
+        COUNTER,
+        "s",
+        "CPU time of a container that holds a GPU process, by mode (from its cgroup).",
+        (*CONTAINER_ATTRIBUTES, "cpu.mode"),
+        _CONTAINERS,
+        _container_pair("cpu.mode", (("user", "cpu_user_s"), ("system", "cpu_system_s"))),
+        semconv=True,
+    ),
+    Metric(
+        "container.memory.usage",
+        UPDOWNCOUNTER,
+        "By",
+        "Memory charged to the container's cgroup (memory.current, memory.usage_in_bytes).",
+        CONTAINER_ATTRIBUTES,
+        _CONTAINERS,
+        _container(lambda c: c.resources.memory_usage_bytes),
+        semconv=True,
+    ),
+    Metric(
+        "otel_gpu.container.memory.limit",
+        UPDOWNCOUNTER,
+        "By",
+        "The container's cgroup memory limit; absent when it has none.",
+        CONTAINER_ATTRIBUTES,
+        _CONTAINERS,
+        _container(lambda c: c.resources.memory_limit_bytes),
+    ),
+    Metric(
+        "otel_gpu.container.cpu.limit",
+        GAUGE,
+        "{cpu}",
+        "The container's CPU quota over its period, in CPUs; absent when it has none.",
+        CONTAINER_ATTRIBUTES,
+        _CONTAINERS,
+        _container(lambda c: c.resources.cpu_limit),
+    ),
+    Metric(
+        "otel_gpu.container.oom_kills",
+        COUNTER,
+        "{event}",
+        "Processes of the container killed by the out-of-memory killer.",
+        CONTAINER_ATTRIBUTES,
+        _CONTAINERS,
+        _container(lambda c: c.resources.oom_kills),
+    ),
+    Metric(
+        "container.disk.io",
+        COUNTER,
+        "By",
+        "Bytes the container's cgroup read from and wrote to block devices.",
+        (*CONTAINER_ATTRIBUTES, "disk.io.direction"),
+        _CONTAINERS,
+        _container_pair(
+            "disk.io.direction", (("read", "disk_read_bytes"), ("write", "disk_write_bytes"))
+        ),
+        semconv=True,
+    ),
+    Metric(
         "system.cpu.time",
         COUNTER,
         "s",
@@ -780,6 +959,24 @@ CATALOG: tuple[Metric, ...] = (
         semconv=True,
     ),
     Metric(
+        "otel_gpu.insight.active",
+        GAUGE,
+        "1",
+        "1 for each active insight (a finding with a remedy) about its subject.",
+        (
+            "otel_gpu.insight.rule",
+            "otel_gpu.insight.severity",
+            *MIG_IDENTITY,
+            *WORKLOAD_ATTRIBUTES,
+            "nvidia.gpu.xid",
+            "system.device",
+            "system.filesystem.mountpoint",
+            *_TRAINING,
+        ),
+        _INSIGHTS,
+        _insights,
+    ),
+    Metric(
         "otel_gpu.training.step.duration",
         HISTOGRAM,
         "s",
@@ -853,6 +1050,11 @@ def render_markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         + ", ".join(f"`{a}`" for a in GPU_IDENTITY)
         + "; MIG devices add `hw.parent` and `nvidia.gpu.mig.profile`.",
         "Ratios are 0..1. A value the hardware cannot give is absent, never 0.",
+        "",
+        "Workload attributes, each present only when known: "
+        + ", ".join(f"`{a}`" for a in WORKLOAD_ATTRIBUTES)
+        + " (`process.owner` is the user name, or the numeric uid when it has none;"
+        " `container.label.<key>` for each allow-listed label). No process id on any metric.",
     ]
     section = None
     for metric in metrics:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from otel_gpu.insights import load_thresholds
 from otel_gpu.pipeline import Pipeline, build_pipeline
 from otel_gpu.report import snapshot_document, snapshot_table
 from otel_gpu.telemetry import EXPORTERS, ConfigError
@@ -65,6 +66,15 @@ def _add_common(parser: argparse.ArgumentParser, default_exporter: str) -> None:
         metavar="SECONDS",
         help="collection interval (default 10; simulated time under --simulate)",
     )
+    _add_thresholds(parser)
+
+
+def _add_thresholds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="insight thresholds and durations to change (YAML or JSON; see docs/insights.md)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -86,13 +96,48 @@ def make_parser() -> argparse.ArgumentParser:
     _add_common(snap, "none")
     snap.add_argument("--cycles", type=_count, default=1, help="collections to run (default 1)")
     snap.add_argument("--format", choices=("json", "table"), default="table")
+    status = commands.add_parser(
+        "status", help="my containers, the GPUs and limits I was given, what I use, insights"
+    )
+    status.add_argument("--simulate", metavar="SCENARIO", help=snap_help(snap, "--simulate"))
+    status.add_argument(
+        "--interval",
+        type=_positive,
+        metavar="SECONDS",
+        help="time between cycles (default 1; 10 of simulated time under --simulate)",
+    )
+    status.add_argument("--cycles", type=_count, default=2,
+                        help="collections to run (default 2: CPU use needs two)")
+    status.add_argument("--format", choices=("json", "table"), default="table")
+    status.add_argument("--as-user", metavar="NAME",
+                        help="show this user's workloads (name or uid) instead of mine")
+    _add_thresholds(status)
+    doctor = commands.add_parser("doctor", help="check the environment and say what to fix")
+    doctor.add_argument("--format", choices=("json", "table"), default="table")
+    doctor.add_argument("--exporter", action="append", choices=EXPORTERS,
+                        help="check what this exporter needs too (repeatable)")
+    doctor.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS",
+                        help="limit for each network check (default 2)")
     return parser
+
+
+def snap_help(parser: argparse.ArgumentParser, option: str) -> str | None:
+    """The help text of one of ``parser``'s options, so that shared options read the same."""
+    for action in parser._actions:
+        if option in action.option_strings:
+            return action.help
+    return None
 
 
 def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) -> Pipeline:
     exporters = args.exporter or [default_exporter]
+    thresholds = load_thresholds(args.thresholds)
     pipeline = build_pipeline(
-        simulate=args.simulate, exporters=exporters, interval_s=args.interval, in_memory=in_memory
+        simulate=args.simulate,
+        exporters=exporters,
+        interval_s=args.interval,
+        in_memory=in_memory,
+        thresholds=thresholds,
     )
     if pipeline.driver_message:
         print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
@@ -132,13 +177,34 @@ def run_snapshot(args: argparse.Namespace) -> int:
         assert pipeline.memory_reader is not None and snapshot is not None
         data = pipeline.memory_reader.get_metrics_data()
         if args.format == "json":
-            json.dump(snapshot_document(data), sys.stdout, indent=1, sort_keys=False)
+            insights = [insight.to_dict() for insight in snapshot.insights]
+            json.dump(snapshot_document(data, insights), sys.stdout, indent=1, sort_keys=False)
             sys.stdout.write("\n")
         else:
             sys.stdout.write(snapshot_table(snapshot))
     finally:
         pipeline.shutdown()
     return EXIT_OK
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from otel_gpu.status import collect_view, print_status
+
+    view, message = collect_view(simulate=args.simulate, interval_s=args.interval,
+                                 cycles=args.cycles, as_user=args.as_user,
+                                 collector_options={"thresholds": load_thresholds(
+                                     args.thresholds)})
+    if message:
+        print(f"otel-gpu: {message}; showing CPU and memory only", file=sys.stderr)
+    print_status(view, args.format)
+    return EXIT_OK
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from otel_gpu.doctor import print_report, run_checks
+
+    results = run_checks(exporters=args.exporter or (), timeout_s=args.timeout)
+    return print_report(results, args.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "agent":
             return run_agent(args)
+        if args.command == "status":
+            return run_status(args)
+        if args.command == "doctor":
+            return run_doctor(args)
         return run_snapshot(args)
     except (ScenarioError, ConfigError) as err:
         print(f"otel-gpu: {err}", file=sys.stderr)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
+from otel_gpu.attribution import Attributor
+from otel_gpu.insights import InsightEngine, InsightUpdate, TrainingSignals
 from otel_gpu.snapshot import HostSnapshot, Snapshot, SourceError
 from otel_gpu.sources.nvml import NvmlSource
 
@@ -21,6 +24,9 @@ class Simulation(Protocol):
     def host_overrides(self, cycle: int) -> Any: ...
 
 
+TrainingSource = Callable[[], "TrainingSignals | Iterable[TrainingSignals] | None"]
+
+
 class Collector:
     """Builds one Snapshot per call of ``collect()``; never raises."""
 
@@ -31,18 +37,33 @@ class Collector:
         *,
         simulation: Simulation | None = None,
         clock: Callable[[], float] = time.time,
+        attributor: Attributor | None = None,
+        insights: InsightEngine | None = None,
     ) -> None:
         self.nvml = nvml
         self.host = host
         self.simulation = simulation
+        self.attributor = attributor
         self._clock = clock
         self._cycle = 0
         self._error_counts: dict[tuple[str, str], int] = {}
         self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
+        self.insights = insights if insights is not None else InsightEngine()
+        self._training_sources: list[TrainingSource] = []
+        self._insight_listeners: list[Callable[[InsightUpdate, Snapshot], None]] = []
 
     def add_error_source(self, take_errors: Callable[[], Iterable[SourceError]]) -> None:
         """Failures recorded outside the cycle (e.g. by the training tracker), drained per cycle."""
         self._error_sources.append(take_errors)
+
+    def add_training_source(self, read: TrainingSource) -> None:
+        """Training signals (e.g. a training loop's data-wait ratio), read once per cycle and
+        given to the insight rules."""
+        self._training_sources.append(read)
+
+    def add_insight_listener(self, listener: Callable[[InsightUpdate, Snapshot], None]) -> None:
+        """Called after every cycle with the insights that fired and cleared in it."""
+        self._insight_listeners.append(listener)
 
     def start(self) -> str | None:
         """Initialise the sources; returns the one message to show when there is no driver."""
@@ -51,7 +72,17 @@ class Collector:
         return self.nvml.unavailable_reason
 
     def close(self) -> None:
-        self.nvml.close()
+        """Close the sources, then the simulated world they read, if any."""
+        try:
+            self.nvml.close()
+        finally:
+            try:
+                if self.attributor is not None:
+                    self.attributor.close()
+            finally:
+                close = getattr(self.simulation, "close", None)
+                if close is not None:
+                    close()
 
     @property
     def cycles(self) -> int:
@@ -81,6 +112,15 @@ class Collector:
                 errors.append(SourceError("nvml", "read", type(err).__name__))
             durations["nvml"] = time.perf_counter() - started
 
+        attribution = None
+        if self.attributor is not None and gpus:
+            try:
+                attribution = self.attributor.attribute(gpus)
+                errors.extend(attribution.errors)
+                durations.update(attribution.durations_s)
+            except Exception as err:
+                errors.append(SourceError("attribution", "attribute", type(err).__name__))
+
         host = None
         if self.host is not None:
             started = time.perf_counter()
@@ -100,7 +140,7 @@ class Collector:
         for err in errors:
             key = (err.source, err.error_type)
             self._error_counts[key] = self._error_counts.get(key, 0) + 1
-        return Snapshot(
+        snapshot = Snapshot(
             cycle=cycle,
             timestamp=now,
             driver_available=self.nvml.available,
@@ -110,6 +150,54 @@ class Collector:
             errors=tuple(errors),
             error_counts=dict(self._error_counts),
             durations_s=durations,
+            workloads=attribution.workloads if attribution is not None else (),
+            assignments=attribution.assignments if attribution is not None else (),
+            containers=attribution.containers if attribution is not None else (),
+        )
+        return self._with_insights(snapshot)
+
+    def _training_signals(self, failures: list[SourceError]) -> list[TrainingSignals]:
+        signals: list[TrainingSignals] = []
+        for read in self._training_sources:
+            try:
+                found = read()
+                if isinstance(found, TrainingSignals):
+                    signals.append(found)
+                elif found is not None:
+                    signals.extend(found)
+            except Exception as err:
+                failures.append(SourceError("insights", "training_source", type(err).__name__))
+        return signals
+
+    def _with_insights(self, snapshot: Snapshot) -> Snapshot:
+        """Run the insight rules over the window that ends with this Snapshot; a failure is a
+        recorded error of source ``insights``, never a lost cycle."""
+        started = time.perf_counter()
+        failures: list[SourceError] = []
+        update = None
+        try:
+            update = self.insights.update(snapshot, self._training_signals(failures))
+        except Exception as err:
+            failures.append(SourceError("insights", "update", type(err).__name__))
+        durations = {**snapshot.durations_s, "insights": time.perf_counter() - started}
+        if update is not None:
+            snapshot = replace(snapshot, insights=update.active, durations_s=durations)
+            for listener in self._insight_listeners:
+                try:
+                    listener(update, snapshot)
+                except Exception as err:
+                    failures.append(SourceError("insights", "emit", type(err).__name__))
+        else:
+            snapshot = replace(snapshot, durations_s=durations)
+        if not failures:
+            return snapshot
+        for err in failures:
+            key = (err.source, err.error_type)
+            self._error_counts[key] = self._error_counts.get(key, 0) + 1
+        return replace(
+            snapshot,
+            errors=(*snapshot.errors, *failures),
+            error_counts=dict(self._error_counts),
         )
 
 

@@ -88,11 +88,29 @@ class SelfInfo:
         return self.container_id is not None or self.in_kubernetes
 
 
+def visible_devices(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The devices this process was given: CUDA_VISIBLE_DEVICES, else NVIDIA_VISIBLE_DEVICES.
+
+    Entries are NVML indices, GPU UUIDs or MIG UUIDs; None means every device. Indices follow
+    NVML's (PCI bus) order, which CUDA uses with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
+    """
+    env = os.environ if environ is None else environ
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        raw = env.get(name)
+        if raw is None:
+            continue
+        raw = raw.strip()
+        if raw in ("", "all") and name == "NVIDIA_VISIBLE_DEVICES":
+            continue
+        if raw in ("none", "void"):
+            return []
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return None
+
+
+
 def detect_self(proc_root: str = "/proc", environ: Mapping[str, str] | None = None) -> SelfInfo:
     """Who this process is and what it was given; never raises on missing or unreadable files."""
-    # Imported here: otel_gpu.library may itself import this module.
-    from otel_gpu.library import visible_devices
-
     env = os.environ if environ is None else environ
     own_cgroup = _read_lines(os.path.join(proc_root, "self", "cgroup"))
     ref = container_from_cgroup_lines(own_cgroup or ())

@@ -17,7 +17,9 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -30,7 +32,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.collector import Collector, SnapshotCache
-from otel_gpu.embedded import detect_self, self_resource
+from otel_gpu.embedded import detect_self, self_resource, visible_devices
+from otel_gpu.insight_log import InsightLogEmitter, build_logger_provider
+from otel_gpu.insights import Insight, TrainingSignals
 from otel_gpu.pipeline import build_collector
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry import (
@@ -124,26 +128,6 @@ def _set_global(setter: Any, getter: Any, provider: Any) -> None:
 # -- which devices this process reports ------------------------------------------------------
 
 
-def visible_devices(environ: Mapping[str, str] | None = None) -> list[str] | None:
-    """The devices this process was given: CUDA_VISIBLE_DEVICES, else NVIDIA_VISIBLE_DEVICES.
-
-    Entries are NVML indices, GPU UUIDs or MIG UUIDs; None means every device. Indices follow
-    NVML's (PCI bus) order, which CUDA uses with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
-    """
-    env = os.environ if environ is None else environ
-    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        raw = env.get(name)
-        if raw is None:
-            continue
-        raw = raw.strip()
-        if raw in ("", "all") and name == "NVIDIA_VISIBLE_DEVICES":
-            continue
-        if raw in ("none", "void"):
-            return []
-        return [item.strip() for item in raw.split(",") if item.strip()]
-    return None
-
-
 def rank_devices(environ: Mapping[str, str] | None = None) -> tuple[list[str] | None, bool]:
     """The devices this rank reports and whether it reports the host.
 
@@ -180,7 +164,23 @@ def scope_snapshot(snapshot: Snapshot, devices: Sequence[str] | None,
                 kept.append(replace(gpu, mig_devices=migs,
                                     processes=tuple(p for m in migs for p in m.processes)))
         gpus = tuple(kept)
-    return replace(snapshot, gpus=gpus, host=snapshot.host if report_host else None)
+    kept_ids = {g.uuid for g in gpus} | {m.uuid for g in gpus for m in g.mig_devices}
+    insights = tuple(i for i in snapshot.insights if _insight_in_scope(i, kept_ids, report_host))
+    return replace(snapshot, gpus=gpus, host=snapshot.host if report_host else None,
+                   insights=insights)
+
+
+def _insight_in_scope(insight: Insight, device_ids: set[str], report_host: bool) -> bool:
+    """Device insights go with their device; the others (host, containers) with the host, and
+    a training run's with the process that trains."""
+    device = insight.attributes.get("hw.id")
+    if device is not None:
+        return device in device_ids
+    return report_host or (insight.rule == "input_bound" and not _is_container(insight))
+
+
+def _is_container(insight: Insight) -> bool:
+    return any(key.startswith(("container.", "k8s.")) for key in insight.attributes)
 
 
 class _ScopedCache:
@@ -211,7 +211,8 @@ class Session:
     def __init__(self, *, collector: Collector | None, cache: _ScopedCache | None,
                  tracker: TrainingTracker, meter_provider: Any, tracer_provider: Any,
                  owns_meter_provider: bool, owns_tracer_provider: bool,
-                 driver_message: str | None = None) -> None:
+                 driver_message: str | None = None, logger_provider: Any = None,
+                 owns_logger_provider: bool = False) -> None:
         self.collector = collector
         self._cache = cache
         self.tracker = tracker
@@ -220,6 +221,8 @@ class Session:
         self._owns_meter = owns_meter_provider
         self._owns_tracer = owns_tracer_provider
         self.driver_message = driver_message
+        self.logger_provider = logger_provider
+        self._owns_logger = owns_logger_provider
         self.pid = os.getpid()
         self.stopped = False
 
@@ -238,7 +241,10 @@ class Session:
         # A provider this session made exports one last time as it shuts down; one the
         # application owns is flushed and left running.
         for provider, owned in ((self.meter_provider, self._owns_meter),
-                                (self.tracer_provider, self._owns_tracer)):
+                                (self.tracer_provider, self._owns_tracer),
+                                (self.logger_provider, self._owns_logger)):
+            if provider is None:
+                continue
             try:
                 if owned:
                     provider.shutdown()
@@ -330,7 +336,10 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         owns_tracer = True
 
     simulate = simulate or os.environ.get("OTEL_GPU_SIMULATE") or None
-    collector = build_collector(simulate, interval_ms / 1e3)
+    # NVML reports host pids: inside a container without the host pid namespace they would be
+    # joined to the wrong local processes, so only the devices are reported there.
+    attribution = simulate is not None or not info.in_container or bool(info.host_pid_namespace)
+    collector = build_collector(simulate, interval_ms / 1e3, attribution=attribution)
     message = collector.start()
     if message:
         log.warning("otel-gpu: %s; reporting host metrics only", message)
@@ -342,10 +351,30 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     register_catalog(get_meter(meter_provider), cache)
     tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes)
     collector.add_error_source(tracker.take_errors)
+    run_attributes = dict(attributes or {})
+    collector.add_training_source(
+        lambda: TrainingSignals(tracker.data_wait_ratio, tracker.steps, run_attributes)
+    )
+    logger_provider, owns_logger = _insight_logger_provider(resource)
+    if logger_provider is not None:
+        collector.add_insight_listener(InsightLogEmitter(logger_provider))
     return Session(collector=collector, cache=cache, tracker=tracker,
                    meter_provider=meter_provider, tracer_provider=tracer_provider,
                    owns_meter_provider=owns_meter, owns_tracer_provider=owns_tracer,
-                   driver_message=message)
+                   driver_message=message, logger_provider=logger_provider,
+                   owns_logger_provider=owns_logger)
+
+
+def _insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
+    """Where insight log records go: the application's SDK LoggerProvider, else one built from
+    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
+    current = _logs.get_logger_provider()
+    if isinstance(current, LoggerProvider) and not any(current is p for p in _retired):
+        return current, False
+    exporters = _exporters("logs", ConsoleLogRecordExporter)
+    if not exporters:
+        return None, False
+    return build_logger_provider(exporters, resource), True
 
 
 def stop() -> None:

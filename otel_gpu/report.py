@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
@@ -129,6 +130,17 @@ def snapshot_table(snapshot: Snapshot) -> str:
             used = fs.used_bytes / fs.size_bytes if fs.size_bytes else None
             lines.append(
                 f"  {fs.mountpoint[:40]:<40} {_fmt_ratio(used):>5} of {_fmt_bytes(fs.size_bytes)}"
+            )
+    if snapshot.insights:
+        lines += ["", f"insights ({len(snapshot.insights)} active):"]
+        for insight in snapshot.insights:
+            lines += textwrap.wrap(
+                f"{insight.severity.upper():<8} {insight.rule}: {insight.message}",
+                80, initial_indent="  ", subsequent_indent=" " * 11,
+            )
+            lines += textwrap.wrap(
+                f"remedy: {insight.remedy}", 80, initial_indent=" " * 11,
+                subsequent_indent=" " * 11,
             )
     if snapshot.errors:
         kinds = sorted({f"{e.source}:{e.error_type}" for e in snapshot.errors})

@@ -8,6 +8,10 @@ data points. Units are in the field names: ``_bytes``, ``_watts``, ``_joules``, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from otel_gpu.insights import Insight
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,57 @@ class HostSnapshot:
 
 
 @dataclass(frozen=True)
+class ContainerResources:
+    """A cgroup's limits and usage; None where the kernel gave no value, or there is no limit."""
+
+    cgroup_version: int  # 1 or 2
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    cpu_limit: float | None = None  # CPUs (quota / period); None: no limit
+    cpu_periods: int | None = None  # enforcement periods elapsed
+    cpu_throttled_periods: int | None = None
+    cpu_throttled_s: float | None = None
+    memory_usage_bytes: int | None = None
+    memory_limit_bytes: int | None = None  # None: no limit
+    oom_kills: int | None = None
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The processes of one user in one container on one GPU or MIG device; never a pid.
+
+    ``attributes`` holds the workload attributes that are known: ``process.owner``,
+    ``container.*`` (``container.label.<key>`` for allow-listed labels) and ``k8s.*``.
+    """
+
+    device_uuid: str  # the GPU's or MIG device's UUID
+    mig: bool
+    attributes: dict[str, str]
+    processes: int
+    memory_bytes: int | None  # None when NVML gave no process its memory
+    sm_utilization: float | None = None  # sum of per-process samples; None on MIG
+
+
+@dataclass(frozen=True)
+class DeviceAssignment:
+    """A GPU or MIG device that a container runtime or the kubelet gave a container or pod."""
+
+    device_uuid: str
+    mig: bool
+    attributes: dict[str, str]  # container.* and k8s.* attributes
+
+
+@dataclass(frozen=True)
+class ContainerUsage:
+    """The cgroup of a container that holds a GPU process."""
+
+    attributes: dict[str, str]  # container.* and k8s.* attributes, as on its workloads
+    resources: ContainerResources
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One collection cycle. ``timestamp`` is simulated time under ``--simulate``."""
 
@@ -169,3 +224,7 @@ class Snapshot:
     errors: tuple[SourceError, ...] = ()  # this cycle's failures
     error_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # since start
     durations_s: dict[str, float] = field(default_factory=dict)  # source -> seconds this cycle
+    workloads: tuple[Workload, ...] = ()
+    assignments: tuple[DeviceAssignment, ...] = ()
+    containers: tuple[ContainerUsage, ...] = ()
+    insights: tuple[Insight, ...] = ()  # active insights after this cycle

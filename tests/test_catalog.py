@@ -45,10 +45,20 @@ def test_semconv_names_exist_in_the_installed_package(metric) -> None:
     assert metric.name in SEMCONV
 
 
+def _attribute_key(name: str) -> str:
+    """A template such as ``container.label.<key>`` stands for the conventions' prefix."""
+    return name.removesuffix(".<key>")
+
+
 @pytest.mark.parametrize("metric", CATALOG, ids=lambda m: m.name)
 def test_attribute_keys_outside_our_namespaces_are_conventions(metric) -> None:
-    foreign = [a for a in metric.attributes if not a.startswith(OWN_PREFIXES)]
+    foreign = [_attribute_key(a) for a in metric.attributes if not a.startswith(OWN_PREFIXES)]
     assert [a for a in foreign if a not in SEMCONV] == []
+
+
+def test_attribute_templates_are_the_only_placeholders() -> None:
+    templates = {a for m in CATALOG for a in m.attributes if "<" in a or ">" in a}
+    assert templates == {"container.label.<key>"}
 
 
 @pytest.mark.parametrize("metric", [m for m in CATALOG if not m.semconv], ids=lambda m: m.name)

@@ -353,10 +353,54 @@ def test_server_answers_docker_shapes(sock_dir: str) -> None:
         conn.close()
         conn = UnixHTTPConnection(path, timeout=2)
         conn.request("GET", "/containers/json")
+        listed = json.loads(conn.getresponse().read())
+        conn.close()
+        conn = UnixHTTPConnection(path, timeout=2)
+        conn.request("GET", "/info")
         missing = conn.getresponse()
         missing.read()
         conn.close()
     assert response.status == 200
     assert doc["Name"] == "/n" and doc["Id"] == A
     assert doc["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [GPU0]
+    assert [(c["Id"], c["Names"]) for c in listed] == [(A, ["/n"])]
     assert missing.status == 404
+
+
+def test_list_containers_is_cached_and_reads_ids_only(sock_dir: str) -> None:
+    path = f"{sock_dir}/d.sock"
+    clock = Clock()
+    containers = [
+        {"id": A, "name": "a", "cmdline": ["python", "train.py", "--token", "hunter2"]},
+        {"id": B, "name": "b"},
+    ]
+    with serve_docker_api(path, containers) as server:
+        client = DockerClient(path, list_ttl_s=30, clock=clock, api_version="1.44")
+        assert client.list_containers() == (A, B)
+        assert client.list_containers() == (A, B)
+        assert server.requests == ["/v1.44/containers/json"]
+        server.containers.append({"id": C, "name": "c"})
+        clock.now += 31
+        assert client.list_containers() == (A, B, C)
+        assert len(server.requests) == 2
+    assert _errors(client) == []
+
+
+def test_list_containers_failures(sock_dir: str) -> None:
+    clock = Clock()
+    client = DockerClient(f"{sock_dir}/missing.sock", retry_after_s=30, clock=clock)
+    assert client.list_containers() is None
+    assert client.inspect(A) is None  # the daemon is down: not asked again within the back-off
+    assert _errors(client) == ["FileNotFoundError"]
+
+    path = f"{sock_dir}/d.sock"
+    with serve_docker_api(path, [{"id": A, "name": "a"}]) as server:
+        client = DockerClient(path, list_ttl_s=30, clock=clock)
+        assert client.list_containers() == (A,)
+        clock.now += 31
+        server.answer = lambda p: (200, b'{"not": "a list"}')  # type: ignore[method-assign]
+        assert client.list_containers() is None
+        odd = json.dumps([{"Id": "../x"}, 7, {"Id": B}]).encode()
+        server.answer = lambda p: (200, odd)  # type: ignore[method-assign]
+        assert client.list_containers() == (B,)
+    assert _errors(client) == ["Malformed"]

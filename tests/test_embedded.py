@@ -18,8 +18,8 @@ from otel_gpu.embedded import (
     SelfInfo,
     clean_value,
     detect_self,
+    visible_devices,
 )
-from otel_gpu.library import visible_devices
 
 CID = "3f2a9c1be0d74e55a0c6b1f2d3e4a5b6c7d8e9f00112233445566778899aabbc"
 SANDBOX = "9be1a7c3d5f70123456789abcdef0123456789abcdef0123456789abcdef0123"

@@ -20,7 +20,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from otlp_receiver import OtlpReceiver, points
 
-from otel_gpu.library import rank_devices, scope_snapshot, visible_devices
+from otel_gpu.embedded import visible_devices
+from otel_gpu.library import rank_devices, scope_snapshot
 from otel_gpu.pipeline import build_collector
 
 

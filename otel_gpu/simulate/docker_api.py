@@ -1,7 +1,9 @@
 """A Docker Engine API stand-in on a Unix socket, serving a scenario's containers.
 
 ``GET [/v<version>]/containers/<id or unique id prefix>/json`` answers in the shape of the Engine
-API's container inspect; anything else is 404. A container given as a scenario entry
+API's container inspect, ``GET [/v<version>]/containers/json`` lists the containers in the shape of
+its container list (ContainerSummary), ``GET [/v<version>]/_ping`` answers ``OK``; anything else
+is 404. A container given as a scenario entry
 (``id``, ``name``, ``image``, ``labels``, ``devices``, optional ``env`` and ``runtime``) is turned
 into that shape; one with an ``inspect`` key is served as that JSON value verbatim, and one with
 ``raw`` (bytes) as those bytes, for answers no real daemon would give.
@@ -19,6 +21,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 _PATH = re.compile(r"^(?:/v[0-9.]+)?/containers/([^/]+)/json$")
+_LIST = re.compile(r"^(?:/v[0-9.]+)?/containers/json$")
+_PING = re.compile(r"^(?:/v[0-9.]+)?/_ping$")
 
 
 def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +55,20 @@ def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
             "Runtime": container.get("runtime", "runc"),
             "DeviceRequests": requests or None,
         },
+    }
+
+
+def summary_document(container: dict[str, Any]) -> dict[str, Any]:
+    """The container list entry (ContainerSummary) for a scenario container."""
+    return {
+        "Id": container["id"],
+        "Names": ["/" + container.get("name", container["id"][:12])],
+        "Image": container.get("image", ""),
+        "ImageID": "sha256:" + "0" * 64,
+        "Command": " ".join(container.get("cmdline", ("sleep", "infinity"))),
+        "Labels": dict(container.get("labels", {})),
+        "State": "running",
+        "Status": "Up 2 hours",
     }
 
 
@@ -100,6 +118,10 @@ class DockerApiServer:
         self._thread.start()
 
     def answer(self, path: str) -> tuple[int, bytes]:
+        if _PING.match(path.split("?", 1)[0]):
+            return 200, b"OK"
+        if _LIST.match(path.split("?", 1)[0]):
+            return 200, json.dumps([summary_document(c) for c in self.containers]).encode()
         m = _PATH.match(path.split("?", 1)[0])
         if m:
             wanted = m.group(1)

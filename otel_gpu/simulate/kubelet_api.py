@@ -113,6 +113,7 @@ def pod_list(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
             {
                 "name": c["name"],
                 "containerID": f"{c.get('runtime', 'containerd')}://{c['id']}",
+                "image": c.get("image", ""),
                 "ready": True,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": "2024-05-01T00:00:00Z"}},

@@ -319,6 +319,8 @@ class Resources:
     memory_limit_bytes: Varying = None
     memory_used_bytes: Varying = None
     oom_kills: Varying = None
+    disk_read_bytes_per_s: Varying = None
+    disk_write_bytes_per_s: Varying = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,14 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class KubeletSpec:
+    """Which of the kubelet's APIs answer (both do by default, where the scenario has pods)."""
+
+    pod_resources: bool = True  # the pod-resources gRPC socket exists
+    pod_list: bool = True  # /pods answers; False: it answers 503
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: str
@@ -364,6 +374,7 @@ class Scenario:
     pods: tuple[PodSpec, ...]
     gpus: tuple[GpuSpec, ...]
     host: HostSpec | None
+    kubelet: KubeletSpec = field(default_factory=KubeletSpec)
 
     def resolve_device(self, ref: str) -> str | None:
         """The UUID a device reference (a UUID or a hw.name like gpu3 or gpu0/mig1) names."""
@@ -438,7 +449,17 @@ def _device_refs(gpus: Iterable[GpuSpec]) -> dict[str, str]:
     return refs
 
 
-_TOP_KEYS = {"name", "description", "driver_version", "users", "containers", "pods", "gpus", "host"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "driver_version",
+    "users",
+    "containers",
+    "pods",
+    "gpus",
+    "host",
+    "kubelet",
+}
 _GPU_KEYS = {
     "model",
     "uuid",
@@ -492,6 +513,8 @@ _RESOURCE_KEYS = (
     "memory_limit_bytes",
     "memory_used_bytes",
     "oom_kills",
+    "disk_read_bytes_per_s",
+    "disk_write_bytes_per_s",
 )
 _HEX = frozenset("0123456789abcdef")
 
@@ -605,6 +628,7 @@ class _Loader:
         )
         self.check_unique_containers(containers, pods)
         host = self.host(raw["host"]) if "host" in raw else None
+        kubelet = self.kubelet(raw["kubelet"]) if "kubelet" in raw else KubeletSpec()
         return Scenario(
             name=self.name,
             path=self.path,
@@ -615,6 +639,13 @@ class _Loader:
             pods=pods,
             gpus=gpus,
             host=host,
+            kubelet=kubelet,
+        )
+
+    def kubelet(self, value: Any) -> KubeletSpec:
+        raw = self.mapping(value, "kubelet", ("pod_resources", "pod_list"))
+        return KubeletSpec(
+            **{name: self.boolean(flag, f"kubelet.{name}") for name, flag in raw.items()}
         )
 
     def users(self, value: Any) -> dict[int, str]:
@@ -1033,6 +1064,8 @@ class _Loader:
             "memory_limit_bytes": self.integer,
             "memory_used_bytes": self.integer,
             "oom_kills": self.integer,
+            "disk_read_bytes_per_s": self.integer,
+            "disk_write_bytes_per_s": self.integer,
         }
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 

@@ -15,7 +15,15 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from otel_gpu.snapshot import SourceError
+from otel_gpu.snapshot import ContainerResources, SourceError
+
+__all__ = [
+    "CgroupReader",
+    "ContainerRef",
+    "ContainerResources",
+    "container_from_cgroup_lines",
+    "parse_cgroup_path",
+]
 
 _ID = r"[0-9a-f]{64}"
 _SCOPED_ID = re.compile(rf"^(docker|cri-containerd|crio|libpod)-({_ID})(?:\.scope)?$")
@@ -114,24 +122,6 @@ def container_from_cgroup_lines(lines: Iterable[str]) -> ContainerRef | None:
         if ref is not None:
             return ref
     return None
-
-
-@dataclass(frozen=True)
-class ContainerResources:
-    """A cgroup's limits and usage; None where the kernel gave no value, or there is no limit."""
-
-    cgroup_version: int  # 1 or 2
-    cpu_user_s: float | None = None
-    cpu_system_s: float | None = None
-    cpu_limit: float | None = None  # CPUs (quota / period); None: no limit
-    cpu_periods: int | None = None  # enforcement periods elapsed
-    cpu_throttled_periods: int | None = None
-    cpu_throttled_s: float | None = None
-    memory_usage_bytes: int | None = None
-    memory_limit_bytes: int | None = None  # None: no limit
-    oom_kills: int | None = None
-    disk_read_bytes: int | None = None
-    disk_write_bytes: int | None = None
 
 
 # cgroup v1 reports "no memory limit" as PAGE_COUNTER_MAX pages, 9223372036854771712 with 4 KiB

@@ -31,6 +31,7 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 MAX_TEXT = 128
 MAX_DEVICES = 64
 MAX_ANSWER_BYTES = 8 << 20
+MAX_CONTAINERS = 10_000
 DEFAULT_LABELS = frozenset(
     {
         "com.docker.compose.project",
@@ -94,7 +95,8 @@ class _Failed(Exception):
 
 
 class DockerClient:
-    """``inspect(container_id)`` with a cache by container id; never raises.
+    """``inspect(container_id)`` with a cache by container id, and ``list_containers()``; never
+    raises.
 
     Answers (including "no such container") are cached for ``ttl_s``. After the daemon cannot be
     reached or times out, it is not asked again for ``retry_after_s``, so that a hung daemon costs
@@ -111,15 +113,18 @@ class DockerClient:
         label_allowlist: Iterable[str] = DEFAULT_LABELS,
         api_version: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        list_ttl_s: float = 30.0,
     ) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
+        self.list_ttl_s = list_ttl_s
         self.retry_after_s = retry_after_s
         self.label_allowlist = frozenset(label_allowlist)
         self._prefix = f"/v{api_version}" if api_version else ""
         self._clock = clock
         self._cache: dict[str, tuple[float, ContainerMeta | None]] = {}
+        self._listed: tuple[float, tuple[str, ...]] | None = None
         self._down_until = float("-inf")
         self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
 
@@ -154,6 +159,38 @@ class DockerClient:
             meta = None
         self._cache[container_id] = (now + self.ttl_s, meta)
         return meta
+
+    def list_containers(self) -> tuple[str, ...] | None:
+        """Ids of the running containers (``GET /containers/json``), kept for ``list_ttl_s``;
+        None when the daemon could not be asked. Only ``Id`` is read from each entry."""
+        now = self._clock()
+        stale = self._listed[1] if self._listed is not None else None
+        if self._listed is not None and self._listed[0] > now:
+            return stale
+        if now < self._down_until:
+            return stale
+        try:
+            status, body = self._get(f"{self._prefix}/containers/json")
+            if status != 200:
+                raise _Failed(f"HTTP{status}")
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise _Failed("MalformedJSON") from e
+            if not isinstance(doc, list):
+                raise _Failed("Malformed")
+        except _Failed as e:
+            self._errors.append(SourceError(SOURCE, "list", e.error_type))
+            if e.transport:
+                self._down_until = now + self.retry_after_s
+                return stale
+            return None
+        ids = (entry.get("Id") for entry in doc if isinstance(entry, dict))
+        listed = tuple(
+            dict.fromkeys(i for i in ids if isinstance(i, str) and _CONTAINER_ID.match(i))
+        )[:MAX_CONTAINERS]
+        self._listed = (now + self.list_ttl_s, listed)
+        return listed
 
     def inspect_many(self, container_ids: Iterable[str]) -> dict[str, ContainerMeta]:
         """Metadata of each container that has it; forgets cached ids not in ``container_ids``."""

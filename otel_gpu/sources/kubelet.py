@@ -30,6 +30,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from otel_gpu.snapshot import SourceError
+from otel_gpu.sources.docker import clean_text
 
 SOURCE = "kubelet"
 POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -198,6 +199,7 @@ class PodContainer:
     id: str  # without the runtime prefix
     name: str
     runtime: str | None  # containerd, docker, cri-o
+    image: str | None = None  # the image the container status reports, e.g. repo/name:tag
 
 
 @dataclass(frozen=True)
@@ -354,4 +356,10 @@ def _container(entry: Any) -> PodContainer | None:
         prefix, cid = "", raw_id
     if not _CONTAINER_ID.match(cid):
         return None
-    return PodContainer(id=cid, name=name, runtime=_RUNTIME_PREFIXES.get(prefix))
+    image = entry.get("image")
+    return PodContainer(
+        id=cid,
+        name=clean_text(name),
+        runtime=_RUNTIME_PREFIXES.get(prefix),
+        image=clean_text(image) if isinstance(image, str) and image else None,
+    )

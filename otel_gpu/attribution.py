@@ -1,0 +1,416 @@
+"""Who uses what: GPU processes joined with /proc, cgroups, the container runtime and the kubelet.
+
+One ``Attributor.attribute(gpus)`` per cycle turns the GPU and MIG processes NVML reported (host
+pids) into workloads (the processes of one user in one container on one device), the devices
+given to containers and pods, and the cgroup figures of the containers that hold GPU processes:
+
+    processes (pid, device, memory) x procfs (uid, cgroup -> container id)
+        x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
+
+The readers keep the caches: ``ProcfsReader`` by (pid, start time), ``DockerClient`` by container
+id, the kubelet clients for a few seconds; each forgets what was not asked for in the last cycle.
+Nothing here reads or keeps a command line, an argument or an environment, and no pid leaves it.
+"""
+
+from __future__ import annotations
+
+import pwd
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_gpu.snapshot import (
+    ContainerUsage,
+    DeviceAssignment,
+    Gpu,
+    GpuProcess,
+    SourceError,
+    Workload,
+)
+from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
+from otel_gpu.sources.docker import ContainerMeta, DockerClient
+from otel_gpu.sources.kubelet import (
+    KubeletPod,
+    PodContainer,
+    PodDevices,
+    PodListClient,
+    PodResourcesClient,
+    device_uuid,
+)
+from otel_gpu.sources.procfs import ProcessInfo, ProcfsReader
+
+Attrs = dict[str, str]
+UserLookup = Callable[[int], "str | None"]
+
+_LABEL_PREFIX = "container.label."
+# Labels cri-dockerd sets on the Docker containers of pods: the pod without asking the kubelet.
+_K8S_LABELS = (
+    ("io.kubernetes.pod.name", "k8s.pod.name"),
+    ("io.kubernetes.pod.namespace", "k8s.namespace.name"),
+    ("io.kubernetes.pod.uid", "k8s.pod.uid"),
+    ("io.kubernetes.container.name", "k8s.container.name"),
+)
+
+
+def passwd_user_name(uid: int) -> str | None:
+    """The user name of ``uid`` in the passwd database, or None when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What one cycle's join found, and what it cost."""
+
+    workloads: tuple[Workload, ...] = ()
+    assignments: tuple[DeviceAssignment, ...] = ()
+    containers: tuple[ContainerUsage, ...] = ()
+    errors: tuple[SourceError, ...] = ()
+    durations_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Devices:
+    """The Snapshot's devices, and every name a runtime may give them."""
+
+    mig: dict[str, bool] = field(default_factory=dict)  # uuid -> is a MIG device
+    refs: dict[str, str] = field(default_factory=dict)  # index, "i:j", hw.name, uuid -> uuid
+    whole: list[str] = field(default_factory=list)  # the physical GPUs' uuids
+
+    @classmethod
+    def of(cls, gpus: Sequence[Gpu]) -> _Devices:
+        devices = cls()
+        for gpu in gpus:
+            devices.mig[gpu.uuid] = False
+            devices.whole.append(gpu.uuid)
+            for ref in (gpu.uuid, str(gpu.index), gpu.name):
+                devices.refs[ref] = gpu.uuid
+            for mig in gpu.mig_devices:
+                devices.mig[mig.uuid] = True
+                for ref in (mig.uuid, f"{gpu.index}:{mig.index}", mig.name):
+                    devices.refs[ref] = mig.uuid
+        return devices
+
+    def resolve(self, ref: str) -> str | None:
+        return self.refs.get(device_uuid(ref.strip()))
+
+
+@dataclass
+class _Group:
+    processes: int = 0
+    memory_bytes: int | None = None
+    sm_utilization: float | None = None
+
+    def add(self, process: GpuProcess) -> None:
+        self.processes += 1
+        if process.used_memory_bytes is not None:
+            self.memory_bytes = (self.memory_bytes or 0) + process.used_memory_bytes
+        if process.sm_utilization is not None:
+            self.sm_utilization = (self.sm_utilization or 0.0) + process.sm_utilization
+
+
+class Attributor:
+    """Joins a cycle's GPU processes with the host's readers; never raises.
+
+    ``procfs`` is required; every other source is optional (no Docker daemon, no kubelet). A
+    source's failures come back in ``Attribution.errors`` and its time in ``durations_s``.
+    """
+
+    def __init__(
+        self,
+        procfs: ProcfsReader,
+        cgroup: CgroupReader | None = None,
+        docker: DockerClient | None = None,
+        pod_resources: PodResourcesClient | None = None,
+        pod_list: PodListClient | None = None,
+        *,
+        user_name: UserLookup = passwd_user_name,
+        user_ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.procfs = procfs
+        self.cgroup = cgroup
+        self.docker = docker
+        self.pod_resources = pod_resources
+        self.pod_list = pod_list
+        self._user_name = user_name
+        self._user_ttl_s = user_ttl_s
+        self._clock = clock
+        self._users: dict[int, tuple[float, str]] = {}
+        # Parsed cgroup lines: the processes of one container share them. Kept for one cycle.
+        self._parsed: dict[tuple[str, ...], ContainerRef | None] = {}
+
+    def close(self) -> None:
+        """Forget what was learnt; the readers and clients hold no connection between calls."""
+        self._users.clear()
+        self._parsed.clear()
+
+    def attribute(self, gpus: Sequence[Gpu]) -> Attribution:
+        """The workloads, device assignments and container figures of ``gpus``' processes."""
+        try:
+            return _Cycle(self, [g for g in gpus if not g.lost]).run()
+        except Exception as err:  # a bug in the join costs this cycle's attribution only
+            failure = SourceError("attribution", "attribute", type(err).__name__)
+            return Attribution(errors=(failure,))
+
+    def owner(self, uid: int) -> str:
+        """``process.owner``: the user name, or the uid as a string when it has none."""
+        now = self._clock()
+        cached = self._users.get(uid)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            name = self._user_name(uid)
+        except Exception:  # an NSS backend (LDAP, sssd) that fails must not stop the cycle
+            name = None
+        owner = name or str(uid)
+        self._users[uid] = (now + self._user_ttl_s, owner)
+        return owner
+
+    def _container_of(
+        self, lines: tuple[str, ...], seen: dict[tuple[str, ...], ContainerRef | None]
+    ) -> ContainerRef | None:
+        """The container that cgroup lines name, parsed once while they stay in use."""
+        if lines in seen:
+            return seen[lines]
+        ref = self._parsed[lines] if lines in self._parsed else container_from_cgroup_lines(lines)
+        seen[lines] = ref
+        return ref
+
+    def _keep_parsed(self, seen: dict[tuple[str, ...], ContainerRef | None]) -> None:
+        self._parsed = seen
+
+    def _forget_users(self, keep: set[int]) -> None:
+        for uid in self._users.keys() - keep:
+            del self._users[uid]
+
+
+class _Cycle:
+    """The state of one join; thrown away at the end of the cycle."""
+
+    def __init__(self, attributor: Attributor, gpus: list[Gpu]) -> None:
+        self.a = attributor
+        self.gpus = gpus
+        self.devices = _Devices.of(gpus)
+        self.errors: list[SourceError] = []
+        self.durations: dict[str, float] = {}
+        self.refs: dict[str, ContainerRef] = {}  # container id -> ref, from processes' cgroups
+        self.process_refs: dict[int, ContainerRef | None] = {}  # pid -> its container
+        self.metas: dict[str, ContainerMeta] = {}
+        self.pods: dict[str, KubeletPod] | None = None
+        self.by_container: dict[str, tuple[KubeletPod, PodContainer]] = {}
+        self.container_attrs: dict[str, Attrs] = {}
+
+    def run(self) -> Attribution:
+        if not self.gpus:
+            return Attribution()
+        placed = list(self._gpu_processes())
+        infos = self._timed("procfs", self.a.procfs, lambda: self._procfs(placed), {})
+        seen: dict[tuple[str, ...], ContainerRef | None] = {}
+        for pid, info in infos.items():
+            ref = self.process_refs[pid] = self.a._container_of(info.cgroup_lines, seen)
+            if ref is not None:
+                self.refs.setdefault(ref.id, ref)
+        self.a._keep_parsed(seen)
+        self._timed("docker", self.a.docker, self._docker, None)
+        self._timed("kubelet", self.a.pod_list, self._pod_list, None)
+        pod_devices = self._timed("kubelet", self.a.pod_resources, self._pod_resources, None)
+        workloads, holders = self._workloads(placed, infos)
+        containers = self._timed(
+            "cgroup", self.a.cgroup, lambda: self._container_usage(holders), ()
+        )
+        assignments = self._assignments(pod_devices or ())
+        return Attribution(
+            workloads=workloads,
+            assignments=assignments,
+            containers=containers,
+            errors=tuple(self.errors),
+            durations_s=self.durations,
+        )
+
+    # -- the sources --
+
+    def _timed(self, source: str, reader: Any, step: Callable[[], Any], default: Any) -> Any:
+        if reader is None:
+            return default
+        started = time.perf_counter()
+        try:
+            result = step()
+        except Exception as err:  # a reader bug must cost its own part of the join only
+            self.errors.append(SourceError(source, "attribute", type(err).__name__))
+            result = default
+        take = getattr(reader, "take_errors", None)
+        if take is not None:
+            self.errors.extend(take())
+        self.durations[source] = self.durations.get(source, 0.0) + time.perf_counter() - started
+        return result
+
+    def _gpu_processes(self) -> Iterable[tuple[str, bool, GpuProcess]]:
+        for gpu in self.gpus:
+            if gpu.mig_devices:
+                for mig in gpu.mig_devices:
+                    for process in mig.processes:
+                        yield mig.uuid, True, process
+            else:
+                for process in gpu.processes:
+                    yield gpu.uuid, False, process
+
+    def _procfs(self, placed: list[tuple[str, bool, GpuProcess]]) -> dict[int, ProcessInfo]:
+        return self.a.procfs.read_many({p.pid for _, _, p in placed})
+
+    def _docker(self) -> None:
+        docker = self.a.docker
+        assert docker is not None
+        listed = docker.list_containers()
+        wanted = set(listed or ())
+        for cid, ref in self.refs.items():
+            # Containers whose cgroup path names another runtime are not asked about: Docker
+            # would answer 404 for every pod container of a containerd node.
+            if ref.runtime == "docker" or (
+                ref.runtime is None and listed is None and ref.pod_uid is None
+            ):
+                wanted.add(cid)
+        self.metas = docker.inspect_many(wanted)
+
+    def _pod_list(self) -> None:
+        assert self.a.pod_list is not None
+        self.pods = self.a.pod_list.pods()
+        for pod in (self.pods or {}).values():
+            for cid, container in pod.containers.items():
+                self.by_container[cid] = (pod, container)
+
+    def _pod_resources(self) -> tuple[PodDevices, ...] | None:
+        assert self.a.pod_resources is not None
+        return self.a.pod_resources.list_devices()
+
+    # -- the join --
+
+    def _attrs_of(self, cid: str) -> Attrs:
+        """The container and k8s attributes of a container, the same on every metric."""
+        cached = self.container_attrs.get(cid)
+        if cached is not None:
+            return cached
+        ref, meta = self.refs.get(cid), self.metas.get(cid)
+        pod, container = self.by_container.get(cid, (None, None))
+        if pod is None and ref is not None and ref.pod_uid and self.pods:
+            pod = self.pods.get(ref.pod_uid)
+        attrs: Attrs = {"container.id": cid}
+        if meta is not None:
+            attrs["container.name"] = meta.name
+        image = meta.image if meta is not None and meta.image else None
+        image = image or (container.image if container is not None else None)
+        if image:
+            attrs["container.image.name"] = image
+        runtime = ref.runtime if ref is not None else None
+        runtime = runtime or (container.runtime if container is not None else None)
+        if runtime is None and meta is not None:
+            runtime = "docker"
+        if runtime:
+            attrs["container.runtime.name"] = runtime
+        if pod is not None:
+            attrs["k8s.pod.name"] = pod.name
+            attrs["k8s.pod.uid"] = pod.uid
+            attrs["k8s.namespace.name"] = pod.namespace
+        elif ref is not None and ref.pod_uid:
+            attrs["k8s.pod.uid"] = ref.pod_uid
+        if container is not None:
+            attrs["k8s.container.name"] = container.name
+        if meta is not None:
+            for label, key in _K8S_LABELS:
+                if label in meta.labels and key not in attrs:
+                    attrs[key] = meta.labels[label]
+            for label, value in sorted(meta.labels.items()):
+                attrs[_LABEL_PREFIX + label] = value
+        self.container_attrs[cid] = attrs
+        return attrs
+
+    def _workloads(
+        self, placed: list[tuple[str, bool, GpuProcess]], infos: dict[int, ProcessInfo]
+    ) -> tuple[tuple[Workload, ...], dict[str, ProcessInfo]]:
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], _Group] = {}
+        holders: dict[str, ProcessInfo] = {}  # container id -> one of its GPU processes
+        uids: set[int] = set()
+        for uuid, _, process in placed:
+            info = infos.get(process.pid)
+            attrs: Attrs = {}
+            if info is not None:
+                if info.uid is not None:
+                    uids.add(info.uid)
+                    attrs["process.owner"] = self.a.owner(info.uid)
+                ref = self.process_refs.get(process.pid)
+                if ref is not None:
+                    attrs.update(self._attrs_of(ref.id))
+                    holders.setdefault(ref.id, info)
+            key = (uuid, tuple(sorted(attrs.items())))
+            groups.setdefault(key, _Group()).add(process)
+        self.a._forget_users(uids)
+        workloads = tuple(
+            Workload(
+                device_uuid=uuid,
+                mig=self.devices.mig.get(uuid, False),
+                attributes=dict(attrs),
+                processes=group.processes,
+                memory_bytes=group.memory_bytes,
+                sm_utilization=None
+                if self.devices.mig.get(uuid, False) or group.sm_utilization is None
+                else min(group.sm_utilization, 1.0),
+            )
+            for (uuid, attrs), group in groups.items()
+        )
+        return workloads, holders
+
+    def _container_usage(self, holders: dict[str, ProcessInfo]) -> tuple[ContainerUsage, ...]:
+        cgroup = self.a.cgroup
+        assert cgroup is not None
+        usage = []
+        for cid, info in holders.items():
+            resources = cgroup.read(info.cgroup_lines)
+            if resources is not None:
+                usage.append(ContainerUsage(attributes=self._attrs_of(cid), resources=resources))
+        return tuple(usage)
+
+    def _assignments(self, pod_devices: Iterable[PodDevices]) -> tuple[DeviceAssignment, ...]:
+        found: dict[tuple[str, tuple[str, ...]], Attrs] = {}
+
+        def add(device: str | None, attrs: Attrs) -> None:
+            if device is None:
+                return
+            if "container.id" in attrs:
+                who: tuple[str, ...] = (attrs["container.id"],)
+            else:
+                who = tuple(
+                    attrs.get(k, "")
+                    for k in ("k8s.namespace.name", "k8s.pod.name", "k8s.container.name")
+                )
+            found.setdefault((device, who), attrs)
+
+        for cid, meta in self.metas.items():
+            attrs = self._attrs_of(cid)
+            if meta.all_gpus:
+                for uuid in self.devices.whole:
+                    add(uuid, attrs)
+            for ref in meta.gpu_ids:
+                add(self.devices.resolve(ref), attrs)
+        by_name = {
+            (pod.namespace, pod.name, container.name): cid
+            for cid, (pod, container) in self.by_container.items()
+        }
+        for entry in pod_devices:
+            cid = by_name.get((entry.namespace, entry.pod_name, entry.container_name))
+            if cid is not None:
+                attrs = self._attrs_of(cid)
+            else:
+                attrs = {
+                    "k8s.namespace.name": entry.namespace,
+                    "k8s.pod.name": entry.pod_name,
+                    "k8s.container.name": entry.container_name,
+                }
+            for ref in entry.device_ids:
+                add(self.devices.resolve(ref), attrs)
+        return tuple(
+            DeviceAssignment(device_uuid=uuid, mig=self.devices.mig[uuid], attributes=attrs)
+            for (uuid, _), attrs in found.items()
+        )

@@ -1,0 +1,336 @@
+"""The host side of a simulated server, materialised so that the real readers and clients read it.
+
+For a :class:`SimulatedServer`, ``SimulatedWorld`` keeps in a temporary directory a procfs tree
+of the scenario's running processes (``<pid>/stat``, ``status``, ``cgroup``, and a ``cmdline``
+that nothing of ours reads) and a cgroup v2 tree for each container, both rewritten at every
+``begin_cycle``; it serves the scenario's containers through the Docker Engine API stand-in and
+its pods through the kubelet stand-ins. ``attributor()`` gives an :class:`Attributor` built from
+the production readers pointed at them. ``close()`` stops the servers and removes the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from otel_gpu.attribution import Attributor
+from otel_gpu.simulate import HostOverrides, SimulatedServer
+from otel_gpu.simulate.docker_api import DockerApiServer, serve_docker_api
+from otel_gpu.simulate.kubelet_api import (
+    PodListServer,
+    PodResourcesServer,
+    serve_pod_list,
+    serve_pod_resources,
+)
+from otel_gpu.simulate.scenario import ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.sources.cgroup import CgroupReader, container_from_cgroup_lines
+from otel_gpu.sources.docker import DockerClient
+from otel_gpu.sources.kubelet import (
+    GPU_RESOURCE,
+    MIG_RESOURCE_PREFIX,
+    PodListClient,
+    PodResourcesClient,
+)
+from otel_gpu.sources.procfs import ProcfsReader
+
+CPU_PERIOD_US = 100_000
+USER_SHARE = 0.8
+_BOOT_TICKS = 100_000  # a process's start time: this plus its pid, in clock ticks after boot
+_MAX_SOCKET_DIR = 80  # AF_UNIX paths are limited to 107 bytes
+_SHM = "/dev/shm"
+_SHM_MIN_FREE = 256 << 20
+
+
+@dataclass
+class _CgroupState:
+    """A container's cumulative counters, advanced once per cycle."""
+
+    path: str
+    resources: Any  # the scenario's Resources
+    usage_us: float = 0.0
+    periods: int = 0
+    throttled: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+
+
+class SimulatedWorld:
+    """/proc, cgroups, Docker and kubelet of a simulated server; a ``Simulation`` for the
+    Collector (``begin_cycle``, ``clock``, ``host_overrides``, ``close``)."""
+
+    def __init__(self, server: SimulatedServer) -> None:
+        self.server = server
+        self.scenario = server.scenario
+        self.root = _temp_dir()
+        self.proc_root = os.path.join(self.root, "proc")
+        self.cgroup_root = os.path.join(self.root, "cgroup")
+        os.makedirs(self.proc_root)
+        os.makedirs(self.cgroup_root)
+        _write(os.path.join(self.cgroup_root, "cgroup.controllers"), "cpuset cpu io memory pids\n")
+        self._closers: list[Callable[[], Any]] = []
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self.root, self._closers, os.getpid()
+        )
+        self._pids: set[int] = set()
+        self._last_cycle = -1
+        self._cgroups = self._cgroup_states()
+        self.docker_socket: str | None = None
+        self.pod_resources_socket: str | None = None
+        self.pod_list_url: str | None = None
+        self.docker_api: DockerApiServer | None = None
+        self.pod_resources_api: PodResourcesServer | None = None
+        self.pod_list_api: PodListServer | None = None
+        self._serve()
+
+    # -- Simulation --
+
+    @property
+    def nvml(self) -> Any:
+        return self.server.nvml
+
+    def begin_cycle(self, cycle: int) -> None:
+        self.server.begin_cycle(cycle)
+        self._write_processes(cycle)
+        self._write_cgroups(cycle)
+
+    def clock(self, cycle: int) -> float:
+        return self.server.clock(cycle)
+
+    def host_overrides(self, cycle: int) -> HostOverrides | None:
+        return self.server.host_overrides(cycle)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> SimulatedWorld:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def attributor(self) -> Attributor:
+        """The production readers and clients, pointed at this world."""
+        users = dict(self.scenario.users)
+        return Attributor(
+            ProcfsReader(self.proc_root),
+            CgroupReader(self.cgroup_root),
+            DockerClient(self.docker_socket) if self.docker_socket else None,
+            PodResourcesClient(self.pod_resources_socket) if self.pod_resources_socket else None,
+            PodListClient(self.pod_list_url) if self.pod_list_url else None,
+            user_name=users.get,
+        )
+
+    # -- the servers --
+
+    def _serve(self) -> None:
+        scenario = self.scenario
+        if scenario.containers:
+            self.docker_socket = os.path.join(self.root, "docker.sock")
+            containers = [self._docker_entry(c) for c in scenario.containers]
+            self.docker_api = serve_docker_api(self.docker_socket, containers)
+            self._closers.append(self.docker_api.close)
+        if scenario.pods:
+            pods = [self._pod_entry(p) for p in scenario.pods]
+            if scenario.kubelet.pod_resources:
+                self.pod_resources_socket = os.path.join(self.root, "kubelet.sock")
+                self.pod_resources_api = serve_pod_resources(self.pod_resources_socket, pods)
+                self._closers.append(self.pod_resources_api.close)
+            status = 200 if scenario.kubelet.pod_list else 503
+            self.pod_list_api = serve_pod_list(pods, status=status)
+            self._closers.append(self.pod_list_api.close)
+            self.pod_list_url = self.pod_list_api.url
+
+    def _docker_entry(self, container: ContainerSpec) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": container.id,
+            "name": container.name,
+            "labels": dict(container.labels),
+            "devices": list(container.device_uuids),
+        }
+        if container.image:
+            entry["image"] = container.image
+        for process in self._all_processes():
+            if self._container_of(process) == container.id:
+                entry["cmdline"] = list(process.cmdline)
+                break
+        return entry
+
+    def _pod_entry(self, pod: PodSpec) -> dict[str, Any]:
+        profiles = {
+            instance.uuid: instance.profile.name
+            for gpu in self.scenario.gpus
+            for layout in (gpu.mig.layouts if gpu.mig else ())
+            for instance in layout.instances
+        }
+        containers = []
+        for container in pod.containers:
+            entry: dict[str, Any] = {
+                "name": container.name,
+                "id": container.id,
+                "devices": list(container.device_uuids),
+            }
+            if container.image:
+                entry["image"] = container.image
+            migs = [profiles[d] for d in container.device_uuids if d in profiles]
+            entry["resource_name"] = MIG_RESOURCE_PREFIX + migs[0] if migs else GPU_RESOURCE
+            containers.append(entry)
+        return {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid,
+                "containers": containers}
+
+    # -- /proc --
+
+    def _all_processes(self) -> Iterable[ProcessSpec]:
+        for gpu in self.scenario.gpus:
+            yield from gpu.processes
+            for layout in gpu.mig.layouts[1:] if gpu.mig else ():
+                yield from layout.processes
+
+    @staticmethod
+    def _container_of(process: ProcessSpec) -> str | None:
+        ref = container_from_cgroup_lines([process.cgroup])
+        return ref.id if ref is not None else None
+
+    def _write_processes(self, cycle: int) -> None:
+        running: dict[int, ProcessSpec] = {}
+        for gpu in self.scenario.gpus:
+            for process in gpu.processes_at(cycle):
+                running.setdefault(process.pid, process)
+        for pid in self._pids - running.keys():
+            shutil.rmtree(os.path.join(self.proc_root, str(pid)), ignore_errors=True)
+        for pid in running.keys() - self._pids:
+            _write_process(self.proc_root, running[pid])
+        self._pids = set(running)
+
+    # -- cgroups --
+
+    def _cgroup_states(self) -> dict[str, _CgroupState]:
+        paths: dict[str, str] = {}
+        for process in self._all_processes():
+            fields = process.cgroup.split(":", 2)
+            cid = self._container_of(process)
+            if cid is not None and len(fields) == 3 and fields[0] == "0":
+                paths.setdefault(cid, fields[2])
+        states = {}
+        for container in self.scenario.containers:
+            path = paths.get(container.id, f"/system.slice/docker-{container.id}.scope")
+            states[container.id] = _CgroupState(path, container.resources)
+        for pod in self.scenario.pods:
+            pod_slice = "kubepods-burstable-pod" + pod.uid.replace("-", "_") + ".slice"
+            for container in pod.containers:
+                default = (
+                    f"/kubepods.slice/kubepods-burstable.slice/{pod_slice}"
+                    f"/cri-containerd-{container.id}.scope"
+                )
+                path = paths.get(container.id, default)
+                states[container.id] = _CgroupState(path, container.resources)
+        return states
+
+    def _write_cgroups(self, cycle: int) -> None:
+        interval = self.server.interval_s
+        for state in self._cgroups.values():
+            res = state.resources
+            limit = at_cycle(res.cpu_limit, cycle)
+            for k in range(self._last_cycle + 1, cycle + 1):
+                cpus = at_cycle(res.cpu_limit, k) or 1.0
+                state.usage_us += (at_cycle(res.cpu_utilization, k) or 0.0) * cpus * interval * 1e6
+                if at_cycle(res.cpu_limit, k):
+                    periods = round(interval * 1e6 / CPU_PERIOD_US)
+                    state.periods += periods
+                    ratio = at_cycle(res.cpu_throttled_ratio, k) or 0.0
+                    state.throttled += round(ratio * periods)
+                state.read_bytes += int((at_cycle(res.disk_read_bytes_per_s, k) or 0) * interval)
+                state.write_bytes += int(
+                    (at_cycle(res.disk_write_bytes_per_s, k) or 0) * interval
+                )
+            usage = round(state.usage_us)
+            user = round(usage * USER_SHARE)
+            memory_limit = at_cycle(res.memory_limit_bytes, cycle)
+            files = {
+                "cpu.max": (
+                    f"{round(limit * CPU_PERIOD_US)} {CPU_PERIOD_US}\n"
+                    if limit
+                    else f"max {CPU_PERIOD_US}\n"
+                ),
+                "cpu.stat": (
+                    f"usage_usec {usage}\nuser_usec {user}\nsystem_usec {usage - user}\n"
+                    f"nr_periods {state.periods}\nnr_throttled {state.throttled}\n"
+                    f"throttled_usec {state.throttled * CPU_PERIOD_US // 5}\n"
+                ),
+                "memory.current": f"{at_cycle(res.memory_used_bytes, cycle) or 0}\n",
+                "memory.max": f"{memory_limit}\n" if memory_limit else "max\n",
+                "memory.events": (
+                    "low 0\nhigh 0\nmax 0\noom 0\n"
+                    f"oom_kill {at_cycle(res.oom_kills, cycle) or 0}\n"
+                ),
+                "io.stat": (
+                    f"259:0 rbytes={state.read_bytes} wbytes={state.write_bytes} "
+                    "rios=0 wios=0 dbytes=0 dios=0\n"
+                ),
+            }
+            base = os.path.join(self.cgroup_root, state.path.lstrip("/"))
+            os.makedirs(base, exist_ok=True)
+            for name, text in files.items():
+                _write(os.path.join(base, name), text)
+        self._last_cycle = max(self._last_cycle, cycle)
+
+
+def _write_process(proc_root: str, process: ProcessSpec) -> None:
+    pid = process.pid
+    comm = process.comm[:15]  # the kernel keeps TASK_COMM_LEN - 1 bytes
+    base = os.path.join(proc_root, str(pid))
+    os.makedirs(base, exist_ok=True)
+    # Fields 3-22 of proc_pid_stat(5); field 22 is the start time.
+    fields = ["S", "1", pid, pid, 0, -1, 4194560, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0, 1, 0]
+    rest = " ".join(str(f) for f in (*fields, _BOOT_TICKS + pid, 0, 0))
+    _write(os.path.join(base, "stat"), f"{pid} ({comm}) {rest}\n")
+    uid = process.uid
+    _write(
+        os.path.join(base, "status"),
+        f"Name:\t{_escaped(comm)}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{pid}\n"
+        f"Pid:\t{pid}\nPPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
+        f"Gid:\t{uid}\t{uid}\t{uid}\t{uid}\n",
+    )
+    _write(os.path.join(base, "cgroup"), process.cgroup + "\n")
+    _write(os.path.join(base, "cmdline"), "\0".join(process.cmdline) + "\0")
+
+
+def _escaped(comm: str) -> str:
+    """``comm`` as the kernel writes it on the Name: line (proc_task_name escapes these two)."""
+    return comm.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _temp_dir() -> str:
+    """A new directory, in memory where there is room: procfs and cgroupfs are in memory too,
+    and creating thousands of small files on a disk would dwarf what reading them costs."""
+    parent = None
+    try:
+        shm = os.statvfs(_SHM)
+        if os.access(_SHM, os.W_OK) and shm.f_bavail * shm.f_frsize >= _SHM_MIN_FREE:
+            parent = _SHM
+    except OSError:
+        pass
+    root = tempfile.mkdtemp(prefix="otel-gpu-sim-", dir=parent)
+    if len(root) > _MAX_SOCKET_DIR and os.path.isdir("/tmp"):
+        os.rmdir(root)
+        root = tempfile.mkdtemp(prefix="otel-gpu-sim-", dir="/tmp")
+    return root
+
+
+def _cleanup(root: str, closers: list[Callable[[], Any]], owner_pid: int) -> None:
+    if os.getpid() != owner_pid:
+        return  # a forked child: the servers' threads and the directory are its parent's
+    try:
+        while closers:
+            closers.pop()()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
