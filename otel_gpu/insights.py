@@ -523,7 +523,7 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
             raised=raised,
             held=held,
             message=f"{_cap(_who(usage.attributes))} looks input-bound: its GPU activity "
-            f"is {_pct(activity)} while it uses {_pct(cpu)} of its {limit:g} CPU limit.",
+            f"is {_pct(activity)} while it uses {_pct(cpu)} of its limit of {limit:g} CPUs.",
             remedy="Give the container more CPUs, or do less on the CPU per batch (more "
             "efficient decoding, preprocessing on the GPU, cached datasets).",
             for_s=t.input_bound_for_s,
@@ -848,7 +848,7 @@ def high_temperature(window: Sequence[Sample], t: Thresholds) -> Iterator[Findin
             attributes=ident,
             raised=raised,
             held=held,
-            message=f"{_device_label(ident)} is at {temp:.0f} °C, above "
+            message=f"{_device_label(ident)} is at {temp:.0f} °C; it has run above "
             f"{t.temperature_celsius:g} °C for {_minutes(t.temperature_for_s)} or more.",
             remedy="Check the cooling and the inlet temperature; the GPU will slow itself "
             "down to protect itself.",
@@ -1146,7 +1146,8 @@ class InsightEngine:
                 return
             severity = new
         if current is not None and current.severity == severity:
-            state.insight = replace(current, message=finding.message, remedy=finding.remedy)
+            if finding.raised is not None:  # inside the band, the message that raised it stands
+                state.insight = replace(current, message=finding.message, remedy=finding.remedy)
             return
         if current is not None:
             cleared.append(current)

@@ -593,10 +593,11 @@ def status_table(view: StatusView, colour: bool = False) -> str:
         image = group.attributes.get("container.image.name")
         if image:
             lines += _wrap(f"image {image}", "  ")
-        given = [d for d in group.devices if d.given] or group.devices
-        if given:
-            lines.append("  given   " + _device_given(given[0]))
-            lines += ["          " + _device_given(d) for d in given[1:]]
+        given = [d for d in group.devices if d.given]
+        shown, label = (given, "given") if given else (group.devices, "using")
+        if shown:
+            lines.append(f"  {label:<8}" + _device_given(shown[0]))
+            lines += ["          " + _device_given(d) for d in shown[1:]]
         res = group.resources
         limits = []
         if res is not None:

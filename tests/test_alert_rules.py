@@ -122,3 +122,13 @@ def test_promtool_unit_tests() -> None:
     result = subprocess.run([_promtool(), "test", "rules", *map(str, RULE_TESTS)],
                             capture_output=True, text=True, timeout=300, cwd=RULES_DIR / "tests")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_missing_promtool_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        _promtool()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _promtool()

@@ -11,6 +11,7 @@ Prometheus with promtool; outside CI a missing one skips these tests, in CI it f
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -279,7 +280,8 @@ def test_health_signals_of_a_troubled_node(e2e: E2E) -> None:
 def test_resource_attributes_are_usable_in_promql(e2e: E2E) -> None:
     jobs = {s["metric"]["job"] for s in e2e.query("count by (job) (system_memory_usage_bytes)")}
     assert {"otel-gpu-agent", TRAINING_SERVICE} <= jobs
-    hosts = {s["metric"]["host_name"] for s in e2e.query(f"count by (host_name) (hw_power_watts{{{AGENT}}})")}
+    hosts = {s["metric"]["host_name"]
+             for s in e2e.query(f"count by (host_name) (hw_power_watts{{{AGENT}}})")}
     assert hosts == {DGX_HOST, TROUBLED_HOST}
     assert e2e.query(f'target_info{{job="{TRAINING_SERVICE}"}}')
 
@@ -370,8 +372,6 @@ def test_every_config_is_listed() -> None:
 
 @pytest.mark.parametrize("configs", CONFIGS, ids=["+".join(c) for c in CONFIGS])
 def test_config_validates(configs: list[str]) -> None:
-    import os
-
     collector = require_collector()
     result = subprocess.run(
         [collector, "validate", *(f"--config={CONFIG_DIR / c}" for c in configs)],

@@ -195,3 +195,24 @@ def test_bad_scenario_is_a_usage_error(tmp_path) -> None:
     bad.write_text("gpus: [{model: A100-SXM4-40GB, nonsense: 1}]\n")
     result = run_cli("status", "--simulate", str(bad))
     assert result.returncode == 2 and "nonsense" in result.stderr
+
+
+def test_readme_shows_the_real_output() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = "$ otel-gpu status --simulate dgx-a100 --as-user alice\n"
+    assert command in readme
+    shown = readme.split(command, 1)[1].split("```", 1)[0]
+    result = run_cli("status", "--simulate", "dgx-a100", "--as-user", "alice")
+    assert result.stdout == shown
+
+
+def test_processes_outside_containers_are_in_use_not_given() -> None:
+    view, _ = collect_view(simulate="dgx-a100", interval_s=None, cycles=1, as_user="bob")
+    bare = [g for g in view.groups if "container.id" not in g.attributes]
+    assert [g.owners for g in bare] == [["bob"]]
+    assert [d.name for d in bare[0].devices] == ["gpu6"] and not bare[0].devices[0].given
+    table = status_table(view)
+    assert "processes of bob  (no container, user bob)" in table
+    assert "  using   gpu6  A100-SXM4-40GB, 40.0 GiB" in table
