@@ -2,9 +2,9 @@
 # Builds otelcol-gpu from builder-config.yaml with the OpenTelemetry Collector Builder.
 #
 # The binary is cached in ${OTEL_GPU_CACHE:-$HOME/.cache/otel-gpu}/otelcol-gpu/<key>/, where <key>
-# hashes the manifest, the builder version and the Go version; a second run with the same inputs
-# only prints the path. Go's module and build caches stay in their default places (go env
-# GOMODCACHE GOCACHE), so a rebuild after a manifest change is incremental.
+# hashes the manifest (comments aside), the builder version and the Go version; a second run with
+# the same inputs only prints the path. Go's module and build caches stay in their default places
+# (go env GOMODCACHE GOCACHE), so a rebuild after a manifest change is incremental.
 #
 # Progress goes to stderr; stdout gets one line, the binary's absolute path:
 #   OTEL_GPU_COLLECTOR="$(collector_config/build.sh)"
@@ -31,8 +31,11 @@ command -v go >/dev/null || { log "go is not on PATH; install Go 1.24 or later";
 go_version="$(go env GOVERSION)"
 
 key="$(
-    { cat "$manifest"; echo "$BUILDER_VERSION"; echo "$go_version"; go env GOOS GOARCH; } \
-        | sha256sum | cut -c1-16
+    {
+        grep -v '^[[:space:]]*#' "$manifest"
+        echo "$BUILDER_VERSION" "$go_version"
+        go env GOOS GOARCH
+    } | sha256sum | cut -c1-16
 )"
 dist="$cache/otelcol-gpu/$key"
 binary="$dist/otelcol-gpu"
@@ -63,13 +66,21 @@ mkdir -p "$work"
 cp "$manifest" "$work/builder-config.yaml"
 
 start=$SECONDS
+# Neither our stdout (a caller's $(...) would wait for it) nor the lock (fd 9) stays with it.
 (
-    while sleep 60; do log "still building ($((SECONDS - start)) s)"; done
-) &
+    exec 9>&-
+    trap 'kill "$!" 2>/dev/null; exit 0' TERM
+    while true; do
+        sleep 60 & wait "$!"
+        log "still building ($((SECONDS - start)) s)"
+    done
+) >/dev/null &
 heartbeat=$!
-trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
+trap 'kill "$heartbeat" 2>/dev/null || true; wait "$heartbeat" 2>/dev/null || true' EXIT
 
 log "building otelcol-gpu $key in $work (a cold build downloads and compiles for minutes)"
+# -e: `go mod tidy` goes on past modules that only components' tests import and the Go module
+# proxy does not serve (see builder-config.yaml); anything the binary needs still fails the build.
 (cd "$work" && GOFLAGS="$(go env GOFLAGS) -e" "$builder_dir/builder" --config=builder-config.yaml) >&2
 
 mkdir -p "$dist.tmp"
