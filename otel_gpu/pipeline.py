@@ -67,14 +67,20 @@ def build_collector(
 
 def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributor:
     """The join over this host's /proc and cgroups, the Docker daemon when its socket exists,
-    and the kubelet on a Kubernetes node (pod-resources when its socket exists; ``/pods`` of
-    the node ``NODE_NAME``, default localhost, when ``KUBERNETES_SERVICE_HOST`` is set)."""
+    and the kubelet on a Kubernetes node (pod-resources when its socket exists; ``/pods`` when
+    ``KUBERNETES_SERVICE_HOST`` is set: ``OTEL_GPU_KUBELET_URL`` if given, else
+    ``https://$NODE_NAME:10250/pods``; ``OTEL_GPU_KUBELET_INSECURE=true`` skips verifying the
+    kubelet's serving certificate, which is often self-signed)."""
     env = os.environ if environ is None else environ
     docker = DockerClient() if os.path.exists(DOCKER_SOCKET) else None
     pod_resources = PodResourcesClient() if os.path.exists(POD_RESOURCES_SOCKET) else None
     pod_list = None
     if env.get("KUBERNETES_SERVICE_HOST"):
-        pod_list = PodListClient(node=env.get("NODE_NAME") or "localhost")
+        pod_list = PodListClient(
+            url=env.get("OTEL_GPU_KUBELET_URL") or None,
+            node=env.get("NODE_NAME") or "localhost",
+            verify=env.get("OTEL_GPU_KUBELET_INSECURE", "").strip().lower() != "true",
+        )
     return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list)
 
 
@@ -121,7 +127,7 @@ def build_pipeline(
     """
     collector = build_collector(simulate, interval_s, thresholds=thresholds)
     readers = build_readers(exporters, interval_s=None)
-    resource = resource or build_resource()
+    resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
         logger_provider = build_logger_provider([otlp_exporter("logs")], resource)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -38,8 +39,13 @@ class ConfigError(ValueError):
     """A setting that cannot work; the CLI exits 2 with this message."""
 
 
-def build_resource(service_name: str = "otel-gpu-agent") -> Resource:
-    """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``."""
+def build_resource(service_name: str = "otel-gpu-agent", *,
+                   stable_instance: bool = False) -> Resource:
+    """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``.
+
+    ``stable_instance``: a node agent's ``service.instance.id`` is derived from its service and
+    host names instead of drawn at random, so that a restart continues the same series.
+    """
     ours = Resource(
         {
             "service.name": service_name,
@@ -47,7 +53,14 @@ def build_resource(service_name: str = "otel-gpu-agent") -> Resource:
             "service.version": __version__,
         }
     )
-    return Resource.create({}).merge(ours).merge(OTELResourceDetector().detect())
+    env = OTELResourceDetector().detect()
+    resource = Resource.create({}).merge(ours).merge(env)
+    if stable_instance and "service.instance.id" not in env.attributes:
+        attrs = resource.attributes
+        name = f"{attrs.get('service.name')}/{attrs.get('host.name')}"
+        resource = resource.merge(Resource({"service.instance.id": str(
+            uuid.uuid5(uuid.NAMESPACE_DNS, name))}))
+    return resource
 
 
 def otlp_protocol(signal: str = "metrics") -> str:

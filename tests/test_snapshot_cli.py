@@ -245,3 +245,12 @@ def test_xid_79_in_the_cycle_the_gpu_falls_off_the_bus_is_kept() -> None:
     failed = {p["attributes"]["hw.name"] for p in points_named(doc, "hw.status")
               if p["attributes"]["hw.state"] == "failed" and p["value"] == 1}
     assert failed == {"gpu1"}
+
+
+def test_the_agent_instance_id_survives_a_restart_unless_set() -> None:
+    first = snapshot_json("--simulate", "h200")["resource"]["service.instance.id"]
+    second = snapshot_json("--simulate", "h200")["resource"]["service.instance.id"]
+    assert first == second
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=node-7-agent"}
+    chosen = snapshot_json("--simulate", "h200", env=env)["resource"]["service.instance.id"]
+    assert chosen == "node-7-agent"
