@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -107,15 +108,15 @@ def _exporters(signal: str, console: Callable[[], Any]) -> list[Any]:
 
 # Providers a stopped session made and shut down; they stay the globals (the API allows setting
 # them once) but must not be reused by a later session.
-_retired: list[Any] = []
+_retired: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _is_sdk_meter_provider(provider: Any) -> bool:
-    return isinstance(provider, MeterProvider) and not any(provider is p for p in _retired)
+    return isinstance(provider, MeterProvider) and provider not in _retired
 
 
 def _is_sdk_tracer_provider(provider: Any) -> bool:
-    return isinstance(provider, TracerProvider) and not any(provider is p for p in _retired)
+    return isinstance(provider, TracerProvider) and provider not in _retired
 
 
 def _set_global(setter: Any, getter: Any, provider: Any) -> None:
@@ -248,7 +249,7 @@ class Session:
             try:
                 if owned:
                     provider.shutdown()
-                    _retired.append(provider)
+                    _retired.add(provider)
                 else:
                     provider.force_flush()
             except Exception:
@@ -369,7 +370,7 @@ def _insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
     """Where insight log records go: the application's SDK LoggerProvider, else one built from
     ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
     current = _logs.get_logger_provider()
-    if isinstance(current, LoggerProvider) and not any(current is p for p in _retired):
+    if isinstance(current, LoggerProvider) and current not in _retired:
         return current, False
     exporters = _exporters("logs", ConsoleLogRecordExporter)
     if not exporters:
@@ -412,13 +413,13 @@ def current_tracker() -> TrainingTracker:
     if _fallback is None or _fallback._pid != os.getpid() or _fallback_retired():
         meter_provider = metrics.get_meter_provider()
         tracer_provider = trace.get_tracer_provider()
-        if any(meter_provider is p for p in _retired):
+        if meter_provider in _retired:
             meter_provider = metrics.NoOpMeterProvider()
-        if any(tracer_provider is p for p in _retired):
+        if tracer_provider in _retired:
             tracer_provider = trace.NoOpTracerProvider()
         _fallback = TrainingTracker(meter_provider, tracer_provider)
     return _fallback
 
 
 def _fallback_retired() -> bool:
-    return _fallback is not None and any(_fallback.meter_provider is p for p in _retired)
+    return _fallback is not None and _fallback.meter_provider in _retired

@@ -55,12 +55,13 @@ def build_collector(
     from otel_gpu.simulate.world import SimulatedWorld
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
-    world = SimulatedWorld(server)
+    # The world (a procfs and cgroup tree, Docker and kubelet stand-ins) exists for attribution.
+    world = SimulatedWorld(server) if attribution else None
     return Collector(
         NvmlSource(server.nvml, gpm_warmup_s=0.0),
         HostSource(),
-        simulation=world,
-        attributor=world.attributor() if attribution else None,
+        simulation=world if world is not None else server,
+        attributor=world.attributor() if world is not None else None,
         insights=engine,
     )
 

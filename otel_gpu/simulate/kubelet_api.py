@@ -78,13 +78,15 @@ class PodResourcesServer:
         )
         if os.path.exists(socket_path):
             os.unlink(socket_path)
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[handler])
+        self._executor = ThreadPoolExecutor(max_workers=4)
+        self._server = grpc.server(self._executor, handlers=[handler])
         self._server.add_insecure_port(f"unix://{socket_path}")
         self._server.start()
 
     def close(self) -> None:
         self._release.set()
         self._server.stop(grace=None).wait()
+        self._executor.shutdown(wait=False)
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
