@@ -905,8 +905,10 @@ def filesystem_full(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding
         if fs.mode == "ro" or size <= 0:
             continue
         free = fs.free_bytes / size
-        eta = _time_to_full(window, fs.mountpoint, t.filesystem_fill_min_span_s)
-        filling = eta is not None and free < t.filesystem_fill_max_free
+        # The fill prediction counts only below its free-share cut-off; no fit above it.
+        eta = _time_to_full(window, fs.mountpoint, t.filesystem_fill_min_span_s) \
+            if free < t.filesystem_fill_max_free else None
+        filling = eta is not None
         raised, held = _level(
             free,
             False,
