@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from otel_gpu.snapshot import ContainerResources, SourceError
+from otel_gpu.snapshot import ContainerResources
+from otel_gpu.sources import ErrorLog
 
 __all__ = [
     "CgroupReader",
@@ -127,21 +127,16 @@ def container_from_cgroup_lines(lines: Iterable[str]) -> ContainerRef | None:
 # cgroup v1 reports "no memory limit" as PAGE_COUNTER_MAX pages, 9223372036854771712 with 4 KiB
 # pages; anything this large is no limit on any page size.
 _V1_UNLIMITED = 1 << 62
-_MAX_ERRORS = 1000
 
 
-class CgroupReader:
+class CgroupReader(ErrorLog):
+    source = "cgroup"
+
     """Reads cgroup accounting files under ``root``; never raises, records what failed."""
 
     def __init__(self, root: str = "/sys/fs/cgroup") -> None:
         self.root = root
-        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
-
-    def take_errors(self) -> tuple[SourceError, ...]:
-        """The failures recorded since the last call (source ``cgroup``)."""
-        errors = tuple(self._errors)
-        self._errors.clear()
-        return errors
+        super().__init__()
 
     def is_v2(self) -> bool:
         return os.path.exists(os.path.join(self.root, "cgroup.controllers"))
@@ -232,11 +227,11 @@ class CgroupReader:
         except FileNotFoundError:
             return None  # controller not enabled here, or the cgroup went away
         except OSError as e:
-            self._errors.append(SourceError("cgroup", name, type(e).__name__))
+            self._record(name, type(e).__name__)
             return None
 
     def _malformed(self, name: str) -> None:
-        self._errors.append(SourceError("cgroup", name, "Malformed"))
+        self._record(name, "Malformed")
 
     def _int(self, base: str, name: str) -> int | None:
         text = self._text(base, name)

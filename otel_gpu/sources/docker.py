@@ -19,12 +19,11 @@ import re
 import socket
 import time
 import unicodedata
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_gpu.snapshot import SourceError
+from otel_gpu.sources import ErrorLog
 
 SOURCE = "docker"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -44,7 +43,6 @@ DEFAULT_LABELS = frozenset(
     }
 )
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
-_MAX_ERRORS = 1000
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,9 @@ class _Failed(Exception):
         self.transport = transport
 
 
-class DockerClient:
+class DockerClient(ErrorLog):
+    source = SOURCE
+
     """``inspect(container_id)`` with a cache by container id, and ``list_containers()``; never
     raises.
 
@@ -126,13 +126,7 @@ class DockerClient:
         self._cache: dict[str, tuple[float, ContainerMeta | None]] = {}
         self._listed: tuple[float, tuple[str, ...]] | None = None
         self._down_until = float("-inf")
-        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
-
-    def take_errors(self) -> tuple[SourceError, ...]:
-        """The failures recorded since the last call (source ``docker``)."""
-        errors = tuple(self._errors)
-        self._errors.clear()
-        return errors
+        super().__init__()
 
     @property
     def cached_ids(self) -> frozenset[str]:
@@ -145,14 +139,14 @@ class DockerClient:
         if cached is not None and cached[0] > now:
             return cached[1]
         if not _CONTAINER_ID.match(container_id):
-            self._errors.append(SourceError(SOURCE, "inspect", "InvalidId"))
+            self._record("inspect", "InvalidId")
             return None
         if now < self._down_until:
             return cached[1] if cached is not None else None
         try:
             meta: ContainerMeta | None = self._inspect(container_id)
         except _Failed as e:
-            self._errors.append(SourceError(SOURCE, "inspect", e.error_type))
+            self._record("inspect", e.error_type)
             if e.transport:
                 self._down_until = now + self.retry_after_s
                 return cached[1] if cached is not None else None
@@ -180,7 +174,7 @@ class DockerClient:
             if not isinstance(doc, list):
                 raise _Failed("Malformed")
         except _Failed as e:
-            self._errors.append(SourceError(SOURCE, "list", e.error_type))
+            self._record("list", e.error_type)
             if e.transport:
                 self._down_until = now + self.retry_after_s
                 return stale

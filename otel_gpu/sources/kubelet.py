@@ -20,7 +20,6 @@ import os
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from otel_gpu.snapshot import SourceError
+from otel_gpu.sources import ErrorLog
 from otel_gpu.sources.docker import clean_text
 
 SOURCE = "kubelet"
@@ -42,7 +41,6 @@ MAX_MESSAGE_BYTES = 16 << 20
 MAX_POD_LIST_BYTES = 64 << 20
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
-_MAX_ERRORS = 1000
 
 
 def _build_messages() -> dict[str, Any]:
@@ -115,21 +113,9 @@ def device_uuid(device_id: str) -> str:
     return device_id.split("::", 1)[0]
 
 
-class _ErrorLog:
-    def __init__(self) -> None:
-        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
+class PodResourcesClient(ErrorLog):
+    source = SOURCE
 
-    def take_errors(self) -> tuple[SourceError, ...]:
-        """The failures recorded since the last call (source ``kubelet``)."""
-        errors = tuple(self._errors)
-        self._errors.clear()
-        return errors
-
-    def _record(self, call: str, error_type: str) -> None:
-        self._errors.append(SourceError(SOURCE, call, error_type))
-
-
-class PodResourcesClient(_ErrorLog):
     """``v1.PodResourcesLister/List`` over the kubelet's Unix socket, kept for ``ttl_s``."""
 
     def __init__(
@@ -210,7 +196,9 @@ class KubeletPod:
     containers: dict[str, PodContainer] = field(default_factory=dict)  # by container id
 
 
-class PodListClient(_ErrorLog):
+class PodListClient(ErrorLog):
+    source = SOURCE
+
     """The kubelet's ``/pods`` (a PodList), by pod uid, kept for ``ttl_s``.
 
     ``url`` defaults to ``https://<node>:10250/pods``; an ``http://`` URL is accepted too. The

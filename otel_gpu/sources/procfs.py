@@ -9,14 +9,12 @@ reader then returns what it could read (``complete=False``) and records the fail
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from otel_gpu.snapshot import SourceError
+from otel_gpu.sources import ErrorLog
 
 SOURCE = "procfs"
-_MAX_ERRORS = 1000
 _MAX_FILE_BYTES = 1 << 16
 
 
@@ -36,7 +34,9 @@ class _Gone(Exception):
     """The process exited while it was being read."""
 
 
-class ProcfsReader:
+class ProcfsReader(ErrorLog):
+    source = SOURCE
+
     """Reads processes under ``root``.
 
     uid and cgroup are read once per process, keyed by (pid, start time) so that a reused pid is
@@ -46,13 +46,7 @@ class ProcfsReader:
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
         self._cache: dict[int, ProcessInfo] = {}
-        self._errors: deque[SourceError] = deque(maxlen=_MAX_ERRORS)
-
-    def take_errors(self) -> tuple[SourceError, ...]:
-        """The failures recorded since the last call (source ``procfs``)."""
-        errors = tuple(self._errors)
-        self._errors.clear()
-        return errors
+        super().__init__()
 
     @property
     def cached_pids(self) -> frozenset[int]:
@@ -82,7 +76,7 @@ class ProcfsReader:
         stat = self._file(pid, "stat")
         start, comm = _parse_stat(stat) if stat is not None else (None, None)
         if stat is not None and start is None:
-            self._errors.append(SourceError(SOURCE, "stat", "Malformed"))
+            self._record("stat", "Malformed")
         cached = self._cache.get(pid)
         if cached is not None and start is not None and cached.start_time_ticks == start:
             # comm changes on exec, which keeps the pid and start time; stat is read anyway.
@@ -100,7 +94,7 @@ class ProcfsReader:
             complete=None not in (stat, status, cgroup),
         )
         if status is not None and info.uid is None:
-            self._errors.append(SourceError(SOURCE, "status", "Malformed"))
+            self._record("status", "Malformed")
         if info.complete and start is not None:
             self._cache[pid] = info
         else:
@@ -115,7 +109,7 @@ class ProcfsReader:
         except (FileNotFoundError, ProcessLookupError) as e:
             raise _Gone from e
         except OSError as e:
-            self._errors.append(SourceError(SOURCE, name, type(e).__name__))
+            self._record(name, type(e).__name__)
             return None
         return data.decode("utf-8", errors="replace")
 
