@@ -18,6 +18,14 @@ class HostReader(Protocol):
     def read(self, overrides: Any = None) -> tuple[HostSnapshot, list[SourceError]]: ...
 
 
+class RemoteSources(Protocol):
+    """The sources run elsewhere (another process): one Snapshot of them per ``read()``."""
+
+    def start(self) -> str | None: ...
+    def read(self) -> Snapshot: ...
+    def close(self) -> None: ...
+
+
 class Simulation(Protocol):
     def begin_cycle(self, cycle: int) -> None: ...
     def clock(self, cycle: int) -> float: ...
@@ -39,14 +47,17 @@ class Collector:
         clock: Callable[[], float] = time.time,
         attributor: Attributor | None = None,
         insights: InsightEngine | None = None,
+        remote: RemoteSources | None = None,
     ) -> None:
         self.nvml = nvml
+        self.remote = remote
         self.host = host
         self.simulation = simulation
         self.attributor = attributor
         self._clock = clock
         self._cycle = 0
-        self._error_counts: dict[tuple[str, str], int] = {}
+        self._error_counts: dict[tuple[str, str], int] = {}  # the sources' failures
+        self._extra_counts: dict[tuple[str, str], int] = {}  # training, insights, remote
         self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
         self.insights = insights if insights is not None else InsightEngine()
         self._training_sources: list[TrainingSource] = []
@@ -67,12 +78,16 @@ class Collector:
 
     def start(self) -> str | None:
         """Initialise the sources; returns the one message to show when there is no driver."""
+        if self.remote is not None:
+            return self.remote.start()
         if self.nvml.start():
             return None
         return self.nvml.unavailable_reason
 
     def close(self) -> None:
         """Close the sources, then the simulated world they read, if any."""
+        if self.remote is not None:
+            self.remote.close()
         try:
             self.nvml.close()
         finally:
@@ -89,6 +104,30 @@ class Collector:
         return self._cycle
 
     def collect(self) -> Snapshot:
+        """One cycle: the sources (here or in their own process), then the failures recorded
+        outside the cycle and the insight rules, which always run here."""
+        base = self._remote_read() if self.remote is not None else self.read_sources()
+        own: list[SourceError] = []
+        for take_errors in self._error_sources:
+            try:
+                own.extend(take_errors())
+            except Exception as err:
+                own.append(SourceError("collector", "take_errors", type(err).__name__))
+        return self._with_insights(base, own)
+
+    def _remote_read(self) -> Snapshot:
+        assert self.remote is not None
+        try:
+            return self.remote.read()
+        except Exception as err:
+            failure = SourceError("collector", "remote", type(err).__name__)
+            key = (failure.source, failure.error_type)
+            self._error_counts[key] = self._error_counts.get(key, 0) + 1
+            return Snapshot(cycle=-1, timestamp=self._clock(), driver_available=False,
+                            errors=(failure,), error_counts=dict(self._error_counts))
+
+    def read_sources(self) -> Snapshot:
+        """Every source once, fault-isolated: the Snapshot before the insight rules."""
         cycle = self._cycle
         self._cycle += 1
         sim = self.simulation
@@ -132,11 +171,6 @@ class Collector:
                 errors.append(SourceError("host", "read", type(err).__name__))
             durations["host"] = time.perf_counter() - started
 
-        for take_errors in self._error_sources:
-            try:
-                errors.extend(take_errors())
-            except Exception as err:
-                errors.append(SourceError("collector", "take_errors", type(err).__name__))
         for err in errors:
             key = (err.source, err.error_type)
             self._error_counts[key] = self._error_counts.get(key, 0) + 1
@@ -154,7 +188,7 @@ class Collector:
             assignments=attribution.assignments if attribution is not None else (),
             containers=attribution.containers if attribution is not None else (),
         )
-        return self._with_insights(snapshot)
+        return snapshot
 
     def _training_signals(self, failures: list[SourceError]) -> list[TrainingSignals]:
         signals: list[TrainingSignals] = []
@@ -169,11 +203,10 @@ class Collector:
                 failures.append(SourceError("insights", "training_source", type(err).__name__))
         return signals
 
-    def _with_insights(self, snapshot: Snapshot) -> Snapshot:
+    def _with_insights(self, snapshot: Snapshot, failures: list[SourceError]) -> Snapshot:
         """Run the insight rules over the window that ends with this Snapshot; a failure is a
         recorded error of source ``insights``, never a lost cycle."""
         started = time.perf_counter()
-        failures: list[SourceError] = []
         update = None
         try:
             update = self.insights.update(snapshot, self._training_signals(failures))
@@ -189,16 +222,15 @@ class Collector:
                     failures.append(SourceError("insights", "emit", type(err).__name__))
         else:
             snapshot = replace(snapshot, durations_s=durations)
-        if not failures:
-            return snapshot
         for err in failures:
             key = (err.source, err.error_type)
-            self._error_counts[key] = self._error_counts.get(key, 0) + 1
-        return replace(
-            snapshot,
-            errors=(*snapshot.errors, *failures),
-            error_counts=dict(self._error_counts),
-        )
+            self._extra_counts[key] = self._extra_counts.get(key, 0) + 1
+        if not failures and not self._extra_counts:
+            return snapshot
+        counts = dict(snapshot.error_counts)
+        for key, count in self._extra_counts.items():
+            counts[key] = counts.get(key, 0) + count
+        return replace(snapshot, errors=(*snapshot.errors, *failures), error_counts=counts)
 
 
 class SnapshotCache:

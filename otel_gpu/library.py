@@ -37,7 +37,9 @@ from otel_gpu.embedded import detect_self, self_resource, visible_devices
 from otel_gpu.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.insights import Insight, TrainingSignals
 from otel_gpu.pipeline import build_collector
+from otel_gpu.remote import SourceProcess
 from otel_gpu.snapshot import Snapshot
+from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.telemetry import (
     ConfigError,
     build_resource,
@@ -340,7 +342,7 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     # NVML reports host pids: inside a container without the host pid namespace they would be
     # joined to the wrong local processes, so only the devices are reported there.
     attribution = simulate is not None or not info.in_container or bool(info.host_pid_namespace)
-    collector = build_collector(simulate, interval_ms / 1e3, attribution=attribution)
+    collector = _session_collector(simulate, interval_ms / 1e3, attribution)
     message = collector.start()
     if message:
         log.warning("otel-gpu: %s; reporting host metrics only", message)
@@ -376,6 +378,19 @@ def _insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
     if not exporters:
         return None, False
     return build_logger_provider(exporters, resource), True
+
+
+def _session_collector(simulate: str | None, interval_s: float, attribution: bool) -> Collector:
+    """The sources in a process of their own (see ``otel_gpu.remote``), unless
+    ``OTEL_GPU_COLLECT_IN_PROCESS=true``; in this process when that process cannot start."""
+    if os.environ.get("OTEL_GPU_COLLECT_IN_PROCESS", "").strip().lower() != "true":
+        try:
+            remote = SourceProcess(simulate, interval_s, attribution=attribution)
+        except Exception as err:
+            log.warning("otel-gpu: collecting in the training process (%s)", err)
+        else:
+            return Collector(NvmlSource(), None, remote=remote)
+    return build_collector(simulate, interval_s, attribution=attribution)
 
 
 def stop() -> None:

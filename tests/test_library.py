@@ -245,3 +245,58 @@ def test_opentelemetry_instrument_picks_up_the_instrumentor() -> None:
         received = points(receiver.metric_requests)
     assert len(_gpu_names(received)) > 8
     assert {p["resource"]["service.name"] for p in received} == {"auto"}
+
+
+def test_the_sources_run_in_a_child_process_and_stop_with_the_session() -> None:
+    from otel_gpu.library import start, stop
+
+    session = start(simulate="dgx-a100", export_interval_s=100.0, metric_exporters=[])
+    try:
+        remote = session.collector.remote
+        assert remote is not None
+        child = remote._process
+        assert child.pid != os.getpid() and child.poll() is None
+        snapshot = session.collector.collect()
+        assert len(snapshot.gpus) == 8 and snapshot.workloads
+        assert snapshot.durations_s["nvml"] >= 0 and "insights" in snapshot.durations_s
+    finally:
+        stop()
+    assert child.poll() is not None
+
+
+def test_a_dead_collector_process_is_a_counted_error_not_a_crash() -> None:
+    from otel_gpu.library import start, stop
+
+    session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
+    try:
+        remote = session.collector.remote
+        remote._process.kill()
+        remote._process.wait()
+        def remote_failures(snap: object) -> int:
+            return sum(n for (source, _), n in snap.error_counts.items() if source == "collector")
+
+        snapshot = session.collector.collect()
+        assert snapshot.gpus == ()
+        assert remote_failures(snapshot) == 1
+        assert [e.call for e in snapshot.errors if e.source == "collector"] == ["remote"]
+        assert remote_failures(session.collector.collect()) == 2
+    finally:
+        stop()
+
+
+def test_in_process_collection_on_request_and_bad_scenarios_still_exit_clearly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_gpu.library import start, stop
+    from otel_gpu.simulate import ScenarioError
+
+    monkeypatch.setenv("OTEL_GPU_COLLECT_IN_PROCESS", "true")
+    session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
+    try:
+        assert session.collector.remote is None
+        assert len(session.collector.collect().gpus) == 1
+    finally:
+        stop()
+    monkeypatch.delenv("OTEL_GPU_COLLECT_IN_PROCESS")
+    with pytest.raises(ScenarioError):
+        start(simulate="/nonexistent/scenario.yaml", metric_exporters=[])
+    stop()
