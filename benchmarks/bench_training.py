@@ -6,8 +6,8 @@ instrumented blocks run with an ``otel_gpu.start()`` session on the simulated ``
 (collection and export every second, the OTLP encoding done and discarded) and iterate through
 ``otel_gpu.track()``. Blocks alternate, their order swapping each round, and the figure is the
 median over rounds of instrumented throughput over plain throughput. A second figure, steps per
-CPU second of the whole process, counts the collector's own work and is less sensitive to other
-load on the machine than wall-clock throughput.
+CPU second of the training process (every thread of it, not the child process that runs the
+sources), is less sensitive to other load on the machine than wall-clock throughput.
 
     .venv/bin/python benchmarks/bench_training.py [--quick] [--json PATH]
 """
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if result["met"] else "NOT met"
     print(f"median throughput kept: {result['median_ratio']:.4f} (goal >= {GOAL}: {verdict})")
     print(f"median steps per process CPU second kept: {result['median_cpu_ratio']:.4f} "
-          "(all threads counted: the collector's and exporter's work included)")
+          "(the training process's threads; the sources' child process not counted)")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(result, out, indent=1)
