@@ -57,7 +57,11 @@ class SourceProcess:
         finally:
             child.close()
         self._conn = Connection(parent.detach())
-        kind, payload = self._receive(READY_TIMEOUT_S)
+        try:
+            kind, payload = self._receive(READY_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
         if kind != "ready":
             self.close()
             raise RemoteError(payload)

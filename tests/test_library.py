@@ -300,3 +300,18 @@ def test_in_process_collection_on_request_and_bad_scenarios_still_exit_clearly(
     with pytest.raises(ScenarioError):
         start(simulate="/nonexistent/scenario.yaml", metric_exporters=[])
     stop()
+
+
+def test_a_child_that_cannot_start_leaves_collection_in_the_process(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import otel_gpu.remote
+    from otel_gpu.library import start, stop
+
+    monkeypatch.setattr(otel_gpu.remote.sys, "executable", "/bin/false")
+    session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
+    try:
+        assert session.collector.remote is None
+        assert len(session.collector.collect().gpus) == 1
+        assert any("collecting in the training process" in r.getMessage() for r in caplog.records)
+    finally:
+        stop()
