@@ -196,13 +196,20 @@ class _ScopedCache:
         self._pid = os.getpid()
         self.closed = False
         self._empty: Snapshot | None = None
+        self._scoped: tuple[Snapshot, Snapshot] | None = None  # (cycle's Snapshot, our part)
 
     def get(self) -> Snapshot:
         if self.closed or os.getpid() != self._pid:
             if self._empty is None:
                 self._empty = Snapshot(cycle=-1, timestamp=0.0, driver_available=False)
             return self._empty
-        return scope_snapshot(self._cache.get(), self._devices, self._host)
+        base = self._cache.get()
+        scoped = self._scoped
+        if scoped is None or scoped[0] is not base:
+            # Scoped once per cycle, not once per instrument callback.
+            scoped = (base, scope_snapshot(base, self._devices, self._host))
+            self._scoped = scoped
+        return scoped[1]
 
 
 # -- the session -----------------------------------------------------------------------------
