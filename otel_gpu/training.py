@@ -59,6 +59,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from otel_gpu import __version__
 from otel_gpu.catalog import BY_NAME, GAUGE, HISTOGRAM
 from otel_gpu.snapshot import SourceError
+from otel_gpu.sources import ErrorLog
 
 __all__ = [
     "COMPUTE_SPAN",
@@ -93,7 +94,6 @@ EPOCH_ATTRIBUTE = "otel_gpu.training.epoch"
 STEP_ATTRIBUTE = "otel_gpu.training.step"
 
 _SCOPE = "otel_gpu.training"
-_MAX_PENDING_ERRORS = 1000
 
 # Seconds; the SDK's default boundaries (0, 5, 10, 25, ...) are meant for milliseconds.
 _DURATION_BUCKETS = (
@@ -176,7 +176,7 @@ class TrainingTracker:
         self._ratio_gauge = _instrument(meter, DATA_WAIT_RATIO)
         self._steps_counter = _instrument(meter, STEPS)
         self._samples_counter = _instrument(meter, SAMPLES)
-        self._new_errors: list[SourceError] = []
+        self._error_log = ErrorLog("training")
 
         self._span_every = span_every
         # Span timestamps are perf-counter readings shifted to the Unix epoch. The shift is taken
@@ -427,15 +427,13 @@ class TrainingTracker:
                 _logger.warning("training telemetry failed; the loop goes on", exc_info=exc)
             else:
                 _logger.debug("training telemetry failed", exc_info=exc)
-            if len(self._new_errors) < _MAX_PENDING_ERRORS:
-                self._new_errors.append(SourceError("training", "record", type(exc).__name__))
+            self._error_log._record("record", type(exc).__name__)
         except Exception:
             pass
 
     def take_errors(self) -> tuple[SourceError, ...]:
         """Recording failures since the last call, for ``otel_gpu.collection.errors``."""
-        errors, self._new_errors = tuple(self._new_errors), []
-        return errors
+        return self._error_log.take_errors()
 
 
 class _StepMark:

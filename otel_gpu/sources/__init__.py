@@ -15,7 +15,9 @@ class ErrorLog:
 
     source = "unknown"
 
-    def __init__(self) -> None:
+    def __init__(self, source: str | None = None) -> None:
+        if source is not None:
+            self.source = source
         self._errors: deque[SourceError] = deque(maxlen=MAX_PENDING_ERRORS)
 
     def take_errors(self) -> tuple[SourceError, ...]:
