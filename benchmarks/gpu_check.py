@@ -5,8 +5,10 @@ Run on a machine with an NVIDIA GPU (``bash benchmarks/gpu_check.sh OUTDIR``). I
 1. takes an idle snapshot (``otel-gpu snapshot --format json``) and ``nvidia-smi`` figures;
 2. starts a PyTorch matrix-multiply loop (~20 s) that allocates a known amount of memory;
 3. takes a loaded snapshot (3 cycles, 2 s apart) and ``nvidia-smi`` at the same moment;
-4. times the raw NVML calls the adapter makes and one whole collection cycle;
-5. checks: every GPU appears with its UUID, memory usage grew by about what the load
+4. runs ``otel_gpu.start()`` in a small tracked loop (console exporter): the session's collector
+   process must report the GPU and the training process its steps;
+5. times the raw NVML calls the adapter makes and one whole collection cycle;
+6. checks: every GPU appears with its UUID, memory usage grew by about what the load
    allocated, utilization and (on Hopper and later) GPM SM activity are above zero, power is
    above idle, and the load's process is attributed to its user.
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-LOAD_SECONDS = 20
+LOAD_SECONDS = 30
 LOAD_BYTES = 8 * 2**30
 
 LOAD = f"""
@@ -73,6 +75,37 @@ def values(doc: dict[str, Any], metric: str, **match: Any) -> dict[str, float]:
         if p["name"] == metric and all(p["attributes"].get(k) == v for k, v in match.items()):
             out[p["attributes"].get("hw.id", "")] = p.get("value", 0.0)
     return out
+
+
+SESSION = """
+import time
+import otel_gpu
+with otel_gpu.start() as session:
+    print("exporting from a child process:", session.exporting is not None, flush=True)
+    end = time.monotonic() + 3.5
+    while time.monotonic() < end:
+        for _ in otel_gpu.track(range(10)):
+            time.sleep(0.01)
+"""
+
+
+def library_session(out: Path, uuids: set[str]) -> dict[str, bool]:
+    """``otel_gpu.start()`` against the driver: the console output of both processes."""
+    env = {**os.environ, "OTEL_METRICS_EXPORTER": "console", "OTEL_TRACES_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    result = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True,
+                            env=env, timeout=120)
+    (out / "session.stdout").write_text(result.stdout)
+    (out / "session.stderr").write_text(result.stderr)
+    text = result.stdout
+    return {
+        "otel_gpu.start() session exited cleanly": result.returncode == 0,
+        "the session exported from a child process":
+            "exporting from a child process: True" in text,
+        "the session reported the GPU by UUID": '"hw.gpu.memory.usage"' in text and
+            bool(uuids) and all(u in text for u in uuids),
+        "the session reported training steps": '"otel_gpu.training.steps"' in text,
+    }
 
 
 def time_nvml(out: Path) -> dict[str, float]:
@@ -141,6 +174,7 @@ def main() -> int:
             busy_smi = nvidia_smi(out, "load-nvidia-smi")
             busy = snapshot(out, "load", "--cycles", "3", "--interval", "2")
             after_smi = nvidia_smi(out, "after-nvidia-smi")
+            session_checks = library_session(out, {row["uuid"] for row in busy_smi})
         finally:
             load.terminate()
             load.wait(timeout=60)
@@ -163,6 +197,7 @@ def main() -> int:
     owners = {p["attributes"].get("process.owner") for p in busy["points"]
               if p["name"] == "otel_gpu.workload.gpu.processes"}
     checks[f"the load's process is attributed to its user ({me})"] = me in owners
+    checks.update(session_checks)
     timings = time_nvml(out)
     verdict = {"date": time.strftime("%Y-%m-%d"), "load_pid": load_pid,
                "driver_version": busy_smi[0].get("driver_version") if busy_smi else None,

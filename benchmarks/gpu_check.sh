@@ -14,4 +14,12 @@ else
 fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 set -o pipefail
-timeout 300 python3 benchmarks/gpu_check.py "$out" 2>&1 | tee "$out/gpu_check.log"
+status=0
+timeout 300 python3 benchmarks/gpu_check.py "$out" 2>&1 | tee "$out/gpu_check.log" || status=$?
+# The tests marked gpu (they skip where there is no driver), when pytest is at hand.
+if python3 -c "import pytest" 2>/dev/null; then
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_real.py \
+    > "$out/pytest-gpu.txt" 2>&1 || status=$?
+  tail -3 "$out/pytest-gpu.txt"
+fi
+exit $status

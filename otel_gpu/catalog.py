@@ -506,7 +506,8 @@ CATALOG: tuple[Metric, ...] = (
         "hw.gpu.io",
         COUNTER,
         "By",
-        "PCIe bytes moved by the GPU (NVML's 20 ms throughput rate integrated between cycles).",
+        "PCIe bytes moved by the GPU: the driver's byte counters where it has them, else NVML's "
+        "20 ms throughput rate integrated between cycles.",
         (*GPU_IDENTITY, "network.io.direction"),
         _GPU,
         _gpu_io,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -73,7 +74,9 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--thresholds",
         metavar="FILE",
-        help="insight thresholds and durations to change (YAML or JSON; see docs/insights.md)",
+        default=os.environ.get("OTEL_GPU_THRESHOLDS") or None,
+        help="insight thresholds and durations to change (YAML or JSON; see docs/insights.md); "
+        "default: $OTEL_GPU_THRESHOLDS",
     )
 
 

@@ -1,20 +1,25 @@
 """``otel_gpu.start()`` inside a training script: the agent's pipeline, the script's lifecycle.
 
-Collection runs in the metric reader's own thread, never in the training loop; an exporter that
-is slow or down costs the loop nothing. One session per process: a second ``start()`` returns the
-first session, and a forked child (a DataLoader worker) or a ``multiprocessing`` child neither
-starts a collector nor exports what its parent recorded.
+Collection and export never run in the training loop. When the session builds its own providers,
+GPU, MIG and host metrics are collected and exported by a child process
+(``otel_gpu.export_process``); when the application brings its own, they go through those, read
+in the metric reader's thread from sources that still run in a child process
+(``otel_gpu.remote``). Either way an exporter that is slow or down costs the loop nothing.
+
+One session per process: a second ``start()`` returns the first session, and a forked child
+(a DataLoader worker) or a ``multiprocessing`` child neither starts a collector nor exports what
+its parent recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -33,18 +38,21 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.collector import Collector, SnapshotCache
-from otel_gpu.embedded import detect_self, self_resource, visible_devices
+from otel_gpu.embedded import detect_self, self_resource
+from otel_gpu.export_process import ExportingProcess, ExportSettings, SignalReader
 from otel_gpu.insight_log import InsightLogEmitter, build_logger_provider
-from otel_gpu.insights import Insight, TrainingSignals
+from otel_gpu.insights import InsightEngine, Thresholds, TrainingSignals, load_thresholds
 from otel_gpu.pipeline import build_collector
+from otel_gpu.relay import RelayMetricExporter, RelaySpanExporter
 from otel_gpu.remote import SourceProcess
-from otel_gpu.snapshot import Snapshot
+from otel_gpu.scope import ScopedCache, rank_devices
+from otel_gpu.snapshot import SourceError
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.telemetry import (
-    ConfigError,
     build_resource,
+    env_export_interval_ms,
+    env_exporters,
     get_meter,
-    otlp_exporter,
     register_catalog,
 )
 from otel_gpu.training import TrainingTracker
@@ -76,38 +84,6 @@ class _OwnerOnlyReader(PeriodicExportingMetricReader):
             super()._receive_metrics(metrics_data, timeout_millis=timeout_millis, **kwargs)
 
 
-def _env_list(name: str, default: str) -> list[str]:
-    raw = os.environ.get(name, default)
-    return [item.strip().lower() for item in raw.split(",") if item.strip()]
-
-
-def _export_interval_ms() -> float:
-    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
-    if raw is None:
-        return DEFAULT_EXPORT_INTERVAL_MS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
-    return value
-
-
-def _exporters(signal: str, console: Callable[[], Any]) -> list[Any]:
-    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none."""
-    variable = f"OTEL_{signal.upper()}_EXPORTER"
-    exporters: list[Any] = []
-    for name in _env_list(variable, "otlp"):
-        if name == "otlp":
-            exporters.append(otlp_exporter(signal))
-        elif name == "console":
-            exporters.append(console())
-        elif name != "none":
-            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
-    return exporters
-
-
 # Providers a stopped session made and shut down; they stay the globals (the API allows setting
 # them once) but must not be reused by a later session.
 _retired: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -128,102 +104,22 @@ def _set_global(setter: Any, getter: Any, provider: Any) -> None:
     setter(provider)
 
 
-# -- which devices this process reports ------------------------------------------------------
-
-
-def rank_devices(environ: Mapping[str, str] | None = None) -> tuple[list[str] | None, bool]:
-    """The devices this rank reports and whether it reports the host.
-
-    Under torchrun-style jobs (``LOCAL_RANK`` set) each rank reports its own device, the
-    ``LOCAL_RANK``-th visible one, and only local rank 0 reports the host, so that every device
-    and the host are reported once per node.
-    """
-    env = os.environ if environ is None else environ
-    devices = visible_devices(env)
-    local_rank = env.get("LOCAL_RANK")
-    if local_rank is None or not local_rank.strip().isdigit():
-        return devices, True
-    rank = int(local_rank)
-    if devices is None:
-        return [str(rank)], rank == 0
-    return (devices[rank:rank + 1] if rank < len(devices) else []), rank == 0
-
-
-def scope_snapshot(snapshot: Snapshot, devices: Sequence[str] | None,
-                   report_host: bool) -> Snapshot:
-    """The part of a Snapshot this process reports."""
-    if devices is None and report_host:
-        return snapshot
-    gpus = snapshot.gpus
-    if devices is not None:
-        wanted = set(devices)
-        kept = []
-        for gpu in gpus:
-            if str(gpu.index) in wanted or gpu.uuid in wanted:
-                kept.append(gpu)
-                continue
-            migs = tuple(m for m in gpu.mig_devices if m.uuid in wanted)
-            if migs:
-                kept.append(replace(gpu, mig_devices=migs,
-                                    processes=tuple(p for m in migs for p in m.processes)))
-        gpus = tuple(kept)
-    kept_ids = {g.uuid for g in gpus} | {m.uuid for g in gpus for m in g.mig_devices}
-    insights = tuple(i for i in snapshot.insights if _insight_in_scope(i, kept_ids, report_host))
-    return replace(snapshot, gpus=gpus, host=snapshot.host if report_host else None,
-                   insights=insights)
-
-
-def _insight_in_scope(insight: Insight, device_ids: set[str], report_host: bool) -> bool:
-    """Device insights go with their device; the others (host, containers) with the host, and
-    a training run's with the process that trains."""
-    device = insight.attributes.get("hw.id")
-    if device is not None:
-        return device in device_ids
-    return report_host or (insight.rule == "input_bound" and not _is_container(insight))
-
-
-def _is_container(insight: Insight) -> bool:
-    return any(key.startswith(("container.", "k8s.")) for key in insight.attributes)
-
-
-class _ScopedCache:
-    """The SnapshotCache as this process sees it: its devices only, nothing after stop or fork."""
-
-    def __init__(self, cache: SnapshotCache, devices: Sequence[str] | None, host: bool) -> None:
-        self._cache = cache
-        self._devices = devices
-        self._host = host
-        self._pid = os.getpid()
-        self.closed = False
-        self._empty: Snapshot | None = None
-        self._scoped: tuple[Snapshot, Snapshot] | None = None  # (cycle's Snapshot, our part)
-
-    def get(self) -> Snapshot:
-        if self.closed or os.getpid() != self._pid:
-            if self._empty is None:
-                self._empty = Snapshot(cycle=-1, timestamp=0.0, driver_available=False)
-            return self._empty
-        base = self._cache.get()
-        scoped = self._scoped
-        if scoped is None or scoped[0] is not base:
-            # Scoped once per cycle, not once per instrument callback.
-            scoped = (base, scope_snapshot(base, self._devices, self._host))
-            self._scoped = scoped
-        return scoped[1]
-
-
 # -- the session -----------------------------------------------------------------------------
 
 
 class Session:
     """What ``start()`` set up; a context manager that stops it on exit."""
 
-    def __init__(self, *, collector: Collector | None, cache: _ScopedCache | None,
+    def __init__(self, *, collector: Collector | None, cache: ScopedCache | None,
                  tracker: TrainingTracker, meter_provider: Any, tracer_provider: Any,
                  owns_meter_provider: bool, owns_tracer_provider: bool,
                  driver_message: str | None = None, logger_provider: Any = None,
-                 owns_logger_provider: bool = False) -> None:
+                 owns_logger_provider: bool = False,
+                 exporting: ExportingProcess | None = None) -> None:
+        #: GPU, MIG and host metrics through this process's providers (``collector``), or
+        #: collected and exported by a child process (``exporting``); neither in a worker.
         self.collector = collector
+        self.exporting = exporting
         self._cache = cache
         self.tracker = tracker
         self.meter_provider = meter_provider
@@ -238,7 +134,8 @@ class Session:
 
     @property
     def active(self) -> bool:
-        return not self.stopped and self.pid == os.getpid() and self.collector is not None
+        return not self.stopped and self.pid == os.getpid() and \
+            (self.collector is not None or self.exporting is not None)
 
     def track(self, iterable: Iterable[T], *, batch_size: int | None = None) -> Iterator[T]:
         return self.tracker.track(iterable, batch_size=batch_size)
@@ -263,6 +160,9 @@ class Session:
                     provider.force_flush()
             except Exception:
                 log.warning("otel-gpu: flush failed", exc_info=True)
+        if self.exporting is not None:
+            # After our providers' last export, which is relayed through it.
+            self.exporting.close()
         if self._cache is not None:
             self._cache.closed = True
         if self.collector is not None:
@@ -320,18 +220,43 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
 def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
            metric_exporters: Sequence[MetricExporter] | None, export_interval_s: float | None,
            attributes: Mapping[str, str] | None, resource: Resource | None) -> Session:
-    interval_ms = _export_interval_ms() if export_interval_s is None else export_interval_s * 1e3
+    interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
+        if export_interval_s is None else export_interval_s * 1e3
+    thresholds = load_thresholds(os.environ.get("OTEL_GPU_THRESHOLDS") or None)
+    for signal in ("metrics", "traces", "logs"):  # a misspelt exporter fails before anything
+        env_exporters(signal, console=lambda: None, otlp=lambda: None)
     info = detect_self()
     if resource is None:
         # Detected attributes first, so that OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win.
         resource = self_resource(info).merge(build_resource(DEFAULT_SERVICE_NAME)).merge(
             Resource({"process.pid": os.getpid()}))
+    simulate = simulate or os.environ.get("OTEL_GPU_SIMULATE") or None
+    # NVML reports host pids: inside a container without the host pid namespace they would be
+    # joined to the wrong local processes, so only the devices are reported there.
+    attribution = simulate is not None or not info.in_container or bool(info.host_pid_namespace)
+    if info.attribution_note:
+        log.info("otel-gpu: %s", info.attribution_note)
+    devices, host = rank_devices()
+    signals = _SignalSource()
+    exporting = None
+    # GPU, MIG and host metrics leave from a child process when the providers are ours, built
+    # from the environment the child inherits; the application's own providers get them here.
+    if meter_provider is None and metric_exporters is None and \
+            not _is_sdk_meter_provider(metrics.get_meter_provider()) and \
+            not _app_logger_provider() and not _env_true("OTEL_GPU_COLLECT_IN_PROCESS"):
+        settings = ExportSettings(simulate, interval_ms / 1e3, attribution,
+                                  None if devices is None else tuple(devices), host,
+                                  dict(resource.attributes), resource.schema_url, thresholds)
+        exporting = _exporting_process(settings, signals.read)
+    relay = exporting.send if exporting is not None else None
+
     owns_meter = owns_tracer = False
     if meter_provider is None and _is_sdk_meter_provider(metrics.get_meter_provider()):
         meter_provider = metrics.get_meter_provider()
     if meter_provider is None:
-        exporters = list(metric_exporters) if metric_exporters is not None \
-            else _exporters("metrics", ConsoleMetricExporter)
+        exporters = list(metric_exporters) if metric_exporters is not None else env_exporters(
+            "metrics", ConsoleMetricExporter,
+            otlp=None if relay is None else lambda: RelayMetricExporter(relay))
         readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
@@ -340,31 +265,65 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         tracer_provider = trace.get_tracer_provider()
     if tracer_provider is None:
         tracer_provider = TracerProvider(resource=resource)
-        for exporter in _exporters("traces", ConsoleSpanExporter):
+        for exporter in env_exporters("traces", ConsoleSpanExporter,
+                                      otlp=None if relay is None else
+                                      lambda: RelaySpanExporter(relay)):
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         _set_global(trace.set_tracer_provider, trace.get_tracer_provider, tracer_provider)
         owns_tracer = True
 
-    simulate = simulate or os.environ.get("OTEL_GPU_SIMULATE") or None
-    # NVML reports host pids: inside a container without the host pid namespace they would be
-    # joined to the wrong local processes, so only the devices are reported there.
-    attribution = simulate is not None or not info.in_container or bool(info.host_pid_namespace)
-    collector = _session_collector(simulate, interval_ms / 1e3, attribution)
+    tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes)
+    run_attributes = dict(attributes or {})
+    signals.read_training = lambda: TrainingSignals(tracker.data_wait_ratio, tracker.steps,
+                                                    run_attributes)
+    signals.take_errors = tracker.take_errors
+    if exporting is not None:
+        if exporting.message:
+            log.warning("otel-gpu: %s; reporting host metrics only", exporting.message)
+        return Session(collector=None, cache=None, tracker=tracker,
+                       meter_provider=meter_provider, tracer_provider=tracer_provider,
+                       owns_meter_provider=owns_meter, owns_tracer_provider=owns_tracer,
+                       driver_message=exporting.message, exporting=exporting)
+    try:
+        return _in_process(simulate, interval_ms, attribution, thresholds, devices, host,
+                           resource, signals, tracker, meter_provider, tracer_provider,
+                           owns_meter, owns_tracer)
+    except BaseException:
+        # Nothing half-started stays behind: not our providers as the globals of a later start.
+        for provider, owned in ((meter_provider, owns_meter), (tracer_provider, owns_tracer)):
+            if owned:
+                with contextlib.suppress(Exception):
+                    provider.shutdown()
+                _retired.add(provider)
+        raise
+
+
+class _SignalSource:
+    """The tracker's signals for the insight rules, bound once the tracker exists."""
+
+    def __init__(self) -> None:
+        self.read_training: Callable[[], TrainingSignals | None] = lambda: None
+        self.take_errors: Callable[[], Sequence[SourceError]] = tuple
+
+    def read(self) -> tuple[TrainingSignals | None, Sequence[SourceError]]:
+        return self.read_training(), self.take_errors()
+
+
+def _in_process(simulate: str | None, interval_ms: float, attribution: bool,
+                thresholds: Thresholds, devices: Sequence[str] | None, host: bool,
+                resource: Resource, signals: _SignalSource, tracker: TrainingTracker,
+                meter_provider: Any, tracer_provider: Any, owns_meter: bool,
+                owns_tracer: bool) -> Session:
+    """GPU, MIG and host metrics through this process's providers (sources in a child)."""
+    collector = _session_collector(simulate, interval_ms / 1e3, attribution, thresholds)
     message = collector.start()
     if message:
         log.warning("otel-gpu: %s; reporting host metrics only", message)
-    if info.attribution_note:
-        log.info("otel-gpu: %s", info.attribution_note)
-    devices, host = rank_devices()
-    cache = _ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, interval_ms / 2e3)),
-                         devices, host)
+    cache = ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, interval_ms / 2e3)),
+                        devices, host)
     register_catalog(get_meter(meter_provider), cache)
-    tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes)
     collector.add_error_source(tracker.take_errors)
-    run_attributes = dict(attributes or {})
-    collector.add_training_source(
-        lambda: TrainingSignals(tracker.data_wait_ratio, tracker.steps, run_attributes)
-    )
+    collector.add_training_source(signals.read_training)
     logger_provider, owns_logger = _insight_logger_provider(resource)
     if logger_provider is not None:
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
@@ -375,29 +334,49 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
                    owns_logger_provider=owns_logger)
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def _app_logger_provider() -> bool:
+    current = _logs.get_logger_provider()
+    return isinstance(current, LoggerProvider) and current not in _retired
+
+
+def _exporting_process(settings: ExportSettings, read_signals: SignalReader
+                       ) -> ExportingProcess | None:
+    try:
+        return ExportingProcess(settings, read_signals)
+    except Exception as err:
+        # Collection and export stay here; a bad scenario fails there with its own error.
+        log.warning("otel-gpu: exporting from the training process (%s)", err)
+        return None
+
+
 def _insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
     """Where insight log records go: the application's SDK LoggerProvider, else one built from
     ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
-    current = _logs.get_logger_provider()
-    if isinstance(current, LoggerProvider) and current not in _retired:
-        return current, False
-    exporters = _exporters("logs", ConsoleLogRecordExporter)
+    if _app_logger_provider():
+        return _logs.get_logger_provider(), False
+    exporters = env_exporters("logs", ConsoleLogRecordExporter)
     if not exporters:
         return None, False
     return build_logger_provider(exporters, resource), True
 
 
-def _session_collector(simulate: str | None, interval_s: float, attribution: bool) -> Collector:
+def _session_collector(simulate: str | None, interval_s: float, attribution: bool,
+                       thresholds: Thresholds | None = None) -> Collector:
     """The sources in a process of their own (see ``otel_gpu.remote``), unless
     ``OTEL_GPU_COLLECT_IN_PROCESS=true``; in this process when that process cannot start."""
-    if os.environ.get("OTEL_GPU_COLLECT_IN_PROCESS", "").strip().lower() != "true":
+    if not _env_true("OTEL_GPU_COLLECT_IN_PROCESS"):
         try:
             remote = SourceProcess(simulate, interval_s, attribution=attribution)
         except Exception as err:
             log.warning("otel-gpu: collecting in the training process (%s)", err)
         else:
-            return Collector(NvmlSource(), None, remote=remote)
-    return build_collector(simulate, interval_s, attribution=attribution)
+            return Collector(NvmlSource(), None, remote=remote,
+                             insights=InsightEngine(thresholds))
+    return build_collector(simulate, interval_s, attribution=attribution, thresholds=thresholds)
 
 
 def stop() -> None:

@@ -33,6 +33,61 @@ class RemoteError(RuntimeError):
     pass
 
 
+def child_environment() -> dict[str, str]:
+    """The child's environment: ours, with the SDK and auto-instrumentation off while it starts,
+    so that an ``opentelemetry-instrument`` wrapper around the training script does not start a
+    session in the child too."""
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true", "OTEL_GPU_CHILD": "1",
+           "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "*"}
+    env.pop("OTEL_GPU_SIMULATE", None)
+    return env
+
+
+class ChildProcess:
+    """``python -m otel_gpu.remote`` on one end of a socket pair, given its task by ``request``;
+    returns once the child said it is ready (its message, if any, in ``message``)."""
+
+    def __init__(self, request: tuple[str, Any], *, ready_timeout_s: float = READY_TIMEOUT_S
+                 ) -> None:
+        parent, child = socket.socketpair()
+        command = [sys.executable, "-m", "otel_gpu.remote", "--fd", str(child.fileno())]
+        try:
+            self.process = subprocess.Popen(command, pass_fds=(child.fileno(),),
+                                            env=child_environment(), stdin=subprocess.DEVNULL)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        try:
+            self.conn.send(request)
+            kind, payload = self.receive(ready_timeout_s)
+        except BaseException:
+            self.close(wait_s=1.0)
+            raise
+        if kind != "ready":
+            self.close(wait_s=1.0)
+            raise RemoteError(payload)
+        self.message: str | None = payload
+
+    def receive(self, timeout_s: float) -> tuple[str, Any]:
+        if not self.conn.poll(timeout_s):
+            raise TimeoutError(f"the collector process did not answer in {timeout_s:g} s")
+        return self.conn.recv()
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Ask the child to finish, give it ``wait_s`` to do so, then kill it."""
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("close", None))
+        self.conn.close()
+        try:
+            self.process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class SourceProcess:
     """The Collector's sources in a child process; ``read()`` is one request and one answer."""
 
@@ -41,63 +96,30 @@ class SourceProcess:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._seq = 0
-        parent, child = socket.socketpair()
-        command = [sys.executable, "-m", "otel_gpu.remote", "--fd", str(child.fileno()),
-                   "--interval", repr(interval_s)]
-        if simulate:
-            command += ["--simulate", simulate]
-        if not attribution:
-            command.append("--no-attribution")
-        env = {**os.environ, "OTEL_SDK_DISABLED": "true",
-               "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "*"}
-        env.pop("OTEL_GPU_SIMULATE", None)
-        try:
-            self._process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=env,
-                                             stdin=subprocess.DEVNULL)
-        finally:
-            child.close()
-        self._conn = Connection(parent.detach())
-        try:
-            kind, payload = self._receive(READY_TIMEOUT_S)
-        except BaseException:
-            self.close()
-            raise
-        if kind != "ready":
-            self.close()
-            raise RemoteError(payload)
-        self._message: str | None = payload
+        self._child = ChildProcess(("sources", {"simulate": simulate, "interval_s": interval_s,
+                                                "attribution": attribution}))
+        self._process = self._child.process
 
     def start(self) -> str | None:
-        return self._message
+        return self._child.message
 
     def read(self) -> Snapshot:
         with self._lock:
             self._seq += 1
-            self._conn.send(("collect", self._seq))
+            self._child.conn.send(("collect", self._seq))
             while True:
-                kind, payload = self._receive(self._timeout_s)
+                kind, payload = self._child.receive(self._timeout_s)
                 if kind == "snapshot" and payload[0] == self._seq:
                     return payload[1]
                 if kind == "failed":
                     raise RemoteError(payload)
 
-    def _receive(self, timeout_s: float) -> tuple[str, Any]:
-        if not self._conn.poll(timeout_s):
-            raise TimeoutError(f"the collector process did not answer in {timeout_s:g} s")
-        return self._conn.recv()
-
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(("close", 0))
-        self._conn.close()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        self._child.close()
 
 
-def _serve(conn: Connection, simulate: str | None, interval_s: float, attribution: bool) -> None:
+def _serve_sources(conn: Connection, simulate: str | None, interval_s: float,
+                   attribution: bool) -> None:
     from otel_gpu.pipeline import build_collector
 
     try:
@@ -126,13 +148,22 @@ def _serve(conn: Connection, simulate: str | None, interval_s: float, attributio
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m otel_gpu.remote")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--interval", type=float, required=True)
-    parser.add_argument("--simulate")
-    parser.add_argument("--no-attribution", action="store_true")
     args = parser.parse_args(argv)
     conn = Connection(args.fd)
     try:
-        _serve(conn, args.simulate, args.interval, not args.no_attribution)
+        try:
+            task, params = conn.recv()
+        except EOFError:
+            return 0
+        if task == "sources":
+            _serve_sources(conn, params["simulate"], params["interval_s"],
+                           params["attribution"])
+        elif task == "export":
+            from otel_gpu.export_process import serve_export
+
+            serve_export(conn, params)
+        else:
+            conn.send(("error", f"unknown task {task!r}"))
     finally:
         conn.close()
     return 0

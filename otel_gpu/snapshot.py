@@ -91,7 +91,7 @@ class Gpu:
     remapped_rows_uncorrected: int | None = None
     remap_pending: bool | None = None
     remap_failed: bool | None = None
-    pcie_tx_bytes: int | None = None  # cumulative since the agent started
+    pcie_tx_bytes: int | None = None  # cumulative (driver counter, else since the agent started)
     pcie_rx_bytes: int | None = None
     fan_speed_ratio: float | None = None
     mig_mode_current: bool | None = None

@@ -8,7 +8,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -95,6 +95,41 @@ def otlp_exporter(signal: str = "metrics") -> Any:
     itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
     module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
     return getattr(importlib.import_module(module), name)()
+
+
+def env_list(name: str, default: str) -> list[str]:
+    raw = os.environ.get(name, default)
+    return [item.strip().lower() for item in raw.split(",") if item.strip()]
+
+
+def env_exporters(signal: str, console: Callable[[], Any],
+                  otlp: Callable[[], Any] | None = None) -> list[Any]:
+    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none.
+    ``otlp`` makes the exporter that otlp names, instead of the SDK's."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    exporters: list[Any] = []
+    for name in env_list(variable, "otlp"):
+        if name == "otlp":
+            exporters.append(otlp() if otlp is not None else otlp_exporter(signal))
+        elif name == "console":
+            exporters.append(console())
+        elif name != "none":
+            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
+    return exporters
+
+
+def env_export_interval_ms(default_ms: float) -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, validated."""
+    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
+    if raw is None:
+        return default_ms
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
+    return value
 
 
 def _prometheus_reader() -> MetricReader:

@@ -562,3 +562,55 @@ def test_simulated_clock() -> None:
     srv.begin_cycle(6)
     assert srv.nvml.clock() == srv.clock(6)
     assert SimulatedServer("h200").scenario.name == "h200"
+
+
+def test_pcie_traffic_comes_from_the_drivers_byte_counters_where_it_has_them() -> None:
+    import pynvml
+
+    from otel_gpu.pipeline import build_collector
+
+    collector = build_collector("h200", 10.0, attribution=False)
+    fake = collector.nvml._nvml
+    counters = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: 5_000_000,
+                pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: 7_000_000}
+    original = fake.nvmlDeviceGetFieldValues
+    sampled: list[object] = []
+
+    def field_values(handle: object, field_ids: list) -> object:
+        values = original(handle, field_ids)
+        for value in values:
+            if value.fieldId in counters:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = counters[value.fieldId]
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+        return values
+
+    def throughput(*args: object) -> int:
+        sampled.append(args)
+        return 0
+
+    fake.nvmlDeviceGetFieldValues = field_values
+    fake.nvmlDeviceGetPcieThroughput = throughput
+    collector.start()
+    try:
+        first = collector.collect().gpus[0]
+        counters[pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES] += 1024
+        second = collector.collect().gpus[0]
+    finally:
+        collector.close()
+    assert (first.pcie_tx_bytes, first.pcie_rx_bytes) == (5_000_000, 7_000_000)
+    assert second.pcie_tx_bytes == 5_001_024
+    assert sampled == []  # the 20 ms sampling call is never made
+
+
+def test_without_byte_counters_the_sampled_rate_is_integrated() -> None:
+    from otel_gpu.pipeline import build_collector
+
+    collector = build_collector("h200", 10.0, attribution=False)
+    collector.start()
+    try:
+        collector.collect()
+        gpu = collector.collect().gpus[0]
+    finally:
+        collector.close()
+    assert gpu.pcie_tx_bytes is not None and gpu.pcie_tx_bytes > 0

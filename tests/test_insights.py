@@ -480,7 +480,7 @@ def test_the_library_feeds_training_signals_to_the_rules(monkeypatch: pytest.Mon
 
 
 def test_a_rank_reports_the_insights_of_its_devices_and_the_host_rank_the_rest() -> None:
-    from otel_gpu.library import scope_snapshot
+    from otel_gpu.scope import scope_snapshot
 
     _, snapshots = run_timeline("dgx-a100", 120, 60, NO_HOST)
     snapshot = snapshots[-1]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ from opentelemetry.sdk.metrics.export import (
 from otlp_receiver import OtlpReceiver, points
 
 from otel_gpu.embedded import visible_devices
-from otel_gpu.library import rank_devices, scope_snapshot
+from otel_gpu.library import rank_devices
 from otel_gpu.pipeline import build_collector
+from otel_gpu.scope import scope_snapshot
 
 
 def _run_script(code: str, env: dict[str, str], timeout: float = 120) -> None:
@@ -45,19 +47,90 @@ def test_start_exports_gpu_host_and_training_over_otlp() -> None:
                     pass
         """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
               "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_SERVICE_NAME": "resnet-train"})
-        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
-        # stop() exported once at exit, long before the 60 s interval.
-        assert len(receiver.metric_requests) == 1
-        received = points(receiver.metric_requests)
+        assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
         assert receiver.wait_for(lambda: receiver.trace_requests, timeout_s=10)
-    names = {p["name"] for p in received}
-    assert {"hw.gpu.memory.usage", "system.memory.usage", "otel_gpu.training.steps"} <= names
+        time.sleep(0.3)  # anything sent twice would arrive by now
+        # stop() exported once at exit, long before the 60 s interval: the training process
+        # its training metrics, the collector process the GPU and host metrics.
+        requests = list(receiver.metric_requests)
+    assert len(requests) == 2
+    by_request = [{p["name"] for p in points([r])} for r in requests]
+    training = next(names for names in by_request if "otel_gpu.training.steps" in names)
+    devices = next(names for names in by_request if "hw.gpu.memory.usage" in names)
+    assert training is not devices
+    assert not any(name.startswith("otel_gpu.training.") for name in devices)
+    assert "system.memory.usage" in devices
+    received = points(requests)
     steps = [p for p in received if p["name"] == "otel_gpu.training.steps"]
     assert sum(p["value"] for p in steps) == 20
     samples = [p for p in received if p["name"] == "otel_gpu.training.samples"]
     assert sum(p["value"] for p in samples) == 80
-    assert {p["resource"]["service.name"] for p in received} == {"resnet-train"}
+    # Both processes report as the training process: one resource, its pid included.
+    resources = {tuple(sorted(p["resource"].items())) for p in received}
+    assert len(resources) == 1
+    assert received[0]["resource"]["service.name"] == "resnet-train"
+    assert "process.pid" in received[0]["resource"]
     assert _gpu_names(received) == {"gpu0"}
+
+
+def test_the_collector_process_feeds_training_signals_to_the_rules(tmp_path: Path) -> None:
+    thresholds = tmp_path / "thresholds.yaml"
+    thresholds.write_text("data_wait_for_s: 0\ndata_wait_min_steps: 5\n")
+    with OtlpReceiver() as receiver:
+        _run_script("""
+            import time
+            import otel_gpu
+
+            def slow(n):
+                for i in range(n):
+                    time.sleep(0.004)
+                    yield i
+
+            with otel_gpu.start(attributes={"otel_gpu.training.run": "r9"}):
+                end = time.monotonic() + 2.0
+                while time.monotonic() < end:
+                    for _ in otel_gpu.track(slow(10)):
+                        time.sleep(0.001)
+        """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_METRIC_EXPORT_INTERVAL": "250", "OTEL_TRACES_EXPORTER": "none",
+              "OTEL_GPU_THRESHOLDS": str(thresholds)})
+        assert receiver.wait_for(lambda: receiver.log_requests, timeout_s=10)
+        received = points(receiver.metric_requests)
+        logs = list(receiver.log_requests)
+    active = [p for p in received if p["name"] == "otel_gpu.insight.active"
+              and p["attributes"].get("otel_gpu.insight.rule") == "input_bound"]
+    assert active and active[-1]["attributes"]["otel_gpu.training.run"] == "r9"
+    assert active[-1]["attributes"]["otel_gpu.insight.severity"] == "warning"
+    bodies = [str(record.body) for request in logs for rl in request.resource_logs
+              for sl in rl.scope_logs for record in sl.log_records]
+    assert any("input-bound" in body for body in bodies), bodies
+
+
+def test_a_forked_worker_adds_nothing_to_what_the_two_processes_export() -> None:
+    with OtlpReceiver() as receiver:
+        _run_script("""
+            import os, time
+            import otel_gpu
+            session = otel_gpu.start()
+            list(otel_gpu.track(range(7)))
+            pid = os.fork()
+            if pid == 0:
+                again = otel_gpu.start()
+                list(otel_gpu.track(range(50)))
+                time.sleep(0.5)
+                os._exit(0 if again is not session and again.exporting is None else 3)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+            otel_gpu.stop()
+        """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_TRACES_EXPORTER": "none",
+              "OTEL_LOGS_EXPORTER": "none"})
+        assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
+        time.sleep(0.5)
+        requests = list(receiver.metric_requests)
+    assert len(requests) == 2
+    steps = [p for p in points(requests) if p["name"] == "otel_gpu.training.steps"]
+    assert sum(p["value"] for p in steps) == 7
 
 
 def test_each_rank_reports_its_own_device_and_one_reports_the_host() -> None:
@@ -315,3 +388,63 @@ def test_a_child_that_cannot_start_leaves_collection_in_the_process(
         assert any("collecting in the training process" in r.getMessage() for r in caplog.records)
     finally:
         stop()
+
+
+def _quiet_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
+    for signal in ("METRICS", "TRACES", "LOGS"):
+        monkeypatch.setenv(f"OTEL_{signal}_EXPORTER", "none")
+
+
+def test_a_collector_process_that_dies_is_restarted(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from otel_gpu.library import start, stop
+
+    _quiet_exporters(monkeypatch)
+    session = start(simulate="h200", export_interval_s=0.1)
+    try:
+        exporting = session.exporting
+        assert exporting is not None and session.collector is None and session.active
+        first = exporting._child.process
+        first.kill()
+        first.wait()
+        deadline = time.monotonic() + 20
+        while exporting.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exporting.restarts == 1 and exporting.failures == 1
+        second = exporting._child.process
+        assert second.pid != first.pid and second.poll() is None
+        assert any("collector process is gone" in r.getMessage() for r in caplog.records)
+    finally:
+        stop()
+    assert second.wait(timeout=10) == 0
+
+
+def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import otel_gpu.remote
+    from otel_gpu.library import start, stop
+
+    _quiet_exporters(monkeypatch)
+    monkeypatch.setattr(otel_gpu.remote.sys, "executable", "/bin/false")
+    session = start(simulate="h200", export_interval_s=100.0)
+    try:
+        assert session.exporting is None and session.collector is not None
+        assert len(session.collector.collect().gpus) == 1
+        assert any("exporting from the training process" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        stop()
+
+
+def test_a_bad_thresholds_file_is_a_clear_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_gpu.insights import ThresholdsError
+    from otel_gpu.library import session, start
+
+    bad = tmp_path / "thresholds.yaml"
+    bad.write_text("data_wait_for_s: soon\n")
+    _quiet_exporters(monkeypatch)
+    monkeypatch.setenv("OTEL_GPU_THRESHOLDS", str(bad))
+    with pytest.raises(ThresholdsError, match="data_wait_for_s"):
+        start(simulate="h200")
+    assert session() is None

@@ -139,6 +139,7 @@ class _GpuState:
     static: _StaticInfo | None = None
     pcie_tx_bytes: float = 0.0
     pcie_rx_bytes: float = 0.0
+    pcie_counters: bool | None = None  # the driver's PCIe byte counters work; None: untried
     last_process_sample_us: int = 0
     mig_layout: frozenset[str] | None = None
     reconfigurations: int = 0
@@ -420,6 +421,10 @@ class NvmlSource:
                 SourceError(SOURCE, "nvmlDeviceGetFieldValues(MEMORY_TEMP)", name, call.device)
             )
             return None
+        return self._field_number(value)
+
+    def _field_number(self, value: Any) -> float:
+        nvml = self._nvml
         kind = getattr(value, "valueType", None)
         member = {
             getattr(nvml, "NVML_VALUE_TYPE_DOUBLE", 0): "dVal",
@@ -429,11 +434,32 @@ class NvmlSource:
         }.get(kind, "uiVal")
         return float(getattr(value.value, member))
 
+    def _pcie_counters(self, call: _Caller, handle: Any, state: _GpuState,
+                       values: dict[str, Any]) -> bool:
+        """The driver's PCIe byte counters (field values), where it has them."""
+        nvml = self._nvml
+        fields = [getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None),
+                  getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None)]
+        if state.pcie_counters is False or None in fields:
+            return False
+        read = call("nvmlDeviceGetFieldValues", handle, fields)
+        if not _present(read) or len(read) < 2 or \
+                any(v.nvmlReturn != nvml.NVML_SUCCESS for v in read[:2]):
+            # Older drivers and boards: fall back to the sampled rate, and do not ask again.
+            state.pcie_counters = False
+            return False
+        state.pcie_counters = True
+        values["pcie_tx_bytes"] = int(self._field_number(read[0]))
+        values["pcie_rx_bytes"] = int(self._field_number(read[1]))
+        return True
+
     def _pcie(
         self, call: _Caller, handle: Any, state: _GpuState, elapsed: float, values: dict[str, Any]
     ) -> None:
-        # NVML gives a KB/s rate over a 20 ms window (nvml.h); hw.gpu.io is a byte counter, so
-        # the rate is integrated over the time between cycles.
+        if self._pcie_counters(call, handle, state, values):
+            return
+        # NVML's rate is KB/s over a 20 ms window (nvml.h), and each call blocks for that
+        # window; hw.gpu.io is a byte counter, so the rate is integrated between cycles.
         nvml = self._nvml
         tx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
         rx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
