@@ -5,8 +5,9 @@ the interpreter: turning a Snapshot into hundreds of points and encoding them is
 CPU every interval. When the session builds its own providers, a child process (see
 ``otel_gpu.remote``) does all of that with the same resource and the same ``OTEL_*`` settings,
 and exports it itself. The training process keeps its training instruments and spans, and sends
-the child its training signals (data-wait ratio, steps, recorded failures) a few times per
-interval for the insight rules: a few hundred bytes through a pipe.
+the child its training signals (data-wait ratio, steps, recorded failures) twice per interval
+for the insight rules (a few hundred bytes through a pipe), and hands it its own metric and span
+exports to send (``otel_gpu.relay``).
 
 When the child dies, the training process starts a new one, waiting longer after each failure.
 """
@@ -67,6 +68,7 @@ class ExportingProcess:
         self._stopping = threading.Event()
         self.restarts = 0
         self.failures = 0
+        self._pid = os.getpid()
         self._child = self._spawn()
         self.message = self._child.message
         self._thread = threading.Thread(target=self._pump, name="otel-gpu-signals", daemon=True)
@@ -78,7 +80,11 @@ class ExportingProcess:
         return None if child is None else child.process.pid
 
     def send(self, kind: str, payload: Any) -> bool:
-        """Hand the child a relayed export (``metrics`` or ``spans``); False when it is gone."""
+        """Hand the child a relayed export (``metrics`` or ``spans``); False when it is gone, and
+        in a fork of the training process (a DataLoader worker), whose writes would interleave
+        with the training process's own on the same pipe."""
+        if os.getpid() != self._pid:
+            return False
         with self._lock:
             child = self._child
             if child is None:

@@ -1,15 +1,20 @@
-"""The sources in a process of their own, for sessions inside a training process.
+"""Child processes of a session inside a training process.
 
 Reading /proc, cgroup files, sockets and the driver means a system call at every step, and a
 thread gives up the interpreter's lock at each one. Next to a CPU-bound training loop the lock
 comes back only when the loop's thread is made to switch (every 5 ms in CPython), so a
 collection of a few milliseconds stretches over seconds and keeps the loop switching all that
-while. In a child process the sources cost the training process one pipe round trip a cycle.
+while. A child process does that work instead, given one of two tasks:
+
+- ``sources``: answer each ``collect`` request with the sources' Snapshot (``SourceProcess``),
+  when the application's own providers need the GPU metrics in the training process;
+- ``export``: collect, run the insight rules and export on the interval, with the training
+  process's signals and relayed exports arriving through the pipe (``otel_gpu.export_process``).
 
 The child is a fresh interpreter (``python -m otel_gpu.remote``), not a fork or a
 ``multiprocessing`` spawn: those would copy the training process or import its main module.
-It runs with the OpenTelemetry SDK and auto-instrumentation off, so it never starts a session of
-its own, and it exits when the pipe closes.
+It starts with the OpenTelemetry SDK and auto-instrumentation off, so that it never starts a
+session of its own, and it exits when the pipe closes.
 """
 
 from __future__ import annotations
