@@ -6,30 +6,44 @@ iterate a range; instrumented blocks run with an ``otel_gpu.start()`` session on
 ``dgx-a100`` (collection and export every second) and iterate through ``otel_gpu.track()``.
 Everything is exported over OTLP/gRPC to a real peer in a process of its own
 (``benchmarks/otlp_sink.py``). Blocks alternate, their order swapping each round, and the figure
-is the median over rounds of instrumented throughput over plain throughput. A second figure,
-steps per CPU second of the training process (every thread of it, not its children), is less
-sensitive to other load on the machine than wall-clock throughput.
+is the median over rounds of instrumented throughput over plain throughput, with a bootstrap
+95 % confidence interval. A second figure, steps per CPU second of the training process (every
+thread of it, not its children), is less sensitive to other load on the machine.
+
+By default the step allocates nothing: every value stays in CPython's cache of small integers.
+The speed of a step that allocates (``--step alloc``: a new integer object per operation)
+depends by several percent on where in memory its temporaries land, which anything else in the
+process shifts (``bench_step_layout.py``), so it cannot resolve a cost of 1 %.
 
 ``--export-from training`` hands the session an exporter of its own, as an application with its
 own providers does: GPU, MIG and host metrics then go through the training process (their
-sources still run in a child process). The default lets the session build its providers, and a
-child process collects and exports those metrics.
+sources still run in a child process) and the tracker records through the SDK on the training
+thread. The default lets the session build its providers, and a child process collects and
+exports those metrics and records the training steps. ``--control plain`` makes the second
+kind of block plain as well (what the method reads when nothing differs); ``--control busy``
+makes it plain next to a process that keeps another CPU busy; ``--neighbour`` keeps another CPU
+busy under both kinds of block.
 
-    .venv/bin/python benchmarks/bench_training.py [--quick] [--interval S]
-        [--export-from child|training] [--json PATH]
+    .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds N] [--block-s S]
+        [--interval S] [--export-from child|training] [--step noalloc|alloc]
+        [--control plain|busy] [--neighbour] [--json PATH]
+    .venv/bin/python benchmarks/bench_training.py --combine RUN.json [RUN.json ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +78,35 @@ class Sink:
         self._process.wait(timeout=30)
 
 
-def step_work(n: int) -> int:
+def step_alloc(n: int) -> int:
+    """``n`` iterations of integer arithmetic that allocate an integer object per operation."""
     acc = 0
     for i in range(n):
         acc = (acc * 31 + i) % 1_000_003
     return acc
 
 
+_BLOCK = tuple((i * 37) & 0xFF for i in range(2048))
+
+
+def step_noalloc(n: int) -> int:
+    """About ``n`` iterations of integer arithmetic that allocate nothing: every value is below
+    256, in CPython's cache of small integers, and the loops walk a prebuilt tuple and
+    ``itertools.repeat``."""
+    acc = 0
+    for _ in repeat(None, max(1, n // len(_BLOCK))):
+        for x in _BLOCK:
+            acc = ((acc ^ x) & 0x7F) + ((acc >> 2) & 0x7F)
+    return acc
+
+
+STEPS: dict[str, Callable[[int], int]] = {"noalloc": step_noalloc, "alloc": step_alloc}
+step_work = step_noalloc
+
+
 def calibrate(target_s: float) -> int:
     """Iterations of ``step_work`` that take about ``target_s``."""
-    n = 1000
+    n = 4096
     while True:
         started = time.perf_counter()
         step_work(n)
@@ -83,11 +116,17 @@ def calibrate(target_s: float) -> int:
         n *= 2
 
 
+Block = tuple[float, float, float]
+
+
 def run_block(batches: Callable[[Iterable[int]], Iterable[int]], work: int,
-              seconds: float) -> tuple[float, float]:
-    """Steps per wall second, and steps per CPU second of the whole process (every thread)."""
+              seconds: float) -> Block:
+    """Steps per wall second, steps per CPU second of the whole process (every thread), and
+    the share of the wall time the loop's thread was off the CPU (waiting for the
+    interpreter's lock or for a CPU)."""
     steps = 0
     started, cpu_started = time.perf_counter(), time.process_time()
+    thread_started = time.thread_time()
     deadline = started + seconds
     for _ in batches(range(10**9)):
         step_work(work)
@@ -95,72 +134,189 @@ def run_block(batches: Callable[[Iterable[int]], Iterable[int]], work: int,
         if time.perf_counter() >= deadline:
             break
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return steps / wall, steps / cpu
+    off_cpu = max(0.0, wall - (time.thread_time() - thread_started)) / wall
+    return steps / wall, steps / cpu, off_cpu
+
+
+def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
+                     export_from: str) -> tuple[Block, int]:
+    """One block inside a session; its figures and the OTLP metric requests the sink got."""
+    before = sink.counts()["metrics"]
+    exporters = None
+    if export_from == "training":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        exporters = [OTLPMetricExporter()]
+    session = start(simulate="dgx-a100", export_interval_s=interval_s,
+                    metric_exporters=exporters)
+    if (session.exporting is None) != (export_from == "training"):
+        raise SystemExit(f"the session did not export from the {export_from} process")
+    try:
+        figures = run_block(otel_gpu.track, work, block_s)
+    finally:
+        stop()
+    if session.tracker.steps == 0:
+        raise SystemExit("the session's tracker recorded no steps")
+    return figures, sink.counts()["metrics"] - before
+
+
+@contextlib.contextmanager
+def busy_neighbour() -> Iterator[None]:
+    """A process that keeps another CPU busy, doing nothing else, while the block runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def step_overhead(work: int, steps: int = 200) -> dict[str, float]:
+    """Median microseconds from the end of one step's work to the start of the next: a plain
+    iteration, a tracker that writes each step into its buffer (a session whose collector
+    process exports), and one that records through the SDK's instruments on this thread (the
+    application's own providers). Measured right after a step, as in a training loop, where the
+    caches hold the step's code and data rather than ours."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otel_gpu.training import TrainingTracker
+
+    variants: dict[str, Callable[[Iterable[int]], Iterable[int]]] = {
+        "plain": iter,
+        "deferred": TrainingTracker(MeterProvider(), TracerProvider(), defer=True).track,
+        "direct": TrainingTracker(MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                  TracerProvider()).track,
+    }
+    result = {}
+    for name, batches in variants.items():
+        gaps = []
+        ended = time.perf_counter_ns()
+        for _ in batches(range(steps)):
+            gaps.append(time.perf_counter_ns() - ended)
+            step_work(work)
+            ended = time.perf_counter_ns()
+        result[name] = statistics.median(gaps[1:]) / 1e3
+    return result
+
+
+def median_interval(values: list[float], *, resamples: int = 2000,
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """A percentile-bootstrap confidence interval of the median (fixed seed: reproducible)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
+                     for _ in range(resamples))
+    tail = (1.0 - confidence) / 2.0
+    return medians[int(tail * resamples)], medians[int((1.0 - tail) * resamples) - 1]
 
 
 def measure(rounds: int, block_s: float, step_s: float, interval_s: float, sink: Sink,
-            export_from: str) -> dict[str, Any]:
+            export_from: str, control: str | None = None) -> dict[str, Any]:
     work = calibrate(step_s)
-    plain: list[tuple[float, float]] = []
-    instrumented: list[tuple[float, float]] = []
+    plain: list[Block] = []
+    instrumented: list[Block] = []
     exports = []
     for r in range(rounds):
         order = ("plain", "otel") if r % 2 == 0 else ("otel", "plain")
         for kind in order:
             if kind == "plain":
                 plain.append(run_block(iter, work, block_s))
-                continue
-            before = sink.counts()["metrics"]
-            exporters = None
-            if export_from == "training":
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter,
-                )
-                exporters = [OTLPMetricExporter()]
-            session = start(simulate="dgx-a100", export_interval_s=interval_s,
-                            metric_exporters=exporters)
-            if (session.exporting is None) != (export_from == "training"):
-                raise SystemExit(f"the session did not export from the {export_from} process")
-            try:
-                instrumented.append(run_block(otel_gpu.track, work, block_s))
-            finally:
-                stop()
-            exports.append(sink.counts()["metrics"] - before)
-            assert session.tracker.steps > 0
+            elif control == "busy":
+                with busy_neighbour():
+                    instrumented.append(run_block(iter, work, block_s))
+                exports.append(0)
+            elif control:
+                instrumented.append(run_block(iter, work, block_s))
+                exports.append(0)
+            else:
+                figures, requests = run_instrumented(work, block_s, interval_s, sink,
+                                                     export_from)
+                instrumented.append(figures)
+                exports.append(requests)
+    overhead = step_overhead(work)
     ratios = [i[0] / p[0] for i, p in zip(instrumented, plain, strict=True)]
     cpu_ratios = [i[1] / p[1] for i, p in zip(instrumented, plain, strict=True)]
+    median = statistics.median(ratios)
+    low, high = median_interval(ratios)
     return {
         "date": dt.date.today().isoformat(),
         "rounds": rounds,
         "block_s": block_s,
         "step_ms": step_s * 1e3,
+        "step": "noalloc" if step_work is step_noalloc else "alloc",
         "collection_interval_s": interval_s,
         "export_from": export_from,
+        "control": control,
         "plain_steps_per_s": [p[0] for p in plain],
         "otel_steps_per_s": [i[0] for i in instrumented],
         "plain_steps_per_cpu_s": [p[1] for p in plain],
         "otel_steps_per_cpu_s": [i[1] for i in instrumented],
+        "plain_off_cpu_share": [p[2] for p in plain],
+        "otel_off_cpu_share": [i[2] for i in instrumented],
+        "median_off_cpu_share": {"plain": statistics.median(p[2] for p in plain),
+                                 "otel": statistics.median(i[2] for i in instrumented)},
         "cpu_ratio_per_round": cpu_ratios,
         "median_cpu_ratio": statistics.median(cpu_ratios),
         "metric_requests_per_block": exports,
+        "step_overhead_us": overhead,
         "ratio_per_round": ratios,
-        "median_ratio": statistics.median(ratios),
+        "median_ratio": median,
+        "median_ratio_95ci": [low, high],
         "goal": GOAL,
-        "met": statistics.median(ratios) >= GOAL,
+        "met": median >= GOAL,
     }
+
+
+def combine(paths: list[str]) -> int:
+    """The median and its interval over the rounds of several runs (of the same settings)."""
+    ratios: list[float] = []
+    for path in paths:
+        with open(path) as source:
+            result = json.load(source)
+        ratios.extend(result["ratio_per_round"])
+        low, high = result["median_ratio_95ci"]
+        print(f"{path}: {result['date']}, {result['rounds']} rounds, median "
+              f"{result['median_ratio']:.4f} (95 % CI {low:.4f}-{high:.4f})")
+    median = statistics.median(ratios)
+    low, high = median_interval(ratios)
+    verdict = "met" if median >= GOAL else "NOT met"
+    print(f"all {len(ratios)} rounds: median throughput kept {median:.4f} "
+          f"(95 % CI {low:.4f}-{high:.4f}; goal >= {GOAL}: {verdict})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
+    parser.add_argument("--block-s", type=float, default=2.0,
+                        help="seconds per block (default 2; at least 1.2 intervals)")
     parser.add_argument("--step-ms", type=float, default=10.0, help="synthetic step time")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="collection and export interval in seconds (default 1)")
     parser.add_argument("--export-from", choices=("child", "training"), default="child",
                         help="which process exports GPU, MIG and host metrics (default child)")
+    parser.add_argument("--step", choices=tuple(STEPS), default="noalloc",
+                        help="the synthetic step: allocation-free (default) or allocating")
+    parser.add_argument("--control", choices=("plain", "busy"),
+                        help="make the second kind of block plain too (what the method reads "
+                             "when nothing differs), or plain next to a process that keeps "
+                             "another CPU busy")
+    parser.add_argument("--neighbour", action="store_true",
+                        help="keep another CPU busy for the whole run, under both kinds of block")
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="measure nothing: pool the rounds of earlier --json results")
     args = parser.parse_args(argv)
-    rounds, block_s = (2, 2.0) if args.quick else (20, 3.0)
+    if args.combine:
+        return combine(args.combine)
+    global step_work
+    step_work = STEPS[args.step]
+    rounds, block_s = (2, 1.5) if args.quick else (args.rounds, args.block_s)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
     block_s = max(block_s, 1.2 * args.interval)  # every instrumented block sees a collection
     sink = Sink()
     for signal in ("METRICS", "TRACES", "LOGS"):
@@ -168,21 +324,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
     os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
     try:
-        result = measure(rounds, block_s, args.step_ms / 1e3, args.interval, sink,
-                         args.export_from)
+        with busy_neighbour() if args.neighbour else contextlib.nullcontext():
+            result = measure(rounds, block_s, args.step_ms / 1e3, args.interval, sink,
+                             args.export_from, control=args.control)
     finally:
         sink.close()
-    print(f"step {result['step_ms']:.1f} ms, collection every {args.interval:g} s, "
-          f"{rounds} rounds of {block_s:.0f} s blocks, GPU metrics exported from the "
-          f"{args.export_from} process")
+    result["neighbour"] = args.neighbour
+    arm = {"plain": "plain again (control)",
+           "busy": "plain, another CPU kept busy (control)"}.get(
+        args.control or "", f"otel_gpu, GPU metrics exported from the {args.export_from} process")
+    print(f"step {result['step_ms']:.1f} ms ({result['step']}), collection every "
+          f"{args.interval:g} s, {rounds} rounds of {block_s:g} s blocks; second arm: {arm}"
+          + ("; another CPU busy throughout" if args.neighbour else ""))
     for i, (p, o, e) in enumerate(zip(result["plain_steps_per_s"], result["otel_steps_per_s"],
                                       result["metric_requests_per_block"], strict=True)):
-        print(f"  round {i}: plain {p:8.1f} steps/s  otel {o:8.1f} steps/s  "
+        print(f"  round {i}: plain {p:8.1f} steps/s  second {o:8.1f} steps/s  "
               f"ratio {o / p:.4f}  OTLP metric requests {e}")
     verdict = "met" if result["met"] else "NOT met"
-    print(f"median throughput kept: {result['median_ratio']:.4f} (goal >= {GOAL}: {verdict})")
+    low, high = result["median_ratio_95ci"]
+    print(f"median throughput kept: {result['median_ratio']:.4f} (95 % CI {low:.4f}-{high:.4f}; "
+          f"goal >= {GOAL}: {verdict})")
     print(f"median steps per process CPU second kept: {result['median_cpu_ratio']:.4f} "
           "(the training process's threads; its child processes not counted)")
+    off_cpu = result["median_off_cpu_share"]
+    print(f"the loop's thread off the CPU (median share of wall time): plain "
+          f"{off_cpu['plain'] * 100:.3f} %, second {off_cpu['otel'] * 100:.3f} %")
+    overhead = result["step_overhead_us"]
+    print("between two steps (median, microseconds): " + ", ".join(
+        f"{name} {us:.1f}" for name, us in overhead.items()))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(result, out, indent=1)

@@ -4,9 +4,11 @@ A session's own cost inside the training process is what competes with the train
 the interpreter: turning a Snapshot into hundreds of points and encoding them is milliseconds of
 CPU every interval. When the session builds its own providers, a child process (see
 ``otel_gpu.remote``) does all of that with the same resource and the same ``OTEL_*`` settings,
-and exports it itself. The training process keeps its training instruments and spans, and sends
-the child its training signals (data-wait ratio, steps, recorded failures) twice per interval
-for the insight rules (a few hundred bytes through a pipe), and hands it its own metric and span
+and exports it itself. The training process keeps its spans and its training tracker, which only
+writes each step into a buffer (``otel_gpu.training_metrics``). Twice per interval it sends the
+child the steps written since the last time, which the child records into the training
+instruments, and its training signals (data-wait ratio, steps, recorded failures) for the
+insight rules: a few kilobytes through a pipe. It also hands the child its own metric and span
 exports to send (``otel_gpu.relay``).
 
 When the child dies, the training process starts a new one, waiting longer after each failure.
@@ -27,13 +29,16 @@ from typing import Any
 
 from otel_gpu.insights import Thresholds, TrainingSignals
 from otel_gpu.snapshot import SourceError
+from otel_gpu.training_metrics import StepBatch, TrainingInstruments, merge, replay
 
 log = logging.getLogger("otel_gpu")
 
 CLOSE_TIMEOUT_S = 40.0
 RESTART_BACKOFF_S = (1.0, 5.0, 30.0, 120.0, 300.0)
 
-SignalReader = Callable[[], tuple[TrainingSignals | None, Sequence[SourceError]]]
+SignalReader = Callable[[], tuple[TrainingSignals | None, Sequence[SourceError],
+                                  StepBatch | None]]
+Payload = tuple[TrainingSignals | None, tuple[SourceError, ...], StepBatch | None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class ExportingProcess:
         self._stopping = threading.Event()
         self.restarts = 0
         self.failures = 0
+        # Steps drained for a child that was gone by the time they were sent.
+        self._unsent: StepBatch | None = None
         self._pid = os.getpid()
         self._child = self._spawn()
         self.message = self._child.message
@@ -99,12 +106,14 @@ class ExportingProcess:
                 return False
             return True
 
-    def _payload(self) -> tuple[TrainingSignals | None, tuple[SourceError, ...]]:
+    def _payload(self) -> Payload:
+        unsent, self._unsent = self._unsent, None
         try:
-            signals, errors = self._read_signals()
-            return signals, tuple(errors)
+            signals, errors, steps = self._read_signals()
+            return signals, tuple(errors), merge(unsent, steps)
         except Exception as err:
-            return None, (SourceError("insights", "training_source", type(err).__name__),)
+            return (None, (SourceError("insights", "training_source", type(err).__name__),),
+                    unsent)
 
     def _pump(self) -> None:
         backoff = 0
@@ -131,10 +140,12 @@ class ExportingProcess:
                 child = self._child
                 if self._stopping.is_set() or child is None:
                     continue
+                payload = self._payload()
                 try:
-                    child.conn.send(("signals", self._payload()))
+                    child.conn.send(("signals", payload))
                     backoff = 0
                 except (OSError, ValueError) as err:
+                    self._unsent = payload[2]
                     self.failures += 1
                     log.warning("otel-gpu: the collector process is gone (%s, exit status %s); "
                                 "GPU and host metrics pause until it restarts", err,
@@ -143,6 +154,10 @@ class ExportingProcess:
                     self._child = None
                     retry_at = time.monotonic() + _backoff_s(backoff)
                     backoff += 1
+                except Exception as err:  # e.g. run attributes that do not pickle
+                    self.failures += 1
+                    log.warning("otel-gpu: could not send training signals to the collector "
+                                "process (%s)", err)
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Send the last signals; the child collects and exports once more, then exits."""
@@ -174,9 +189,11 @@ class _RelayWorker:
 
     QUEUE_SIZE = 256
 
-    def __init__(self, resource: Any, schema_url: str) -> None:
+    def __init__(self, resource: Any, schema_url: str,
+                 on_drop: Callable[[str], None] = lambda kind: None) -> None:
         from otel_gpu.telemetry import env_list, otlp_exporter
 
+        self._on_drop = on_drop
         self._resource = resource
         self._schema_url = schema_url
         self._exporters: dict[str, Any] = {}
@@ -194,6 +211,7 @@ class _RelayWorker:
             self._queue.put_nowait((kind, payload))
         except queue.Full:
             self.dropped += 1
+            self._on_drop(kind)
             if self.dropped == 1:
                 log.warning("otel-gpu: the backend is not keeping up; relayed exports dropped")
 
@@ -224,18 +242,41 @@ class _RelayWorker:
 
 
 class _SignalBox:
-    """The training signals last received, and the failures not yet taken by a cycle."""
+    """The training signals last received, and the failures not yet taken by a cycle; the
+    training process's steps go straight into the training instruments."""
 
-    def __init__(self) -> None:
+    def __init__(self, instruments: TrainingInstruments | None = None) -> None:
         self._lock = threading.Lock()
         self.signals: TrainingSignals | None = None
         self._errors: list[SourceError] = []
+        self.instruments = instruments
+        self.dropped_steps = 0
 
     def put(self, payload: Any) -> None:
-        signals, errors = payload
+        signals, errors, steps = payload
         with self._lock:
             self.signals = signals if isinstance(signals, TrainingSignals) else None
             self._errors.extend(e for e in errors if isinstance(e, SourceError))
+        if isinstance(steps, StepBatch):
+            self._record(steps)
+
+    def _record(self, steps: StepBatch) -> None:
+        if steps.dropped:
+            if not self.dropped_steps:
+                log.warning("otel-gpu: the training process wrote steps faster than they were "
+                            "collected; %d dropped", steps.dropped)
+            self.dropped_steps += steps.dropped
+            self.add_error(SourceError("training", "step_buffer", "Overflow"))
+        if self.instruments is None:
+            return
+        try:
+            replay(steps, self.instruments)
+        except Exception as err:
+            self.add_error(SourceError("training", "record", type(err).__name__))
+
+    def add_error(self, error: SourceError) -> None:
+        with self._lock:
+            self._errors.append(error)
 
     def read(self) -> TrainingSignals | None:
         return self.signals
@@ -277,7 +318,8 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         return
     meter_provider = logger_provider = relay = None
     try:
-        relay = _RelayWorker(resource, settings.schema_url)
+        relay = _RelayWorker(resource, settings.schema_url, on_drop=lambda kind: box.add_error(
+            SourceError("relay", kind, "QueueFull")))
         collector.add_training_source(box.read)
         collector.add_error_source(box.take_errors)
         log_exporters = env_exporters("logs", ConsoleLogRecordExporter)
@@ -292,6 +334,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         cache = ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, settings.interval_s / 2)),
                             settings.devices, settings.report_host)
         register_catalog(get_meter(meter_provider), cache)
+        box.instruments = TrainingInstruments(meter_provider)
     except Exception as err:
         conn.send(("error", f"{type(err).__name__}: {err}"))
         collector.close()

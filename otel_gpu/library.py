@@ -56,6 +56,7 @@ from otel_gpu.telemetry import (
     register_catalog,
 )
 from otel_gpu.training import TrainingTracker
+from otel_gpu.training_metrics import StepBatch
 
 T = TypeVar("T")
 log = logging.getLogger("otel_gpu")
@@ -272,11 +273,15 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
         _set_global(trace.set_tracer_provider, trace.get_tracer_provider, tracer_provider)
         owns_tracer = True
 
-    tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes)
+    # With a collector process, the tracker's steps are recorded there, off the training thread.
+    tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes,
+                              defer=exporting is not None)
     run_attributes = dict(attributes or {})
     signals.read_training = lambda: TrainingSignals(tracker.data_wait_ratio, tracker.steps,
                                                     run_attributes)
     signals.take_errors = tracker.take_errors
+    if tracker.buffer is not None:
+        signals.drain_steps = tracker.buffer.drain
     if exporting is not None:
         if exporting.message:
             log.warning("otel-gpu: %s; reporting host metrics only", exporting.message)
@@ -299,14 +304,16 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
 
 
 class _SignalSource:
-    """The tracker's signals for the insight rules, bound once the tracker exists."""
+    """The tracker's signals for the insight rules and its steps not yet sent, bound once the
+    tracker exists."""
 
     def __init__(self) -> None:
         self.read_training: Callable[[], TrainingSignals | None] = lambda: None
         self.take_errors: Callable[[], Sequence[SourceError]] = tuple
+        self.drain_steps: Callable[[], StepBatch | None] = lambda: None
 
-    def read(self) -> tuple[TrainingSignals | None, Sequence[SourceError]]:
-        return self.read_training(), self.take_errors()
+    def read(self) -> tuple[TrainingSignals | None, Sequence[SourceError], StepBatch | None]:
+        return self.read_training(), self.take_errors(), self.drain_steps()
 
 
 def _in_process(simulate: str | None, interval_ms: float, attribution: bool,

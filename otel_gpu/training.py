@@ -11,7 +11,9 @@ Traces: one ``otel_gpu.training.epoch`` span per epoch, and every ``span_every``
 counted from 0, so the first step is always traced) an ``otel_gpu.training.step`` span under the
 epoch with ``otel_gpu.training.data_wait`` and ``otel_gpu.training.compute`` children carrying the
 measured start and end times. That step's measurements are recorded in the step span's context, so
-the SDK's ``trace_based`` exemplar filter links them to the trace.
+the SDK's ``trace_based`` exemplar filter links them to the trace. With ``defer=True`` (a session
+whose collector process exports) the tracker only writes each step into ``buffer``, and that
+process records the measurements (``otel_gpu.training_metrics``).
 
 Three ways to drive a tracker, one at a time per tracker (it is not meant to be shared between
 threads or concurrent loops):
@@ -48,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -57,9 +60,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from otel_gpu import __version__
-from otel_gpu.catalog import BY_NAME, GAUGE, HISTOGRAM
 from otel_gpu.snapshot import SourceError
 from otel_gpu.sources import ErrorLog
+from otel_gpu.training_metrics import (
+    DATA_WAIT_DURATION,
+    DATA_WAIT_RATIO,
+    SAMPLES,
+    SCOPE,
+    STEP_DURATION,
+    STEPS,
+    StepBuffer,
+    TrainingInstruments,
+)
 
 __all__ = [
     "COMPUTE_SPAN",
@@ -79,12 +91,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-STEP_DURATION = "otel_gpu.training.step.duration"
-DATA_WAIT_DURATION = "otel_gpu.training.data_wait.duration"
-DATA_WAIT_RATIO = "otel_gpu.training.data_wait.ratio"
-STEPS = "otel_gpu.training.steps"
-SAMPLES = "otel_gpu.training.samples"
-
 EPOCH_SPAN = "otel_gpu.training.epoch"
 STEP_SPAN = "otel_gpu.training.step"
 DATA_WAIT_SPAN = "otel_gpu.training.data_wait"
@@ -93,29 +99,23 @@ COMPUTE_SPAN = "otel_gpu.training.compute"
 EPOCH_ATTRIBUTE = "otel_gpu.training.epoch"
 STEP_ATTRIBUTE = "otel_gpu.training.step"
 
-_SCOPE = "otel_gpu.training"
-
-# Seconds; the SDK's default boundaries (0, 5, 10, 25, ...) are meant for milliseconds.
-_DURATION_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
-    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
-)  # fmt: skip
-
 _logger = logging.getLogger(__name__)
 
 # Read through the module so that tests can substitute a deterministic clock.
 _clock = time.perf_counter_ns
 
+# This process's id, kept current in a forked child, so that the check on every step that
+# this is still the tracker's own process costs no system call.
+_pid = os.getpid()
 
-def _instrument(meter: metrics.Meter, name: str) -> Any:
-    """A synchronous instrument named, typed and described by the catalog."""
-    spec = BY_NAME[name]
-    if spec.instrument == HISTOGRAM:
-        return meter.create_histogram(name, unit=spec.unit, description=spec.description,
-                                      explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
-    if spec.instrument == GAUGE:
-        return meter.create_gauge(name, unit=spec.unit, description=spec.description)
-    return meter.create_counter(name, unit=spec.unit, description=spec.description)
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def batch_size_of(batch: Any) -> int | None:
@@ -144,6 +144,21 @@ def batch_size_of(batch: Any) -> int | None:
         return None
 
 
+# Types whose items never tell their size: asking costs two failed look-ups on every step.
+_UNSIZED: set[type] = set()
+
+
+def _samples_of(item: Any) -> int | None:
+    kind = type(item)
+    if kind in _UNSIZED:
+        return None
+    samples = batch_size_of(item)
+    if samples is None and not hasattr(item, "__dict__") and not hasattr(kind, "shape") and \
+            not hasattr(kind, "__len__") and not issubclass(kind, (tuple, list, Mapping)):
+        _UNSIZED.add(kind)
+    return samples
+
+
 class TrainingTracker:
     """Measures a training loop's steps, data wait and samples, with sampled step traces."""
 
@@ -155,12 +170,13 @@ class TrainingTracker:
         attributes: Mapping[str, str] | None = None,
         span_every: int = 100,
         ratio_window: int = 50,
+        defer: bool = False,
     ) -> None:
         if span_every < 0:
             raise ValueError("span_every must be >= 0 (0 turns step spans off)")
         if ratio_window < 1:
             raise ValueError("ratio_window must be >= 1")
-        self._pid = os.getpid()
+        self._pid = _pid
         self._attrs: dict[str, str] = dict(attributes or {})
         version = __version__
         if meter_provider is None:
@@ -168,14 +184,11 @@ class TrainingTracker:
         if tracer_provider is None:
             tracer_provider = trace.get_tracer_provider()
         self.meter_provider = meter_provider
-        meter = meter_provider.get_meter(_SCOPE, version)
-        self._tracer = tracer_provider.get_tracer(_SCOPE, version)
-
-        self._step_hist = _instrument(meter, STEP_DURATION)
-        self._wait_hist = _instrument(meter, DATA_WAIT_DURATION)
-        self._ratio_gauge = _instrument(meter, DATA_WAIT_RATIO)
-        self._steps_counter = _instrument(meter, STEPS)
-        self._samples_counter = _instrument(meter, SAMPLES)
+        self._tracer = tracer_provider.get_tracer(SCOPE, version)
+        #: With ``defer``, steps are written here for another process to record (see
+        #: ``otel_gpu.training_metrics``); else they are recorded on ``meter_provider``.
+        self.buffer = StepBuffer(self._attrs) if defer else None
+        self._instruments = None if defer else TrainingInstruments(meter_provider)
         self._error_log = ErrorLog("training")
 
         self._span_every = span_every
@@ -183,8 +196,8 @@ class TrainingTracker:
         # again at each epoch start, so a step of the wall clock misplaces spans for one epoch.
         self._offset = time.time_ns() - _clock()
         self._window = ratio_window
-        self._win_wait = [0] * ratio_window
-        self._win_step = [0] * ratio_window
+        self._win_wait = array("q", bytes(8 * ratio_window))
+        self._win_step = array("q", bytes(8 * ratio_window))
         self._win_pos = 0
         self._win_wait_sum = 0
         self._win_step_sum = 0
@@ -258,12 +271,13 @@ class TrainingTracker:
                     return
                 arrived = clock()
                 has_open = True
-                samples = batch_size if batch_size is not None else batch_size_of(item)
+                samples = batch_size if batch_size is not None else _samples_of(item)
                 yield item
                 # The loop asked for the next batch: the step ends, the next one starts.
                 has_open = False
                 now = clock()
-                self._record_tracked(start, arrived, now, samples)
+                if _pid == self._pid:
+                    self._record(start, arrived - start, now, samples, ((start, arrived),))
                 # Recording time belongs to neither this step nor the next.
                 start = clock()
         except GeneratorExit:
@@ -281,7 +295,7 @@ class TrainingTracker:
                 self._end_auto_epoch(epoch_span)
 
     def _start_auto_epoch(self) -> Span | None:
-        if self._epoch_ctx is not None or os.getpid() != self._pid:
+        if self._epoch_ctx is not None or _pid != self._pid:
             return None
         try:
             n = self._auto_epochs
@@ -304,18 +318,18 @@ class TrainingTracker:
     def _end_auto_epoch(self, span: Span) -> None:
         try:
             self._epoch_ctx = None
-            if os.getpid() == self._pid:
+            if _pid == self._pid:
                 span.end(end_time=_clock() + self._offset)
         except Exception as exc:
             self._failed(exc)
 
     def _record_tracked(self, start: int, arrived: int, end: int, samples: int | None) -> None:
-        if os.getpid() != self._pid:
+        if _pid != self._pid:
             return
         self._record(start, arrived - start, end, samples, ((start, arrived),))
 
     def _add_wait(self, start: int, end: int) -> None:
-        if os.getpid() != self._pid:
+        if _pid != self._pid:
             return
         try:
             self._pending_wait += end - start
@@ -327,7 +341,7 @@ class TrainingTracker:
             self._failed(exc)
 
     def _record_marked(self, start: int, end: int, samples: int | None) -> None:
-        if os.getpid() != self._pid:
+        if _pid != self._pid:
             return
         first = self._pending_first
         if first is not None and first < start:
@@ -369,17 +383,18 @@ class TrainingTracker:
             ratio = self._win_wait_sum / self._win_step_sum if self._win_step_sum > 0 else 0.0
             self._ratio = ratio
 
-            ctx = None
             if self._span_every and index % self._span_every == 0:
                 span = self._step_span(index, start, end, intervals, offset)
-                ctx = trace.set_span_in_context(span)
-            attrs = self._attrs
-            self._step_hist.record(step / 1e9, attributes=attrs, context=ctx)
-            self._wait_hist.record(wait / 1e9, attributes=attrs, context=ctx)
-            self._ratio_gauge.set(ratio, attributes=attrs, context=ctx)
-            self._steps_counter.add(1, attributes=attrs, context=ctx)
-            if samples:
-                self._samples_counter.add(samples, attributes=attrs, context=ctx)
+            buffer = self.buffer
+            if buffer is not None:
+                context = span.get_span_context() if span is not None else None
+                buffer.add(step, wait, ratio, samples,
+                           context if context is not None and context.trace_flags.sampled
+                           else None)
+            else:
+                self._instruments.record(  # type: ignore[union-attr]
+                    step, wait, ratio, samples, self._attrs,
+                    None if span is None else trace.set_span_in_context(span))
         except Exception as exc:
             self._failed(exc)
         finally:
@@ -512,7 +527,7 @@ class _EpochMark:
         self._span: Span | None = None
         self._token: object | None = None
         self._prev_ctx = tracker._epoch_ctx
-        if os.getpid() != tracker._pid:
+        if _pid != tracker._pid:
             return
         try:
             self._span = tracker._open_epoch_span(int(n))
@@ -528,7 +543,7 @@ class _EpochMark:
         tracker = self._tracker
         try:
             tracker._epoch_ctx = self._prev_ctx
-            if os.getpid() == tracker._pid:
+            if _pid == tracker._pid:
                 span.end(end_time=_clock() + tracker._offset)
         except Exception as exc:
             tracker._failed(exc)

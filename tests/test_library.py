@@ -47,19 +47,26 @@ def test_start_exports_gpu_host_and_training_over_otlp() -> None:
                     pass
         """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
               "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_SERVICE_NAME": "resnet-train"})
-        assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
         assert receiver.wait_for(lambda: receiver.trace_requests, timeout_s=10)
         time.sleep(0.3)  # anything sent twice would arrive by now
-        # stop() exported once at exit, long before the 60 s interval: the training process
-        # its training metrics, the collector process the GPU and host metrics.
+        # stop() exported once at exit, long before the 60 s interval, from the collector
+        # process: the GPU and host metrics, and the training steps the training process
+        # wrote into its step buffer. The training process itself had no metrics to send.
         requests = list(receiver.metric_requests)
-    assert len(requests) == 2
-    by_request = [{p["name"] for p in points([r])} for r in requests]
-    training = next(names for names in by_request if "otel_gpu.training.steps" in names)
-    devices = next(names for names in by_request if "hw.gpu.memory.usage" in names)
-    assert training is not devices
-    assert not any(name.startswith("otel_gpu.training.") for name in devices)
-    assert "system.memory.usage" in devices
+        traces = list(receiver.trace_requests)
+    assert len(requests) == 1
+    names = {p["name"] for p in points(requests)}
+    assert {"otel_gpu.training.steps", "hw.gpu.memory.usage", "system.memory.usage"} <= names
+    # The step histogram's exemplars link to the step spans the training process exported.
+    step_traces = {(span.trace_id, span.span_id) for request in traces
+                   for rs in request.resource_spans for ss in rs.scope_spans
+                   for span in ss.spans if span.name == "otel_gpu.training.step"}
+    exemplars = {(e.trace_id, e.span_id) for request in requests
+                 for rm in request.resource_metrics for sm in rm.scope_metrics
+                 for metric in sm.metrics if metric.name == "otel_gpu.training.step.duration"
+                 for point in metric.histogram.data_points for e in point.exemplars}
+    assert step_traces and exemplars and exemplars <= step_traces
     received = points(requests)
     steps = [p for p in received if p["name"] == "otel_gpu.training.steps"]
     assert sum(p["value"] for p in steps) == 20
@@ -127,10 +134,10 @@ def test_a_forked_worker_adds_nothing_to_what_the_two_processes_export() -> None
         """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
               "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_TRACES_EXPORTER": "none",
               "OTEL_LOGS_EXPORTER": "none"})
-        assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
         time.sleep(0.5)
         requests = list(receiver.metric_requests)
-    assert len(requests) == 2
+    assert len(requests) == 1  # the collector process's last export; the fork's nothing
     steps = [p for p in points(requests) if p["name"] == "otel_gpu.training.steps"]
     assert sum(p["value"] for p in steps) == 7
 
@@ -419,6 +426,33 @@ def test_a_collector_process_that_dies_is_restarted(monkeypatch: pytest.MonkeyPa
     finally:
         stop()
     assert second.wait(timeout=10) == 0
+
+
+def test_steps_drained_for_a_dead_collector_process_reach_its_successor() -> None:
+    with OtlpReceiver() as receiver:
+        _run_script("""
+            import time
+            import otel_gpu
+            session = otel_gpu.start(export_interval_s=0.2)
+            list(otel_gpu.track(range(10)))
+            time.sleep(0.5)
+            first = session.exporting._child.process
+            first.kill()
+            first.wait()
+            list(otel_gpu.track(range(25)))  # drained by the send that finds the child gone
+            deadline = time.monotonic() + 20
+            while session.exporting.restarts == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert session.exporting.restarts == 1
+            otel_gpu.stop()
+        """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        time.sleep(0.3)
+        requests = list(receiver.metric_requests)
+    steps = [p["value"] for p in points(requests) if p["name"] == "otel_gpu.training.steps"]
+    # The first process exported the first 10; its successor, from its own start, the 25.
+    assert 10 in steps and steps[-1] == 25
 
 
 def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(

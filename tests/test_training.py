@@ -268,7 +268,7 @@ class Broken:
 
 def test_recording_failures_do_not_reach_the_loop(otel: Telemetry) -> None:
     tracker = otel.tracker(span_every=1)
-    tracker._step_hist = Broken()
+    tracker._instruments = Broken()
     tracker._tracer = Broken()
     assert list(tracker.track(range(5), batch_size=2)) == [0, 1, 2, 3, 4]
     with tracker.epoch(1), tracker.step(), tracker.data_wait():
