@@ -72,3 +72,34 @@ def test_the_relay_asks_for_what_the_otlp_exporter_would(
     assert relay.export(data).name == "SUCCESS" and sent == [("metrics", [])]
     gone = RelayMetricExporter(lambda kind, payload: False)
     assert gone.export(data).name == "FAILURE"
+
+
+def test_exports_the_backend_cannot_keep_up_with_are_dropped_and_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from otel_gpu.export_process import _RelayWorker
+
+    for signal in ("METRICS", "TRACES"):
+        monkeypatch.setenv(f"OTEL_{signal}_EXPORTER", "none")
+    monkeypatch.setattr(_RelayWorker, "QUEUE_SIZE", 1)
+    release, exporting = threading.Event(), threading.Event()
+
+    class Stuck:
+        def export(self, data: object) -> None:
+            exporting.set()
+            release.wait(10)
+
+        def shutdown(self) -> None:
+            pass
+
+    dropped: list[str] = []
+    worker = _RelayWorker(RESOURCE, "", on_drop=dropped.append)
+    worker._exporters["spans"] = Stuck()
+    worker.put("spans", [])  # taken by the worker, which hangs in the backend
+    assert exporting.wait(10)
+    worker.put("spans", [])  # waits in the queue
+    worker.put("spans", [])  # no room
+    assert dropped == ["spans"] and worker.dropped == 1
+    release.set()
+    worker.close(timeout_s=10)
