@@ -276,7 +276,7 @@ class TrainingTracker:
                 # The loop asked for the next batch: the step ends, the next one starts.
                 has_open = False
                 now = clock()
-                if _pid == self._pid:
+                if _pid == self._pid:  # _record_tracked, without a call on every step
                     self._record(start, arrived - start, now, samples, ((start, arrived),))
                 # Recording time belongs to neither this step nor the next.
                 start = clock()

@@ -140,7 +140,8 @@ class StepBuffer:
         self._wait = array("q", bytes(8 * capacity))
         self._ratio = array("d", bytes(8 * capacity))
         self._samples = array("q", bytes(8 * capacity))
-        self._traced: deque[tuple[int, int, int]] = deque()
+        # At most one entry per step the ring holds: older ones would be dropped anyway.
+        self._traced: deque[tuple[int, int, int]] = deque(maxlen=capacity)
         self._written = 0
         self._drained = 0
         self._drain_lock = threading.Lock()

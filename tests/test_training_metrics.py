@@ -71,6 +71,12 @@ def test_steps_written_past_the_capacity_are_dropped_oldest_first_and_counted() 
     buffer = StepBuffer(capacity=4)
     for n in range(11):
         buffer.add(n, 0, 0.0, None, _context(n) if n in (2, 9) else None)
+    for n in range(11, 20):  # undrained spans are bounded like the steps
+        buffer.add(n, 0, 0.0, None, _context(n))
+    assert len(buffer._traced) == 4
+    buffer = StepBuffer(capacity=4)
+    for n in range(11):
+        buffer.add(n, 0, 0.0, None, _context(n) if n in (2, 9) else None)
     batch = buffer.drain()
     assert _steps(batch) == [7, 8, 9, 10]
     assert batch is not None and batch.dropped == 7 and buffer.dropped == 7
