@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from otel_gpu.pipeline import build_collector
+from otel_gpu.collect.build import build_collector
 
 GPUS = 8
 PER_CONTAINER = 5

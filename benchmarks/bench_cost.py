@@ -36,12 +36,13 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from otel_gpu.catalog import CATALOG, COUNTER, GAUGE, UPDOWNCOUNTER, Metric
-from otel_gpu.collector import Collector, SnapshotCache
+from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.nvml import NvmlSource
-from otel_gpu.telemetry import get_meter, register_catalog
+from otel_gpu.telemetry.catalog import CATALOG, COUNTER, GAUGE, UPDOWNCOUNTER, Metric
+from otel_gpu.telemetry.instruments import register_catalog
+from otel_gpu.telemetry.providers import get_meter
 
 HOST_SECTION = "Host"
 SCENARIO = "dgx-a100"
@@ -272,7 +273,7 @@ def dgx_variants() -> tuple[list[Variant], str | None]:
     """One full cycle of the simulated scenario: the Collector alone, and the Collector plus
     every catalog instrument on an InMemoryMetricReader."""
     try:
-        from otel_gpu.pipeline import build_collector
+        from otel_gpu.collect.build import build_collector
 
         collect_only = build_collector(simulate=SCENARIO)
         full = build_collector(simulate=SCENARIO)

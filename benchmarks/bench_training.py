@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import otel_gpu
-from otel_gpu.library import start, stop
+from otel_gpu.session.api import start, stop
 
 GOAL = 0.99
 
@@ -182,7 +182,7 @@ def step_overhead(work: int, steps: int = 200) -> dict[str, float]:
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
 
-    from otel_gpu.training import TrainingTracker
+    from otel_gpu.session.tracker import TrainingTracker
 
     variants: dict[str, Callable[[Iterable[int]], Iterable[int]]] = {
         "plain": iter,

@@ -114,7 +114,7 @@ def time_nvml(out: Path) -> dict[str, float]:
 
     import pynvml
 
-    from otel_gpu.pipeline import build_collector
+    from otel_gpu.collect.build import build_collector
 
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)

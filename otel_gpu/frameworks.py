@@ -2,8 +2,8 @@
 
 Importing this module imports neither framework: ``lightning_callback()`` and
 ``huggingface_callback()`` import theirs when called and build a subclass of its callback base
-class, driving a :class:`~otel_gpu.training.TrainingTracker` (a new one on the global providers
-when none is given).
+class, driving a :class:`~otel_gpu.session.tracker.TrainingTracker` (a new one on the global
+providers when none is given).
 
 What is measured, since neither framework has a hook around the fetch of a batch:
 
@@ -18,8 +18,8 @@ Lightning (``lightning.pytorch`` or ``pytorch_lightning``)
     ``on_train_batch_end`` (e.g. saving a checkpoint every n steps) also falls in the gap. Its
     compute is ``on_train_batch_start`` to ``on_train_batch_end``: forward, backward and, under
     automatic optimization, the optimizer step. With gradient accumulation every micro-batch is a
-    step. Samples come from the batch (:func:`~otel_gpu.training.batch_size_of`). Each training
-    epoch is one epoch span, numbered by ``trainer.current_epoch``.
+    step. Samples come from the batch (:func:`~otel_gpu.session.tracker.batch_size_of`). Each
+    training epoch is one epoch span, numbered by ``trainer.current_epoch``.
 
 Hugging Face ``Trainer``
     A step is one optimizer update (``state.global_step``). Its data wait is the gap from the
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from otel_gpu.training import TrainingTracker, batch_size_of
+from otel_gpu.session.tracker import TrainingTracker, batch_size_of
 
 __all__ = ["huggingface_callback", "lightning_callback"]
 

@@ -21,12 +21,12 @@ class OtelGpuInstrumentor(BaseInstrumentor):
         return ()
 
     def _instrument(self, **kwargs: Any) -> None:
-        from otel_gpu.library import start
+        from otel_gpu.session.api import start
 
         start(meter_provider=kwargs.get("meter_provider"),
               tracer_provider=kwargs.get("tracer_provider"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from otel_gpu.library import stop
+        from otel_gpu.session.api import stop
 
         stop()

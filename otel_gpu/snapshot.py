@@ -7,11 +7,13 @@ data points. Units are in the field names: ``_bytes``, ``_watts``, ``_joules``, 
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from otel_gpu.insights import Insight
+    from otel_gpu.snapshot import Insight
 
 
 @dataclass(frozen=True)
@@ -228,3 +230,89 @@ class Snapshot:
     assignments: tuple[DeviceAssignment, ...] = ()
     containers: tuple[ContainerUsage, ...] = ()
     insights: tuple[Insight, ...] = ()  # active insights after this cycle
+
+
+Attributes = dict[str, str | int | float | bool]
+
+INFO, WARNING, CRITICAL = "info", "warning", "critical"
+SEVERITIES = (INFO, WARNING, CRITICAL)
+SEVERITY_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True)
+class Insight:
+    """An active finding about one subject (a device, a workload, a container or the host)."""
+
+    rule: str
+    severity: str  # info, warning or critical
+    message: str  # what is wrong, with the numbers
+    remedy: str  # what to change
+    attributes: Attributes  # the subject: device identity and/or workload attributes
+    since: float  # Snapshot time at which it became active (at this severity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "remedy": self.remedy,
+            "attributes": dict(self.attributes),
+            "since": self.since,
+        }
+
+
+@dataclass(frozen=True)
+class TrainingSignals:
+    """What a training loop measured about itself, as of one collection cycle."""
+
+    data_wait_ratio: float | None  # data wait over step time across the recent steps
+    steps: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+
+MAX_PENDING_ERRORS = 1000
+
+
+class ErrorLog:
+    """The failures a reader records between two cycles; the Collector drains them once a cycle
+    with ``take_errors()`` into ``otel_gpu.collection.errors``. At most 1000 are kept."""
+
+    source = "unknown"
+
+    def __init__(self, source: str | None = None) -> None:
+        if source is not None:
+            self.source = source
+        self._errors: deque[SourceError] = deque(maxlen=MAX_PENDING_ERRORS)
+
+    def take_errors(self) -> tuple[SourceError, ...]:
+        """The failures recorded since the last call."""
+        errors = tuple(self._errors)
+        self._errors.clear()
+        return errors
+
+    def record(self, call: str, error_type: str) -> None:
+        self._errors.append(SourceError(self.source, call, error_type))
+
+
+def gpu_identity(gpu: Gpu) -> Attributes:
+    attrs: Attributes = {"hw.id": gpu.uuid, "hw.name": gpu.name, "hw.vendor": "nvidia"}
+    if gpu.model:
+        attrs["hw.model"] = gpu.model
+    return attrs
+
+
+def mig_identity(mig: MigDevice) -> Attributes:
+    attrs: Attributes = {
+        "hw.id": mig.uuid,
+        "hw.name": mig.name,
+        "hw.vendor": "nvidia",
+        "hw.parent": mig.parent_uuid,
+    }
+    if mig.model:
+        attrs["hw.model"] = mig.model
+    if mig.profile:
+        attrs["nvidia.gpu.mig.profile"] = mig.profile
+    return attrs
+
+

@@ -4,8 +4,8 @@ For a :class:`SimulatedServer`, ``SimulatedWorld`` keeps in a temporary director
 of the scenario's running processes (``<pid>/stat``, ``status``, ``cgroup``, and a ``cmdline``
 that nothing of ours reads) and a cgroup v2 tree for each container, both rewritten at every
 ``begin_cycle``; it serves the scenario's containers through the Docker Engine API stand-in and
-its pods through the kubelet stand-ins. ``attributor()`` gives an :class:`Attributor` built from
-the production readers pointed at them. ``close()`` stops the servers and removes the directory.
+its pods through the kubelet stand-ins. ``otel_gpu.collect.build`` points the production readers
+at its paths and sockets. ``close()`` stops the servers and removes the directory.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from otel_gpu.attribution import Attributor
 from otel_gpu.simulate import HostOverrides, SimulatedServer
 from otel_gpu.simulate.docker_api import DockerApiServer, serve_docker_api
 from otel_gpu.simulate.kubelet_api import (
@@ -28,15 +27,11 @@ from otel_gpu.simulate.kubelet_api import (
     serve_pod_resources,
 )
 from otel_gpu.simulate.scenario import ContainerSpec, PodSpec, ProcessSpec, at_cycle
-from otel_gpu.sources.cgroup import CgroupReader, container_from_cgroup_lines
-from otel_gpu.sources.docker import DockerClient
+from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
     MIG_RESOURCE_PREFIX,
-    PodListClient,
-    PodResourcesClient,
 )
-from otel_gpu.sources.procfs import ProcfsReader
 
 CPU_PERIOD_US = 100_000
 USER_SHARE = 0.8
@@ -112,18 +107,6 @@ class SimulatedWorld:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def attributor(self) -> Attributor:
-        """The production readers and clients, pointed at this world."""
-        users = dict(self.scenario.users)
-        return Attributor(
-            ProcfsReader(self.proc_root),
-            CgroupReader(self.cgroup_root),
-            DockerClient(self.docker_socket) if self.docker_socket else None,
-            PodResourcesClient(self.pod_resources_socket) if self.pod_resources_socket else None,
-            PodListClient(self.pod_list_url) if self.pod_list_url else None,
-            user_name=users.get,
-        )
 
     # -- the servers --
 

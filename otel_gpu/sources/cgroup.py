@@ -14,8 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from otel_gpu.snapshot import ContainerResources
-from otel_gpu.sources import ErrorLog
+from otel_gpu.snapshot import ContainerResources, ErrorLog
 
 __all__ = [
     "CgroupReader",
@@ -227,11 +226,11 @@ class CgroupReader(ErrorLog):
         except FileNotFoundError:
             return None  # controller not enabled here, or the cgroup went away
         except OSError as e:
-            self._record(name, type(e).__name__)
+            self.record(name, type(e).__name__)
             return None
 
     def _malformed(self, name: str) -> None:
-        self._record(name, "Malformed")
+        self.record(name, "Malformed")
 
     def _int(self, base: str, name: str) -> int | None:
         text = self._text(base, name)

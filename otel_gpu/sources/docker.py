@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_gpu.sources import ErrorLog
+from otel_gpu.snapshot import ErrorLog
 
 SOURCE = "docker"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -139,14 +139,14 @@ class DockerClient(ErrorLog):
         if cached is not None and cached[0] > now:
             return cached[1]
         if not _CONTAINER_ID.match(container_id):
-            self._record("inspect", "InvalidId")
+            self.record("inspect", "InvalidId")
             return None
         if now < self._down_until:
             return cached[1] if cached is not None else None
         try:
             meta: ContainerMeta | None = self._inspect(container_id)
         except _Failed as e:
-            self._record("inspect", e.error_type)
+            self.record("inspect", e.error_type)
             if e.transport:
                 self._down_until = now + self.retry_after_s
                 return cached[1] if cached is not None else None
@@ -174,7 +174,7 @@ class DockerClient(ErrorLog):
             if not isinstance(doc, list):
                 raise _Failed("Malformed")
         except _Failed as e:
-            self._record("list", e.error_type)
+            self.record("list", e.error_type)
             if e.transport:
                 self._down_until = now + self.retry_after_s
                 return stale

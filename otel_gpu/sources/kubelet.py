@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from otel_gpu.sources import ErrorLog
+from otel_gpu.snapshot import ErrorLog
 from otel_gpu.sources.docker import clean_text
 
 SOURCE = "kubelet"
@@ -148,10 +148,10 @@ class PodResourcesClient(ErrorLog):
             response = self._call()
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
-            self._record("List", code.name if code is not None else type(e).__name__)
+            self.record("List", code.name if code is not None else type(e).__name__)
             return None
         except Exception as e:  # a channel or decoding failure must not stop the cycle
-            self._record("List", type(e).__name__)
+            self.record("List", type(e).__name__)
             return None
         devices = tuple(
             PodDevices(
@@ -239,11 +239,11 @@ class PodListClient(ErrorLog):
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            self._record("pods", "MalformedJSON")
+            self.record("pods", "MalformedJSON")
             return None
         items = doc.get("items") if isinstance(doc, dict) else None
         if not isinstance(items, list):
-            self._record("pods", "Malformed")
+            self.record("pods", "Malformed")
             return None
         pods = {pod.uid: pod for pod in (_pod(item) for item in items) if pod is not None}
         self._cached = (now + self.ttl_s, pods)
@@ -269,7 +269,7 @@ class PodListClient(ErrorLog):
                     parts.hostname or "localhost", parts.port or 80, timeout=self.timeout_s
                 )
             else:
-                self._record("pods", "BadURL")
+                self.record("pods", "BadURL")
                 return None
             try:
                 conn.request("GET", parts.path or "/pods", headers=headers)
@@ -278,13 +278,13 @@ class PodListClient(ErrorLog):
             finally:
                 conn.close()
         except (OSError, http.client.HTTPException, ValueError) as e:
-            self._record("pods", type(e).__name__)
+            self.record("pods", type(e).__name__)
             return None
         if response.status != 200:
-            self._record("pods", f"HTTP{response.status}")
+            self.record("pods", f"HTTP{response.status}")
             return None
         if len(body) > MAX_POD_LIST_BYTES:
-            self._record("pods", "TooLarge")
+            self.record("pods", "TooLarge")
             return None
         return body
 
@@ -295,7 +295,7 @@ class PodListClient(ErrorLog):
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            self._record("token", type(e).__name__)
+            self.record("token", type(e).__name__)
             return None
 
     def _tls(self) -> ssl.SSLContext:

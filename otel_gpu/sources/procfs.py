@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from otel_gpu.sources import ErrorLog
+from otel_gpu.snapshot import ErrorLog
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -76,7 +76,7 @@ class ProcfsReader(ErrorLog):
         stat = self._file(pid, "stat")
         start, comm = _parse_stat(stat) if stat is not None else (None, None)
         if stat is not None and start is None:
-            self._record("stat", "Malformed")
+            self.record("stat", "Malformed")
         cached = self._cache.get(pid)
         if cached is not None and start is not None and cached.start_time_ticks == start:
             # comm changes on exec, which keeps the pid and start time; stat is read anyway.
@@ -94,7 +94,7 @@ class ProcfsReader(ErrorLog):
             complete=None not in (stat, status, cgroup),
         )
         if status is not None and info.uid is None:
-            self._record("status", "Malformed")
+            self.record("status", "Malformed")
         if info.complete and start is not None:
             self._cache[pid] = info
         else:
@@ -109,7 +109,7 @@ class ProcfsReader(ErrorLog):
         except (FileNotFoundError, ProcessLookupError) as e:
             raise _Gone from e
         except OSError as e:
-            self._record(name, type(e).__name__)
+            self.record(name, type(e).__name__)
             return None
         return data.decode("utf-8", errors="replace")
 

@@ -1,0 +1,3 @@
+from otel_gpu.cli import main
+
+raise SystemExit(main())

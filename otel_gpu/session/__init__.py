@@ -1,0 +1,1 @@
+"""``otel_gpu.start()`` in a training script."""

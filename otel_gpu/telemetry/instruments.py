@@ -1,0 +1,117 @@
+"""Instruments: the catalog's observable instruments over a Snapshot source, and the training
+loop's synchronous ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from opentelemetry import metrics
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from otel_gpu._version import __version__
+from otel_gpu.snapshot import Snapshot
+from otel_gpu.telemetry.catalog import (
+    BY_NAME,
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    UPDOWNCOUNTER,
+    Metric,
+    observed_metrics,
+)
+
+log = logging.getLogger("otel_gpu")
+
+
+class SnapshotSource(Protocol):
+    def get(self) -> Snapshot: ...
+
+
+def _callback(metric: Metric, cache: SnapshotSource) -> Any:
+    observe = metric.observe
+    assert observe is not None
+
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            snapshot = cache.get()
+            return [Observation(value, attrs) for value, attrs in observe(snapshot)]
+        except Exception:
+            log.exception("otel-gpu: could not observe %s", metric.name)
+            return []
+
+    return callback
+
+
+def register_catalog(
+    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None
+) -> list[Any]:
+    """Create one observable instrument per catalog entry; all read the cached Snapshot."""
+    instruments = []
+    for metric in observed_metrics() if metrics is None else metrics:
+        create = {
+            COUNTER: meter.create_observable_counter,
+            UPDOWNCOUNTER: meter.create_observable_up_down_counter,
+            GAUGE: meter.create_observable_gauge,
+        }[metric.instrument]
+        instruments.append(
+            create(
+                metric.name,
+                callbacks=[_callback(metric, cache)],
+                unit=metric.unit,
+                description=metric.description,
+            )
+        )
+    return instruments
+
+
+STEP_DURATION = "otel_gpu.training.step.duration"
+DATA_WAIT_DURATION = "otel_gpu.training.data_wait.duration"
+DATA_WAIT_RATIO = "otel_gpu.training.data_wait.ratio"
+STEPS = "otel_gpu.training.steps"
+SAMPLES = "otel_gpu.training.samples"
+
+SCOPE = "otel_gpu.training"
+
+# Seconds; the SDK's default boundaries (0, 5, 10, 25, ...) are meant for milliseconds.
+DURATION_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+def _instrument(meter: metrics.Meter, name: str) -> Any:
+    """A synchronous instrument named, typed and described by the catalog."""
+    spec = BY_NAME[name]
+    if spec.instrument == HISTOGRAM:
+        return meter.create_histogram(name, unit=spec.unit, description=spec.description,
+                                      explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+    if spec.instrument == GAUGE:
+        return meter.create_gauge(name, unit=spec.unit, description=spec.description)
+    return meter.create_counter(name, unit=spec.unit, description=spec.description)
+
+
+class TrainingInstruments:
+    """The five training instruments of one MeterProvider, under the ``otel_gpu.training``
+    scope."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider) -> None:
+        meter = meter_provider.get_meter(SCOPE, __version__)
+        self.step = _instrument(meter, STEP_DURATION)
+        self.wait = _instrument(meter, DATA_WAIT_DURATION)
+        self.ratio = _instrument(meter, DATA_WAIT_RATIO)
+        self.steps = _instrument(meter, STEPS)
+        self.samples = _instrument(meter, SAMPLES)
+
+    def record(self, step_ns: int, wait_ns: int, ratio: float, samples: int | None,
+               attributes: Mapping[str, str], context: Context | None) -> None:
+        """One step; ``context`` (a sampled step span's) links the points to its trace."""
+        self.step.record(step_ns / 1e9, attributes=attributes, context=context)
+        self.wait.record(wait_ns / 1e9, attributes=attributes, context=context)
+        self.ratio.set(ratio, attributes=attributes, context=context)
+        self.steps.add(1, attributes=attributes, context=context)
+        if samples:
+            self.samples.add(samples, attributes=attributes, context=context)
+
+

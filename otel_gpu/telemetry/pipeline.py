@@ -1,0 +1,86 @@
+"""The pipeline: Collector -> SnapshotCache -> instruments -> MeterProvider -> readers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+from opentelemetry.sdk.resources import Resource
+
+from otel_gpu.collect.build import build_collector
+from otel_gpu.collect.collector import Collector, SnapshotCache
+from otel_gpu.insights.engine import Thresholds
+from otel_gpu.snapshot import Snapshot
+from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
+from otel_gpu.telemetry.instruments import register_catalog
+from otel_gpu.telemetry.providers import (
+    build_meter_provider,
+    build_readers,
+    build_resource,
+    get_meter,
+    otlp_exporter,
+)
+
+
+@dataclass
+class Pipeline:
+    collector: Collector
+    cache: SnapshotCache
+    provider: MeterProvider
+    readers: list[MetricReader]
+    memory_reader: InMemoryMetricReader | None = None
+    driver_message: str | None = None
+    instruments: list[Any] = field(default_factory=list)
+    logger_provider: Any = None  # insight log records, when an exporter for them is set
+
+    def collect_and_export(self) -> Snapshot:
+        """One cycle: read the world once, then let every reader collect and export it."""
+        snapshot = self.cache.refresh()
+        self.provider.force_flush()
+        return snapshot
+
+    def shutdown(self) -> None:
+        try:
+            self.provider.shutdown()
+            if self.logger_provider is not None:
+                self.logger_provider.shutdown()
+        finally:
+            self.collector.close()
+
+
+def build_pipeline(
+    *,
+    simulate: str | None = None,
+    exporters: Sequence[str] = ("otlp",),
+    interval_s: float = 10.0,
+    in_memory: bool = False,
+    resource: Resource | None = None,
+    thresholds: Thresholds | None = None,
+) -> Pipeline:
+    """The agent's pipeline: collection driven by ``collect_and_export()`` every interval.
+
+    The cache keeps a Snapshot for 1.5 intervals so that a pull reader (a Prometheus scrape)
+    between two cycles reuses the last one instead of reading the hardware again. With the
+    ``otlp`` exporter, each insight that fires or clears also goes out as an OTLP log record.
+    """
+    collector = build_collector(simulate, interval_s, thresholds=thresholds)
+    readers = build_readers(exporters, interval_s=None)
+    resource = resource or build_resource(stable_instance=True)
+    logger_provider = None
+    if "otlp" in exporters:
+        logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
+        collector.add_insight_listener(InsightLogEmitter(logger_provider))
+    memory_reader = InMemoryMetricReader() if in_memory else None
+    if memory_reader is not None:
+        readers.append(memory_reader)
+    message = collector.start()
+    cache = SnapshotCache(collector, max_age_s=1.5 * interval_s)
+    provider = build_meter_provider(readers, resource)
+    instruments = register_catalog(get_meter(provider), cache)
+    return Pipeline(
+        collector, cache, provider, readers, memory_reader, message, instruments, logger_provider
+    )
+

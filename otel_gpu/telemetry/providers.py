@@ -1,0 +1,196 @@
+"""OpenTelemetry wiring: resource, exporters and readers, and instruments from the catalog."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from otel_gpu._version import __version__
+from otel_gpu.config import ConfigError
+from otel_gpu.sources.identity import SelfInfo
+
+log = logging.getLogger("otel_gpu")
+
+EXPORTERS = ("otlp", "console", "prometheus", "none")
+METER_NAME = "otel_gpu"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+
+
+def build_resource(service_name: str = "otel-gpu-agent", *,
+                   stable_instance: bool = False) -> Resource:
+    """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``.
+
+    ``stable_instance``: a node agent's ``service.instance.id`` is derived from its service and
+    host names instead of drawn at random, so that a restart continues the same series.
+    """
+    ours = Resource(
+        {
+            "service.name": service_name,
+            "host.name": socket.gethostname(),
+            "service.version": __version__,
+        }
+    )
+    env = OTELResourceDetector().detect()
+    resource = Resource.create({}).merge(ours).merge(env)
+    if stable_instance and "service.instance.id" not in env.attributes:
+        attrs = resource.attributes
+        name = f"{attrs.get('service.name')}/{attrs.get('host.name')}"
+        resource = resource.merge(Resource({"service.instance.id": str(
+            uuid.uuid5(uuid.NAMESPACE_DNS, name))}))
+    return resource
+
+
+def otlp_protocol(signal: str = "metrics") -> str:
+    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc."""
+    name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
+    raw = os.environ.get(name) or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    protocol = raw.strip().lower()
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(f"{name if os.environ.get(name) else 'OTEL_EXPORTER_OTLP_PROTOCOL'}: "
+                          f"{protocol!r} is not supported (use grpc or http/protobuf)")
+    return protocol
+
+
+_OTLP_CLASSES = {
+    ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+                          "OTLPMetricExporter"),
+    ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                                   "OTLPMetricExporter"),
+    ("traces", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+                         "OTLPSpanExporter"),
+    ("traces", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                                  "OTLPSpanExporter"),
+    ("logs", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+                       "OTLPLogExporter"),
+    ("logs", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http._log_exporter",
+                                "OTLPLogExporter"),
+}
+
+
+def otlp_exporter(signal: str = "metrics") -> Any:
+    """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
+    itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
+    module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
+    return getattr(importlib.import_module(module), name)()
+
+
+def env_list(name: str, default: str) -> list[str]:
+    raw = os.environ.get(name, default)
+    return [item.strip().lower() for item in raw.split(",") if item.strip()]
+
+
+def env_exporters(signal: str, console: Callable[[], Any],
+                  otlp: Callable[[], Any] | None = None) -> list[Any]:
+    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none.
+    ``otlp`` makes the exporter that otlp names, instead of the SDK's."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    exporters: list[Any] = []
+    for name in env_list(variable, "otlp"):
+        if name == "otlp":
+            exporters.append(otlp() if otlp is not None else otlp_exporter(signal))
+        elif name == "console":
+            exporters.append(console())
+        elif name != "none":
+            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
+    return exporters
+
+
+def env_export_interval_ms(default_ms: float) -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, validated."""
+    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
+    if raw is None:
+        return default_ms
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
+    return value
+
+
+def _prometheus_reader() -> MetricReader:
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+    except ImportError as err:
+        raise ConfigError(
+            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
+        ) from err
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+    port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
+    try:
+        port = int(port_text)
+    except ValueError as err:
+        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
+    try:
+        start_http_server(port=port, addr=host)
+    except OSError as err:
+        raise ConfigError(f"prometheus exporter: cannot listen on {host}:{port}: {err}") from err
+    return PrometheusMetricReader()
+
+
+def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[MetricReader]:
+    """One reader per exporter. ``interval_s`` None: the caller drives collection itself."""
+    millis = math.inf if interval_s is None else interval_s * 1000.0
+    readers: list[MetricReader] = []
+    for name in dict.fromkeys(exporters):
+        if name == "otlp":
+            readers.append(
+                PeriodicExportingMetricReader(
+                    otlp_exporter("metrics"), export_interval_millis=millis
+                )
+            )
+        elif name == "console":
+            readers.append(
+                PeriodicExportingMetricReader(
+                    ConsoleMetricExporter(), export_interval_millis=millis
+                )
+            )
+        elif name == "prometheus":
+            readers.append(_prometheus_reader())
+        elif name != "none":
+            raise ConfigError(
+                f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
+            )
+    return readers
+
+
+def build_meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
+    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False)
+
+
+def get_meter(provider: Any) -> Meter:
+    return provider.get_meter(METER_NAME, __version__, schema_url=SCHEMA_URL)
+
+
+def self_resource(info: SelfInfo) -> Resource:
+    """The resource attributes ``info`` supports."""
+    pairs: dict[str, str | None] = {
+        "container.id": info.container_id,
+        "container.runtime.name": info.container_runtime,
+        "k8s.pod.name": info.pod_name,
+        "k8s.pod.uid": info.pod_uid,
+        "k8s.namespace.name": info.pod_namespace,
+        "k8s.container.name": info.k8s_container_name,
+        "process.owner": info.user,
+    }
+    attributes: dict[str, str | tuple[str, ...]] = {k: v for k, v in pairs.items() if v}
+    if info.devices is not None:
+        attributes["otel_gpu.device.ids"] = info.devices
+    return Resource(attributes)

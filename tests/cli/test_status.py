@@ -1,0 +1,217 @@
+"""``otel-gpu status``: the tenant's view, on the simulated DGX A100 and in a container."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from runner import run_cli
+
+from otel_gpu.cli.status import (
+    SCHEMA,
+    Me,
+    StatusView,
+    build_view,
+    collect_view,
+    resolve_me,
+    status_document,
+    status_table,
+    use_colour,
+)
+from otel_gpu.snapshot import ContainerResources, Insight
+from otel_gpu.sources.identity import SelfInfo
+
+ALICE_TRAIN = "428e3fa081ee2a407e7516e6bc0357d4c01809ba241f1df76a563076d478b2c9"
+BOB_JOB = "1eb73b423bef2013b3828f7956f51e9a860b7fb2774f5046ef4e13ab9ee5d6b5"
+
+
+@pytest.fixture(scope="module")
+def alice() -> StatusView:
+    view, message = collect_view(simulate="dgx-a100", interval_s=None, cycles=2, as_user="alice")
+    assert message is None
+    return view
+
+
+def _plain(text: str) -> str:
+    import re
+
+    return re.sub(r"\033\[[0-9;]*m", "", text)
+
+
+def test_alice_sees_her_containers_only(alice: StatusView) -> None:
+    doc = status_document(alice)
+    assert doc["schema"] == SCHEMA
+    assert doc["me"]["scope"] == "user" and doc["me"]["user"] == "alice"
+    assert doc["host"] == {**doc["host"], "name": "dgx-a100", "simulated": True,
+                           "driver_version": "550.54.15", "cycles": 2, "interval_s": 10.0}
+    names = [w["attributes"].get("container.name") for w in doc["workloads"]]
+    assert names == ["alice-dev", "alice-notebook", "alice-train"]
+    assert all(w["owners"] == ["alice"] for w in doc["workloads"])
+    assert "bob" not in json.dumps(doc) and "carol" not in json.dumps(doc)
+
+
+def test_what_alice_was_given_and_uses(alice: StatusView) -> None:
+    doc = status_document(alice)
+    by_name = {w["attributes"]["container.name"]: w for w in doc["workloads"]}
+    train = by_name["alice-train"]
+    assert [d["hw.name"] for d in train["devices"]] == ["gpu2", "gpu3"]
+    assert all(d["given"] and d["mig_profile"] is None for d in train["devices"])
+    gpu2 = train["devices"][0]
+    assert gpu2["activity_source"] == "process_sm" and gpu2["activity"] == pytest.approx(0.93)
+    assert gpu2["my_memory_bytes"] == 37044092928 and gpu2["processes"] == 1
+    assert train["cpu"]["limit"] == 16
+    # cycle 1 used 66 % of the 16 CPUs; the rate comes from the cgroup's CPU time counters.
+    assert train["cpu"]["ratio"] == pytest.approx(0.66, abs=0.01)
+    assert train["cpu"]["throttled_ratio"] == pytest.approx(0.02, abs=0.005)
+    assert train["memory"]["limit_bytes"] == 137438953472
+    assert train["memory"]["used_bytes"] == 62277025792
+    notebook = by_name["alice-notebook"]["devices"][0]
+    assert notebook["hw.name"] == "gpu0/mig2" and notebook["mig_profile"] == "1g.5gb"
+    assert notebook["hw.parent"] and notebook["activity"] is None and notebook["note"]
+
+
+def test_table_fits_80_columns_without_colour(alice: StatusView) -> None:
+    table = status_table(alice)
+    assert "\033[" not in table
+    assert all(len(line) <= 80 for line in table.splitlines())
+    assert "alice-train" in table and "gpu0/mig2" in table and "MIG 1g.5gb" in table
+    assert "10.6 of 16 CPUs" in table
+
+
+def test_colour_only_on_a_terminal(alice: StatusView) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert use_colour(Tty(), environ={"TERM": "xterm"})
+    assert not use_colour(Tty(), environ={"TERM": "xterm", "NO_COLOR": "1"})
+    assert not use_colour(io.StringIO(), environ={})
+    coloured = status_table(alice, colour=True)
+    assert "\033[" in coloured
+    assert all(len(_plain(line)) <= 80 for line in coloured.splitlines())
+    assert _plain(coloured) == status_table(alice)
+
+
+def test_cli_output_is_reproducible() -> None:
+    args = ("status", "--simulate", "dgx-a100", "--as-user", "alice")
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    doc = json.loads(run_cli(*args, "--format", "json").stdout)
+    assert len(doc["workloads"]) == 3
+
+
+def test_root_sees_every_workload_and_idle_assignments(alice: StatusView) -> None:
+    me = resolve_me(simulate=True, as_user=None, info=SelfInfo(uid=0, user="root"), euid=0)
+    assert me.scope == "all"
+    view = build_view(alice.snapshot, me)
+    ids = {g.attributes.get("container.id") for g in view.groups}
+    assert ALICE_TRAIN in ids and BOB_JOB in ids
+    idle = [g for g in view.groups if g.attributes.get("k8s.pod.name") == "alice-eval-0"]
+    assert idle and idle[0].devices[0].given and idle[0].devices[0].processes == 0
+    owners = {o for g in view.groups for o in g.owners}
+    assert owners == {"alice", "bob", "carol"}
+
+
+def test_who_i_am() -> None:
+    user = resolve_me(simulate=True, as_user=None, info=SelfInfo(uid=1000, user="alice"),
+                      euid=1000)
+    assert (user.scope, user.user) == ("user", "alice")
+    assert resolve_me(simulate=False, as_user="1001", info=SelfInfo(), euid=0).uid == 1001
+    host_root = resolve_me(simulate=False, as_user=None, info=SelfInfo(uid=0), euid=0)
+    assert host_root.scope == "all"
+    boxed = resolve_me(simulate=False, as_user=None, euid=1000, info=SelfInfo(
+        container_id="c" * 64, uid=1000, user="alice", devices=("GPU-x",),
+        host_pid_namespace=False, attribution_note="no host pids"))
+    assert boxed.scope == "container" and not boxed.attribution and boxed.note
+    shared = resolve_me(simulate=False, as_user=None, euid=0, info=SelfInfo(
+        container_id="c" * 64, host_pid_namespace=True))
+    assert shared.attribution and shared.owns({"container.id": "c" * 64})
+    assert not shared.owns({"container.id": "d" * 64})
+
+
+def test_in_a_container_without_host_pids_it_shows_the_given_devices(alice: StatusView) -> None:
+    snap = alice.snapshot
+    mig = next(m for g in snap.gpus for m in g.mig_devices if m.name == "gpu0/mig2")
+    me = Me("container", user="alice", container_id="c" * 64, devices=(mig.uuid, "3"),
+            attribution=False, note="NVML reports host pids")
+    before = ContainerResources(cgroup_version=2, cpu_user_s=10.0, cpu_system_s=2.0,
+                                cpu_limit=4.0, cpu_periods=100, cpu_throttled_periods=10,
+                                memory_usage_bytes=2**30, memory_limit_bytes=2**32)
+    now = replace(before, cpu_user_s=25.0, cpu_system_s=5.0, cpu_periods=200,
+                  cpu_throttled_periods=60)
+    previous = replace(snap, timestamp=snap.timestamp - 10.0)
+    view = build_view(snap, me, previous=previous, own_resources=(now, before))
+    (group,) = view.groups
+    assert [d.name for d in group.devices] == ["gpu0/mig2", "gpu3"]
+    assert group.cpu_used == pytest.approx(1.8) and group.cpu_throttled_ratio == 0.5
+    table = status_table(view)
+    assert "this container" in table and "NVML reports host pids" in table
+    assert "1.8 of 4 CPUs, throttled 50%" in table
+
+
+def test_insights_that_apply_to_me(alice: StatusView) -> None:
+    gpu2 = next(g for g in alice.snapshot.gpus if g.name == "gpu2")
+    gpu7 = next(g for g in alice.snapshot.gpus if g.name == "gpu7")
+    mine = Insight("cpu_throttled", "warning", "alice-train is throttled 30 % of the time",
+                   "raise the CPU limit", {"container.id": ALICE_TRAIN}, 0.0)
+    bobs = Insight("input_bound", "warning", "bob-job-0 waits for data", "more workers",
+                   {"container.id": BOB_JOB, "process.owner": "bob"}, 0.0)
+    my_gpu = Insight("high_temperature", "critical", "gpu2 at 90 C", "check cooling",
+                     {"hw.id": gpu2.uuid, "hw.name": "gpu2"}, 0.0)
+    other_gpu = Insight("high_temperature", "warning", "gpu7 at 87 C", "check cooling",
+                        {"hw.id": gpu7.uuid, "hw.name": "gpu7"}, 0.0)
+    host = Insight("host_memory_pressure", "warning", "host memory 93 % used", "free memory",
+                   {}, 0.0)
+    snap = replace(alice.snapshot, insights=(bobs, other_gpu, host, my_gpu, mine))
+    me = Me("user", user="alice")
+    view = build_view(snap, me)
+    doc = status_document(view)
+    train = next(w for w in doc["workloads"] if w["attributes"]["container.id"] == ALICE_TRAIN)
+    assert [i["rule"] for i in train["insights"]] == ["cpu_throttled"]
+    assert train["insights"][0]["remedy"] == "raise the CPU limit"
+    assert [i["rule"] for i in doc["insights"]] == ["high_temperature", "host_memory_pressure"]
+    assert doc["insights"][0]["attributes"]["hw.name"] == "gpu2"
+    table = status_table(view)
+    assert "WARNING cpu_throttled: alice-train is throttled" in table
+    assert "fix: raise the CPU limit" in table and "bob" not in table and "gpu7 at" not in table
+    assert all(len(line) <= 80 for line in table.splitlines())
+    everyone = status_document(build_view(snap, Me("all")))
+    assert len(everyone["insights"]) + sum(len(w["insights"]) for w in everyone["workloads"]) == 5
+
+
+def test_without_a_driver_it_still_answers() -> None:
+    result = run_cli("status", "--cycles", "1", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == SCHEMA and doc["host"]["simulated"] is False
+
+
+def test_bad_scenario_is_a_usage_error(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus: [{model: A100-SXM4-40GB, nonsense: 1}]\n")
+    result = run_cli("status", "--simulate", str(bad))
+    assert result.returncode == 2 and "nonsense" in result.stderr
+
+
+def test_readme_shows_the_real_output() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    command = "$ otel-gpu status --simulate dgx-a100 --as-user alice\n"
+    assert command in readme
+    shown = readme.split(command, 1)[1].split("```", 1)[0]
+    result = run_cli("status", "--simulate", "dgx-a100", "--as-user", "alice")
+    assert result.stdout == shown
+
+
+def test_processes_outside_containers_are_in_use_not_given() -> None:
+    view, _ = collect_view(simulate="dgx-a100", interval_s=None, cycles=1, as_user="bob")
+    bare = [g for g in view.groups if "container.id" not in g.attributes]
+    assert [g.owners for g in bare] == [["bob"]]
+    assert [d.name for d in bare[0].devices] == ["gpu6"] and not bare[0].devices[0].given
+    table = status_table(view)
+    assert "processes of bob  (no container, user bob)" in table
+    assert "  using   gpu6  A100-SXM4-40GB, 40.0 GiB" in table
