@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[1] / "collector_config" / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "collector_config" / "deploy"
 MANIFESTS = sorted(DEPLOY.glob("kubernetes*.yaml"))
 UNITS = sorted(DEPLOY.glob("*.service"))
 SYSTEM_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
