@@ -43,7 +43,7 @@ from typing import Any
 
 import pynvml
 
-from otel_gpu.simulate.scenario import (
+from otel_gpu.simulate.spec import (
     CLOCK_EVENT_REASONS,
     GpmValues,
     GpuSpec,
