@@ -58,8 +58,13 @@ from otel_gpu.simulate.spec import (
     CLOCK_EVENT_REASONS,
     FAULTABLE_CALLS,
     NVML_ERROR_NAMES,
+    DCGM_FAULT_ERRORS,
+    DCGM_FAULTABLE_CALLS,
     ClockValues,
     ContainerSpec,
+    DcgmFault,
+    DcgmSpec,
+    DcgmValues,
     EccCounts,
     Fault,
     FilesystemSpec,
@@ -70,6 +75,7 @@ from otel_gpu.simulate.spec import (
     MigInstanceSpec,
     MigLayout,
     MigSpec,
+    NvLinkSpec,
     PerCycle,
     PodSpec,
     ProcessSpec,
@@ -194,8 +200,13 @@ _POD_KEYS = _keys(PodSpec)
 _HOST_KEYS = _keys(HostSpec)
 _FILESYSTEM_KEYS = _keys(FilesystemSpec)
 _KUBELET_KEYS = _keys(KubeletSpec)
+_DCGM_VALUE_KEYS = _keys(DcgmValues)
+_DCGM_KEYS = _keys(DcgmSpec)
+_DCGM_FAULT_KEYS = _keys(DcgmFault)
+_NVLINK_KEYS = _keys(NvLinkSpec)
 _MIG_KEYS = frozenset({"instances", "reconfigure"})  # MigSpec holds the resulting layouts
 _HEX = frozenset("0123456789abcdef")
+_NVLINK_MAX_LINKS = 18  # NVLink 4 (H100) has the most links per GPU
 
 
 class _Loader:
@@ -308,6 +319,9 @@ class _Loader:
         self.check_unique_containers(containers, pods)
         host = self.host(raw["host"]) if "host" in raw else None
         kubelet = self.kubelet(raw["kubelet"]) if "kubelet" in raw else KubeletSpec()
+        dcgm = self.dcgm_service(raw["dcgm"]) if "dcgm" in raw else None
+        if dcgm is None and any(_has_dcgm_values(gpu) for gpu in gpus):
+            dcgm = DcgmSpec()
         return Scenario(
             name=self.name,
             path=self.path,
@@ -319,7 +333,69 @@ class _Loader:
             gpus=gpus,
             host=host,
             kubelet=kubelet,
+            dcgm=dcgm,
         )
+
+    def dcgm_service(self, value: Any) -> DcgmSpec:
+        raw = self.mapping(value, "dcgm", _DCGM_KEYS)
+        flags = {
+            name: self.boolean(raw[name], f"dcgm.{name}")
+            for name in ("hostengine", "exporter", "profiling_module")
+            if name in raw
+        }
+        version = self.string(raw["version"], "dcgm.version") if "version" in raw else None
+        faults = []
+        for i, item in enumerate(self.list_of(raw.get("faults", []), "dcgm.faults")):
+            key = f"dcgm.faults[{i}]"
+            entry = self.mapping(item, key, _DCGM_FAULT_KEYS, ("call", "error"))
+            call = self.string(entry["call"], f"{key}.call")
+            if call not in DCGM_FAULTABLE_CALLS:
+                known = ", ".join(sorted(DCGM_FAULTABLE_CALLS))
+                raise self.error(f"{key}.call", f"'{call}' is not a DCGM call ({known})")
+            error = self.string(entry["error"], f"{key}.error").removeprefix("DCGM_ST_")
+            if error not in DCGM_FAULT_ERRORS:
+                known = ", ".join(sorted(DCGM_FAULT_ERRORS))
+                raise self.error(f"{key}.error", f"unknown DCGM error '{error}' ({known})")
+            if (error == "Malformed") != (call == "scrape"):
+                raise self.error(f"{key}.error", "Malformed goes with call scrape, and only it")
+            cycles = self.cycle_list(entry["cycles"], f"{key}.cycles") if "cycles" in entry \
+                else None
+            faults.append(DcgmFault(call, error, cycles))
+        return DcgmSpec(
+            **flags, **({"version": version} if version else {}), faults=tuple(faults)
+        )
+
+    def dcgm_values(self, value: Any, key: str) -> DcgmValues:
+        raw = self.mapping(value, key, _DCGM_VALUE_KEYS)
+        return DcgmValues(**{
+            name: self.optional(raw, key, name,
+                                self.number if name.endswith("_per_s") else self.ratio)
+            for name in raw
+        })
+
+    def nvlinks(self, value: Any, key: str) -> tuple[NvLinkSpec, ...]:
+        links: list[NvLinkSpec] = []
+        for i, item in enumerate(self.list_of(value, key)):
+            item_key = f"{key}[{i}]"
+            raw = self.mapping(item, item_key, _NVLINK_KEYS, ("link",))
+            link = self.integer(raw["link"], f"{item_key}.link")
+            if link >= _NVLINK_MAX_LINKS:
+                raise self.error(f"{item_key}.link", f"must be below {_NVLINK_MAX_LINKS}")
+            if any(other.link == link for other in links):
+                raise self.error(f"{item_key}.link", f"link {link} is listed twice")
+            values: dict[str, Any] = {}
+            for name in raw:
+                if name == "link":
+                    continue
+                if name == "active":
+                    check: Callable[[Any, str], Any] = self.boolean
+                elif name.endswith("_per_s"):
+                    check = self.number
+                else:
+                    check = self.integer
+                values[name] = self.varying(raw[name], f"{item_key}.{name}", check)
+            links.append(NvLinkSpec(link=link, **values))
+        return tuple(links)
 
     def kubelet(self, value: Any) -> KubeletSpec:
         raw = self.mapping(value, "kubelet", _KUBELET_KEYS)
@@ -408,6 +484,9 @@ class _Loader:
             faults=self.faults(raw.get("faults", []), f"{key}.faults"),
             mig=mig,
             gpm=self.gpm(raw["gpm"], f"{key}.gpm") if "gpm" in raw else None,
+            dcgm=self.dcgm_values(raw["dcgm"], f"{key}.dcgm") if "dcgm" in raw else None,
+            nvlinks=self.nvlinks(raw.get("nvlinks", []), f"{key}.nvlinks"),
+            pcie_replays=self.optional(raw, key, "pcie_replays", self.integer) or 0,
             processes=processes,
         )
 
@@ -624,6 +703,9 @@ class _Loader:
                         raw, item_key, "memory_used_bytes", self.bytes_within(profile.memory_bytes)
                     ),
                     gpm=self.gpm(raw["gpm"], f"{item_key}.gpm") if "gpm" in raw else None,
+                    dcgm=self.dcgm_values(raw["dcgm"], f"{item_key}.dcgm")
+                    if "dcgm" in raw
+                    else None,
                 )
             )
         return tuple(placed)
@@ -820,6 +902,13 @@ class _Loader:
             memory_used_ratio=self.optional(raw, "host", "memory_used_ratio", self.ratio),
             filesystems=tuple(filesystems),
         )
+
+
+def _has_dcgm_values(gpu: GpuSpec) -> bool:
+    if gpu.dcgm is not None:
+        return True
+    layouts = gpu.mig.layouts if gpu.mig else ()
+    return any(i.dcgm is not None for layout in layouts for i in layout.instances)
 
 
 def _overlapping(placed: list[MigInstanceSpec], start: int, size: int) -> MigInstanceSpec | None:
