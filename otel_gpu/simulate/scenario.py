@@ -56,10 +56,10 @@ import yaml
 from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
 from otel_gpu.simulate.spec import (
     CLOCK_EVENT_REASONS,
-    FAULTABLE_CALLS,
-    NVML_ERROR_NAMES,
     DCGM_FAULT_ERRORS,
     DCGM_FAULTABLE_CALLS,
+    FAULTABLE_CALLS,
+    NVML_ERROR_NAMES,
     ClockValues,
     ContainerSpec,
     DcgmFault,

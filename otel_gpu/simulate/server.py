@@ -2,7 +2,8 @@
 
 ``SimulatedServer(load_scenario("dgx-a100"))`` gives ``.nvml`` to pass where the ``pynvml``
 module would go, and ``.dcgm`` (None without DCGM in the scenario) where DCGM's bindings would;
-``dcgm_exporter_url()`` starts a stand-in dcgm-exporter on loopback; call ``begin_cycle(k)`` before collection cycle k. Time is simulated: cycle k is
+``dcgm_exporter_url()`` starts a stand-in dcgm-exporter on loopback; call ``begin_cycle(k)``
+before collection cycle k. Time is simulated: cycle k is
 at ``clock(k)``, ``interval_s`` after cycle k - 1, without sleeping.
 """
 
