@@ -260,8 +260,10 @@ class DcgmSource:
             raise _Failed from err
 
     def _lost(self) -> None:
-        """The host engine went away: drop the connection; reconnect quietly later."""
+        """The host engine went away: drop the connection; try again quietly from the next cycle
+        on (then every ``RECONNECT_S``)."""
         self.close()
+        self._next_try = float("-inf")
         self.unavailable_reason = f"lost the connection to the DCGM host engine at {self.address}"
 
     def _read_hostengine(self, errors: list[SourceError]) -> dict[EntityKey, DcgmActivity]:
