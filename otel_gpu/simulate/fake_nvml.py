@@ -23,6 +23,12 @@ Behaviour worth knowing:
   each reconfiguration, and a handle of a replaced layout raises INVALID_ARGUMENT.
 - GPU-instance ids follow :func:`otel_gpu.simulate.hardware.gpu_instance_id` (not sequential);
   each GPU instance holds one compute instance, id 0.
+- NVLink: the links a GPU's ``nvlinks`` lists answer ``nvmlDeviceGetNvLinkState`` (enabled while
+  ``active``), ``nvmlDeviceGetNvLinkErrorCounter`` (the scenario's cumulative counts) and the
+  field values ``NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX/RX`` with the link as scope id (cumulative
+  KiB: the byte rates summed over the cycles so far); other links answer NOT_SUPPORTED, links past
+  ``NVML_NVLINK_MAX_LINKS`` INVALID_ARGUMENT. ``nvmlDeviceGetPcieReplayCounter`` serves
+  ``pcie_replays``.
 - Energy (mJ) starts at a day of idle power and grows by the power of each cycle times the
   interval. PCIe throughput is served in KB/s with 1 KB = 1024 bytes.
 - Xid events are delivered once per event set, to sets on which the GPU was registered at or
@@ -61,6 +67,7 @@ from otel_gpu.simulate.spec import (
     GpuSpec,
     MigInstanceSpec,
     MigLayout,
+    NvLinkSpec,
     ProcessSpec,
     Scenario,
     at_cycle,
@@ -518,9 +525,18 @@ class FakeNvml:
             value.scopeId = scope_id
             value.timestamp = timestamp
             temperature = self._value(gpu.memory_temperature_celsius)
+            link = next((n for n in gpu.nvlinks if n.link == scope_id), None)
+            throughput = {
+                pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: "tx_bytes_per_s",
+                pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: "rx_bytes_per_s",
+            }
             if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and temperature is not None:
                 value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 value.value.uiVal = round(temperature)
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+            elif field_id in throughput and link is not None:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = self._nvlink_kib(getattr(link, throughput[field_id]))
                 value.nvmlReturn = pynvml.NVML_SUCCESS
             else:
                 value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
@@ -598,6 +614,46 @@ class FakeNvml:
         if counter not in rates:
             raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return int((self._value(rates[counter]) or 0) // 1024)
+
+    # -- link health --
+
+    def _nvlink(self, gpu: GpuSpec, link: int) -> NvLinkSpec:
+        if not 0 <= link < pynvml.NVML_NVLINK_MAX_LINKS:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        for spec in gpu.nvlinks:
+            if spec.link == link:
+                return spec
+        raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def _nvlink_kib(self, rate: Any) -> int:
+        """A link's cumulative data counter in KiB: its byte rate summed over the cycles."""
+        total = sum(float(at_cycle(rate, k) or 0) * self.interval_s
+                    for k in range(1, self.cycle + 1))
+        return int(total // 1024)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetNvLinkState(self, gpu: GpuSpec, instance: None, link: int) -> int:
+        active = at_cycle(self._nvlink(gpu, link).active, self.cycle)
+        return pynvml.NVML_FEATURE_ENABLED if active else pynvml.NVML_FEATURE_DISABLED
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetNvLinkErrorCounter(
+        self, gpu: GpuSpec, instance: None, link: int, counter: int
+    ) -> int:
+        spec = self._nvlink(gpu, link)
+        counters = {
+            pynvml.NVML_NVLINK_ERROR_DL_REPLAY: spec.replay_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_RECOVERY: spec.recovery_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT: spec.crc_flit_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_CRC_DATA: spec.crc_data_errors,
+        }
+        if counter not in counters:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return int(at_cycle(counters[counter], self.cycle))
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPcieReplayCounter(self, gpu: GpuSpec, instance: None) -> int:
+        return int(at_cycle(gpu.pcie_replays, self.cycle))
 
     @_device_call(physical=True)
     def nvmlDeviceGetFanSpeed(self, gpu: GpuSpec, instance: None) -> int:
