@@ -39,7 +39,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
-from otel_gpu.insights.engine import InsightEngine, Thresholds, load_thresholds
+from otel_gpu.insights.engine import InsightEngine
+from otel_gpu.insights.thresholds import Thresholds
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.session.child import SourceProcess
 from otel_gpu.session.export_child import ExportingProcess, ExportSettings, SignalReader
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter

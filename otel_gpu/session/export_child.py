@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from otel_gpu.insights.engine import Thresholds
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.session.steps import StepBatch, merge, replay
 from otel_gpu.snapshot import SourceError, TrainingSignals
 from otel_gpu.telemetry.instruments import TrainingInstruments
