@@ -18,7 +18,7 @@ from otel_gpu.insights.window import (
     minutes,
     pct,
 )
-from otel_gpu.snapshot import CRITICAL, INFO, WARNING, Snapshot, format_gib, gpu_identity
+from otel_gpu.snapshot import CRITICAL, INFO, WARNING, format_gib, gpu_identity
 
 _XID_REMEDIES = {
     48: "An uncorrectable double-bit ECC error: drain the node and reset the GPU.",
@@ -62,11 +62,9 @@ def xid_critical(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
             )
 
 
-def _xid_count(snap: Snapshot, uuid: str, code: int) -> int | None:
-    for gpu in snap.gpus:
-        if gpu.uuid == uuid:
-            return gpu.xid_errors.get(code, 0)
-    return None
+def _xid_count(sample: Sample, uuid: str, code: int) -> int | None:
+    gpu = sample.gpus.get(uuid)
+    return gpu.xid_errors.get(code, 0) if gpu is not None else None
 
 
 def ecc_uncorrectable(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
@@ -91,11 +89,9 @@ def ecc_uncorrectable(window: Sequence[Sample], t: Thresholds) -> Iterator[Findi
         )
 
 
-def _gpu_value(snap: Snapshot, uuid: str, attr: str) -> Any:
-    for gpu in snap.gpus:
-        if gpu.uuid == uuid:
-            return getattr(gpu, attr)
-    return None
+def _gpu_value(sample: Sample, uuid: str, attr: str) -> Any:
+    gpu = sample.gpus.get(uuid)
+    return getattr(gpu, attr) if gpu is not None else None
 
 
 def row_remap(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:

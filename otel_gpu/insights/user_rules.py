@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.insights.window import (
+    ContainerKey,
     Finding,
     Sample,
     cap,
     condition,
     container_key,
-    containers_by_key,
     counter_increase,
     device_label,
     duty_cycle,
@@ -20,6 +19,7 @@ from otel_gpu.insights.window import (
     level,
     minutes,
     pct,
+    run_key,
     single_holder,
     span_start,
     who,
@@ -30,7 +30,6 @@ from otel_gpu.snapshot import (
     INFO,
     WARNING,
     Attributes,
-    Snapshot,
     TrainingSignals,
     cpu_rates,
     format_gib,
@@ -71,38 +70,40 @@ def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
 
 def _steps_advanced(window: Sequence[Sample], signal: TrainingSignals) -> bool:
     """Whether the run made progress since the previous sample (a stalled run says nothing)."""
-    key = dict(signal.attributes)
-    for sample in reversed(window[:-1]):
-        for earlier in sample.training:
-            if dict(earlier.attributes) == key:
-                return signal.steps > earlier.steps
+    key = run_key(signal)
+    for i in range(len(window) - 2, -1, -1):
+        earlier = window[i].runs.get(key)
+        if earlier is not None:
+            return signal.steps > earlier.steps
     return True
 
 
-def _cpu_of_limit(window: Sequence[Sample], t: Thresholds, key: tuple[Any, ...]) -> float | None:
-    """The container's CPU use over the trailing rate span, as a share of its CPU limit."""
-    newest = containers_by_key(window[-1].snapshot).get(key)
-    if newest is None or not newest.resources.cpu_limit:
+def _cpu_of_limit(newest: Sample, start: Sample, key: ContainerKey) -> float | None:
+    """The container's CPU use since ``start`` (the trailing rate span), as a share of its CPU
+    limit."""
+    now = newest.containers.get(key)
+    if now is None or not now.resources.cpu_limit:
         return None
-    start = span_start(window, t.rate_span_s)
-    before = containers_by_key(start.snapshot).get(key)
-    if before is None or start is window[-1]:
+    before = start.containers.get(key)
+    if before is None or start is newest:
         return None
-    elapsed = window[-1].snapshot.timestamp - start.snapshot.timestamp
-    used, _ = cpu_rates(before.resources, newest.resources, elapsed)
-    return None if used is None else used / newest.resources.cpu_limit
+    elapsed = newest.snapshot.timestamp - start.snapshot.timestamp
+    used, _ = cpu_rates(before.resources, now.resources, elapsed)
+    return None if used is None else used / now.resources.cpu_limit
 
 
 def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
-    snap = window[-1].snapshot
+    newest = window[-1]
+    snap = newest.snapshot
+    start = span_start(window, t.rate_span_s)
     devices = {dev.uuid: dev for dev, _ in workload_devices(snap)}
     for usage in snap.containers:
         key = container_key(usage.attributes)
-        cpu = _cpu_of_limit(window, t, key)
+        cpu = _cpu_of_limit(newest, start, key)
         cid = usage.attributes.get("container.id")
         if cpu is None or cid is None:
             continue
-        used = {w.device_uuid for w in snap.workloads if w.attributes.get("container.id") == cid}
+        used = newest.container_devices.get(cid, frozenset())
         activities = [a for a in (duty_cycle(devices[u]) for u in used if u in devices)
                       if a is not None]
         if not activities:
@@ -169,7 +170,7 @@ def gpu_memory_pressure(window: Sequence[Sample], t: Thresholds) -> Iterator[Fin
         ratio = used / total
         yield condition(
             (device.uuid,),
-            {**ident, **single_holder(snap, device.uuid)},
+            {**ident, **single_holder(window[-1], device.uuid)},
             level(ratio, True, ((WARNING, t.gpu_memory_used, t.gpu_memory_used_clear),)),
             f"{device_label(ident)} memory is {pct(ratio)} full "
             f"({format_gib(used)} of {format_gib(total)}); the next allocation may fail.",
@@ -222,8 +223,8 @@ def container_memory_pressure(window: Sequence[Sample], t: Thresholds) -> Iterat
             )
 
 
-def _oom_kills(snap: Snapshot, key: tuple[Any, ...]) -> int | None:
-    usage = containers_by_key(snap).get(key)
+def _oom_kills(sample: Sample, key: ContainerKey) -> int | None:
+    usage = sample.containers.get(key)
     return usage.resources.oom_kills if usage is not None else None
 
 
@@ -232,7 +233,7 @@ def cpu_throttled(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
         return
     snap = window[-1].snapshot
     start = span_start(window, t.rate_span_s)
-    before_all = containers_by_key(start.snapshot)
+    before_all = start.containers
     elapsed = snap.timestamp - start.snapshot.timestamp
     for usage in snap.containers:
         before = before_all.get(container_key(usage.attributes))
@@ -267,7 +268,7 @@ def low_sm_activity(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding
             else None
         yield condition(
             (device.uuid,),
-            {**ident, **single_holder(snap, device.uuid)},
+            {**ident, **single_holder(window[-1], device.uuid)},
             (raised, held),
             f"{device_label(ident)} is busy {pct(duty)} of the time but its SMs are "
             f"only {pct(sm)} active: its kernels are too small to fill the device.",

@@ -7,7 +7,7 @@ of its cycle) that yields one ``Finding`` per subject of the newest sample.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otel_gpu.snapshot import (
@@ -21,13 +21,53 @@ from otel_gpu.snapshot import (
     each_device,
 )
 
+ContainerKey = tuple[Any, ...]
+
 
 @dataclass(frozen=True)
 class Sample:
-    """One entry of the window: a Snapshot and the training signals of its cycle."""
+    """One entry of the window: a Snapshot and the training signals of its cycle, with the
+    lookups the rules make, built once when the sample is made (so that a rule's cost grows
+    with the subjects of a cycle, never with subjects times the window)."""
 
     snapshot: Snapshot
     training: tuple[TrainingSignals, ...] = ()
+    containers: Mapping[ContainerKey, ContainerUsage] = field(
+        init=False, repr=False, compare=False
+    )
+    gpus: Mapping[str, Gpu] = field(init=False, repr=False, compare=False)
+    holders: Mapping[str, tuple[Attributes, ...]] = field(init=False, repr=False, compare=False)
+    given: Mapping[str, tuple[Attributes, ...]] = field(init=False, repr=False, compare=False)
+    container_devices: Mapping[str, frozenset[str]] = field(
+        init=False, repr=False, compare=False
+    )
+    runs: Mapping[ContainerKey, TrainingSignals] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        snap = self.snapshot
+        holders: dict[str, list[Attributes]] = {}
+        used: dict[str, set[str]] = {}
+        for w in snap.workloads:
+            holders.setdefault(w.device_uuid, []).append(dict(w.attributes))
+            cid = w.attributes.get("container.id")
+            if cid is not None:
+                used.setdefault(cid, set()).add(w.device_uuid)
+        given: dict[str, list[Attributes]] = {}
+        for a in snap.assignments:
+            given.setdefault(a.device_uuid, []).append(dict(a.attributes))
+        runs: dict[ContainerKey, TrainingSignals] = {}
+        for signal in self.training:
+            runs.setdefault(run_key(signal), signal)
+        indexes = {
+            "containers": index_containers(snap),
+            "gpus": {g.uuid: g for g in snap.gpus},
+            "holders": {uuid: tuple(found) for uuid, found in holders.items()},
+            "given": {uuid: tuple(found) for uuid, found in given.items()},
+            "container_devices": {cid: frozenset(found) for cid, found in used.items()},
+            "runs": runs,
+        }
+        for name, value in indexes.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -122,26 +162,32 @@ def duty_cycle(device: Device) -> float | None:
     return None
 
 
-def single_holder(snap: Snapshot, uuid: str) -> Attributes:
+def single_holder(sample: Sample, uuid: str) -> Attributes:
     """The workload attributes of the one user/container on a device, if it has just one."""
-    holders = [w.attributes for w in snap.workloads if w.device_uuid == uuid]
+    holders = sample.holders.get(uuid, ())
     if len(holders) == 1:
         return dict(holders[0])
     if not holders:
-        given = [a.attributes for a in snap.assignments if a.device_uuid == uuid]
+        given = sample.given.get(uuid, ())
         if len(given) == 1:
             return dict(given[0])
     return {}
 
 
-def container_key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
+def container_key(attrs: Mapping[str, Any]) -> ContainerKey:
     if "container.id" in attrs:
         return ("container", attrs["container.id"])
     return ("container", *sorted(attrs.items()))
 
 
-def containers_by_key(snap: Snapshot) -> dict[tuple[Any, ...], ContainerUsage]:
+def index_containers(snap: Snapshot) -> dict[ContainerKey, ContainerUsage]:
+    """The containers of a Snapshot by key; a Sample builds this once."""
     return {container_key(c.attributes): c for c in snap.containers}
+
+
+def run_key(signal: TrainingSignals) -> tuple[Any, ...]:
+    """A training run's identity: its attributes."""
+    return tuple(sorted(signal.attributes.items()))
 
 
 # -- history --------------------------------------------------------------------------------------
@@ -159,14 +205,15 @@ def span_start(window: Sequence[Sample], span_s: float) -> Sample:
 
 
 def counter_increase(
-    window: Sequence[Sample], read: Callable[[Snapshot], int | None], first_from_zero: bool
+    window: Sequence[Sample], read: Callable[[Sample], int | None], first_from_zero: bool
 ) -> int:
-    """How much a counter grew between the previous sample and the newest one."""
-    now = read(window[-1].snapshot)
+    """How much a counter grew between the newest sample and the latest earlier one that has
+    it (the previous sample, unless the subject was missing from it)."""
+    now = read(window[-1])
     if now is None:
         return 0
-    for sample in reversed(window[:-1]):
-        before = read(sample.snapshot)
+    for i in range(len(window) - 2, -1, -1):
+        before = read(window[i])
         if before is not None:
             return max(now - before, 0)
     return now if first_from_zero else 0
