@@ -35,6 +35,7 @@ from otel_gpu.snapshot import (
     Snapshot,
     Workload,
     cpu_rates,
+    device_activity,
     each_device,
     format_gib,
 )
@@ -43,7 +44,10 @@ from otel_gpu.sources.identity import SelfInfo, detect_self
 SCHEMA = "otel-gpu.status/1"
 WIDTH = 80
 _WORKLOAD_KEYS = ("container.id", "k8s.pod.uid", "k8s.pod.name", "process.owner")
-_MIG_ACTIVITY_NOTE = "not reported: MIG without GPM (Hopper and later)"
+# A MIG device without GPM (before Hopper) has activity only through DCGM; doctor says more.
+_MIG_ACTIVITY_NOTE = "not reported: needs DCGM (nv-hostengine, or dcgm-exporter)"
+_SOURCE_LABELS = {"process_sm": "my processes", "gpm_sm": "GPM", "gpu_utilization": "whole GPU",
+                  "dcgm_sm": "DCGM"}
 
 
 # -- who I am -------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ class DeviceView:
     my_memory_bytes: int | None = None  # by this workload's processes
     processes: int = 0
     activity: float | None = None
-    activity_source: str | None = None  # gpm_sm, process_sm, gpu_utilization
+    activity_source: str | None = None  # gpm_sm, dcgm_sm, process_sm, gpu_utilization
     note: str | None = None
 
 
@@ -158,21 +162,22 @@ def _devices(snapshot: Snapshot) -> dict[str, tuple[Gpu, MigDevice | None]]:
 
 def _device_view(gpu: Gpu, mig: MigDevice | None, given: bool) -> DeviceView:
     if mig is not None:
-        gpm = mig.gpm.sm_utilization if mig.gpm is not None else None
+        sm, source = device_activity(mig, "sm_utilization")
         return DeviceView(
             uuid=mig.uuid, name=mig.name, model=gpu.model, profile=mig.profile,
             parent=gpu.uuid, state="failed" if gpu.lost else "ok", given=given,
             memory_total_bytes=mig.memory_total_bytes, memory_used_bytes=mig.memory_used_bytes,
-            activity=gpm, activity_source="gpm_sm" if gpm is not None else None,
-            note=None if gpm is not None or gpu.lost else _MIG_ACTIVITY_NOTE,
+            activity=sm, activity_source=f"{source}_sm" if source is not None else None,
+            note=None if sm is not None or gpu.lost else _MIG_ACTIVITY_NOTE,
         )
     view = DeviceView(
         uuid=gpu.uuid, name=gpu.name, model=gpu.model, profile=None, parent=None,
         state="failed" if gpu.lost else "ok", given=given,
         memory_total_bytes=gpu.memory_total_bytes, memory_used_bytes=gpu.memory_used_bytes,
     )
-    if gpu.gpm is not None and gpu.gpm.sm_utilization is not None:
-        view.activity, view.activity_source = gpu.gpm.sm_utilization, "gpm_sm"
+    sm, source = device_activity(gpu, "sm_utilization")
+    if sm is not None:
+        view.activity, view.activity_source = sm, f"{source}_sm"
     elif gpu.utilization_general is not None:
         view.activity, view.activity_source = gpu.utilization_general, "gpu_utilization"
     if gpu.lost:
@@ -184,7 +189,7 @@ def _add_workload(view: DeviceView, workload: Workload) -> None:
     view.processes += workload.processes
     if workload.memory_bytes is not None:
         view.my_memory_bytes = (view.my_memory_bytes or 0) + workload.memory_bytes
-    if workload.sm_utilization is not None and view.activity_source != "gpm_sm":
+    if workload.sm_utilization is not None and view.activity_source not in ("gpm_sm", "dcgm_sm"):
         mine = (view.activity if view.activity_source == "process_sm" else 0.0) or 0.0
         view.activity = min(1.0, mine + workload.sm_utilization)
         view.activity_source = "process_sm"
@@ -578,10 +583,9 @@ def status_table(view: StatusView, colour: bool = False) -> str:
             if d.state == "failed":
                 lines.append(f"  {d.name:<{_LABEL}}" + style("lost by the driver", "1;31"))
                 continue
-            kind = "SM" if d.activity_source in ("gpm_sm", "process_sm") else "util"
+            kind = "SM" if d.activity_source in ("gpm_sm", "dcgm_sm", "process_sm") else "util"
             if d.activity is not None:
-                source = {"process_sm": "my processes", "gpm_sm": "GPM",
-                          "gpu_utilization": "whole GPU"}.get(d.activity_source or "", "")
+                source = _SOURCE_LABELS.get(d.activity_source or "", "")
                 lines += _row(f"{d.name} {kind}", d.activity, source, style)
             else:
                 lines += _row(f"{d.name} {kind}", None, d.note or "not reported", style)
