@@ -117,6 +117,7 @@ class FakeDcgm:
             dcgmHostengineVersionInfo=self._version,
             dcgmModuleGetStatuses=self._module_statuses,
             dcgmProfGetSupportedMetricGroups=self._metric_groups,
+            dcgmUpdateAllFields=lambda raw, wait: self._check(raw.owner, "update"),
         )
         self.pydcgm = SimpleNamespace(
             DcgmHandle=self._connect, DcgmGroup=self._group, DcgmFieldGroup=_FieldGroup

@@ -368,7 +368,7 @@ class DcgmSource:
         probe = DcgmProbe(route=HOSTENGINE, where=self.address)
         with contextlib.suppress(Exception):
             info = b.dcgm_agent.dcgmHostengineVersionInfo(self._handle.handle)
-            probe.version = _text(info.rawBuildInfoString)
+            probe.version = _build_version(_text(info.rawBuildInfoString))
         with contextlib.suppress(Exception):
             statuses = b.dcgm_agent.dcgmModuleGetStatuses(self._handle.handle)
             wanted = b.dcgm_structs.DCGM_MODULE_ID_PROFILING
@@ -378,6 +378,12 @@ class DcgmSource:
                     probe.profiling_loaded = statuses.statuses[i].status == loaded
         errors = []
         values = self._read_hostengine(errors)
+        if not values and self._handle is not None:
+            # A new watch has no sample yet: ask the host engine for one and read again.
+            with contextlib.suppress(Exception):
+                b.dcgm_agent.dcgmUpdateAllFields(self._handle.handle, 1)
+            errors = []
+            values = self._read_hostengine(errors)
         probe.fields = _fields_given(values.values())
         if errors:
             probe.reason = f"{errors[0].call}: {errors[0].error_type}"
@@ -455,6 +461,15 @@ def _fields_given(values: Iterable[DcgmActivity]) -> tuple[str, ...]:
     given = {name for activity in values for name, attr in PROFILING_FIELDS.items()
              if getattr(activity, attr) is not None}
     return tuple(name for name in PROFILING_FIELDS if name in given)
+
+
+def _build_version(raw: str) -> str:
+    """``version:3.3.5;arch:x86_64;...`` (DCGM's build info string) -> ``3.3.5``."""
+    for part in raw.split(";"):
+        key, _, value = part.partition(":")
+        if key.strip() == "version" and value.strip():
+            return value.strip()
+    return raw
 
 
 def _text(value: Any) -> str:
