@@ -139,6 +139,8 @@ class DcgmSource:
         self.enabled = env.get("OTEL_GPU_DCGM", "").strip().lower() not in ("off", "false", "0")
         self.address = env.get("OTEL_GPU_DCGM_ADDRESS") or DEFAULT_ADDRESS
         self.exporter_url = env.get("OTEL_GPU_DCGM_EXPORTER_URL") or None
+        # auto: the host engine, else the exporter; hostengine or exporter: that route only.
+        self.wanted = (env.get("OTEL_GPU_DCGM_ROUTE") or "auto").strip().lower()
         self._bindings = bindings
         self._load = load
         self._fetch = fetch or _http_get
@@ -167,12 +169,15 @@ class DcgmSource:
             self.unavailable_reason = "turned off (OTEL_GPU_DCGM=off)"
             return False
         reasons = []
-        reason = self._connect()
-        if reason is None:
-            self.route, self.unavailable_reason = HOSTENGINE, None
-            return True
-        reasons.append(reason)
-        if self.exporter_url:
+        if self.wanted != EXPORTER:
+            reason = self._connect()
+            if reason is None:
+                self.route, self.unavailable_reason = HOSTENGINE, None
+                return True
+            reasons.append(reason)
+        if self.wanted == HOSTENGINE:
+            pass
+        elif self.exporter_url:
             try:
                 self._fetch(self.exporter_url, EXPORTER_TIMEOUT_S)
                 self.route, self.unavailable_reason = EXPORTER, None

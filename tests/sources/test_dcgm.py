@@ -208,3 +208,19 @@ def test_bindings_are_imported_only_from_an_install_path(tmp_path: Path) -> None
     broken.mkdir()
     (broken / "pydcgm.py").write_text("raise ImportError('libdcgm.so not found')\n")
     assert load_bindings([str(broken)]) is None
+
+
+def test_the_exporter_route_can_be_chosen_over_a_running_host_engine(tmp_path: Path) -> None:
+    spec = scenario_with(tmp_path, {"hostengine": True, "exporter": True})
+    server = SimulatedServer(load_scenario(spec))
+    try:
+        fake = server.dcgm
+        environ = {"OTEL_GPU_DCGM_EXPORTER_URL": server.dcgm_exporter_url() or "",
+                   "OTEL_GPU_DCGM_ROUTE": "exporter"}
+        source = DcgmSource(fake, environ=environ)
+        assert source.start() and source.route == EXPORTER
+        assert fake.connected is None  # never connected to the host engine
+        only_engine = DcgmSource(fake, environ={**environ, "OTEL_GPU_DCGM_ROUTE": "hostengine"})
+        assert only_engine.start() and only_engine.route == HOSTENGINE
+    finally:
+        server.close()
