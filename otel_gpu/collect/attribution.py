@@ -14,7 +14,6 @@ Nothing here reads or keeps a command line, an argument or an environment, and n
 
 from __future__ import annotations
 
-import pwd
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from otel_gpu.snapshot import (
     SourceError,
     Workload,
 )
+from otel_gpu.sources._text import passwd_name
 from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -55,10 +55,7 @@ _K8S_LABELS = (
 
 def passwd_user_name(uid: int) -> str | None:
     """The user name of ``uid`` in the passwd database, or None when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
+    return passwd_name(uid)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ from typing import Any
 import pynvml
 
 from otel_gpu.simulate.scenario import (
-    CLOCK_EVENT_REASONS,
     GpmValues,
     GpuSpec,
     MigInstanceSpec,
@@ -53,6 +52,7 @@ from otel_gpu.simulate.scenario import (
     Scenario,
     at_cycle,
 )
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS, gpm_metric_ids
 
 SIMULATION_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the simulated clock at cycle 0
 
@@ -60,13 +60,7 @@ _NO_ID = 0xFFFFFFFF
 _SAMPLING_PERIOD_US = 167_000
 _DRIVER_UPTIME_S = 86_400.0  # energy is counted since the driver loaded, a day before cycle 0
 
-_GPM_METRIC_FIELDS = {
-    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "graphics_engine_utilization",
-    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_utilization",
-    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy",
-    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_utilization",
-    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_utilization",
-}
+_GPM_METRIC_FIELDS = gpm_metric_ids(pynvml)
 
 
 def _fail(code: int) -> pynvml.NVMLError:

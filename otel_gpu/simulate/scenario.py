@@ -54,21 +54,13 @@ import pynvml
 import yaml
 
 from otel_gpu.simulate.hardware import MODELS, GpuModel, MigProfile, find_model, gpu_instance_id
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS, GPM_FIELDS, error_codes
 
 BUILTIN_DIR = Path(__file__).with_name("scenarios")
 DEFAULT_DRIVER_VERSION = "550.54.15"
 
 _UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://github.com/otel-gpu/simulate")
 
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
-    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
-    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
-    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
-    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
-    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
-}
 
 # The device-scoped calls of the simulated driver that a fault may name ("*" names them all).
 FAULTABLE_CALLS: frozenset[str] = frozenset(
@@ -116,11 +108,7 @@ FAULTABLE_CALLS: frozenset[str] = frozenset(
     }
 )
 
-NVML_ERROR_NAMES: dict[str, int] = {
-    name.removeprefix("NVML_ERROR_"): getattr(pynvml, name)
-    for name in dir(pynvml)
-    if name.startswith("NVML_ERROR_")
-}
+NVML_ERROR_NAMES: dict[str, int] = error_codes(pynvml)
 
 
 class ScenarioError(Exception):
@@ -499,13 +487,7 @@ _PROCESS_KEYS = {
     "running",
 }
 _INSTANCE_KEYS = {"profile", "start", "memory_used_bytes", "uuid", "gpm"}
-_GPM_KEYS = (
-    "sm_utilization",
-    "sm_occupancy",
-    "tensor_utilization",
-    "dram_utilization",
-    "graphics_engine_utilization",
-)
+_GPM_KEYS = tuple(GPM_FIELDS.values())
 _RESOURCE_KEYS = (
     "cpu_limit",
     "cpu_utilization",

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otel_gpu.snapshot import ContainerResources, ErrorLog
+from otel_gpu.sources._text import FULL_CONTAINER_ID
 
 __all__ = [
     "CgroupReader",
@@ -24,7 +25,7 @@ __all__ = [
     "parse_cgroup_path",
 ]
 
-_ID = r"[0-9a-f]{64}"
+_ID = FULL_CONTAINER_ID
 _SCOPED_ID = re.compile(rf"^(docker|cri-containerd|crio|libpod)-({_ID})(?:\.scope)?$")
 _MONITOR = re.compile(rf"^(?:crio|libpod)-conmon-{_ID}(?:\.scope)?$")
 _BARE_ID = re.compile(rf"^{_ID}$")
@@ -129,9 +130,9 @@ _V1_UNLIMITED = 1 << 62
 
 
 class CgroupReader(ErrorLog):
-    source = "cgroup"
-
     """Reads cgroup accounting files under ``root``; never raises, records what failed."""
+
+    source = "cgroup"
 
     def __init__(self, root: str = "/sys/fs/cgroup") -> None:
         self.root = root

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._text import CONTAINER_ID as _CONTAINER_ID
+from otel_gpu.sources._text import clean_text
 
 SOURCE = "docker"
 DEFAULT_SOCKET = "/var/run/docker.sock"
-MAX_TEXT = 128
 MAX_DEVICES = 64
 MAX_ANSWER_BYTES = 8 << 20
 MAX_CONTAINERS = 10_000
@@ -42,7 +41,6 @@ DEFAULT_LABELS = frozenset(
         "io.kubernetes.container.name",
     }
 )
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 
 
 @dataclass(frozen=True)
@@ -59,12 +57,6 @@ class ContainerMeta:
     gpu_ids: tuple[str, ...] = ()  # GPU/MIG UUIDs or indexes given to it
     all_gpus: bool = False
     gpu_count: int | None = None  # GPUs requested by number: the API does not say which
-
-
-def clean_text(value: Any, limit: int = MAX_TEXT) -> str:
-    """``value`` as a string without control/format characters, cut to ``limit`` characters."""
-    text = value if isinstance(value, str) else str(value)
-    return "".join(c for c in text if not unicodedata.category(c).startswith("C"))[:limit]
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -93,8 +85,6 @@ class _Failed(Exception):
 
 
 class DockerClient(ErrorLog):
-    source = SOURCE
-
     """``inspect(container_id)`` with a cache by container id, and ``list_containers()``; never
     raises.
 
@@ -102,6 +92,8 @@ class DockerClient(ErrorLog):
     reached or times out, it is not asked again for ``retry_after_s``, so that a hung daemon costs
     one timeout per ``retry_after_s`` rather than one per container per cycle.
     """
+
+    source = SOURCE
 
     def __init__(
         self,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +28,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from otel_gpu.snapshot import ErrorLog
-from otel_gpu.sources.docker import clean_text
+from otel_gpu.sources._text import CONTAINER_ID as _CONTAINER_ID
+from otel_gpu.sources._text import clean_text
 
 SOURCE = "kubelet"
 POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -39,7 +39,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_POD_LIST_BYTES = 64 << 20
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
 
 
@@ -114,9 +113,9 @@ def device_uuid(device_id: str) -> str:
 
 
 class PodResourcesClient(ErrorLog):
-    source = SOURCE
-
     """``v1.PodResourcesLister/List`` over the kubelet's Unix socket, kept for ``ttl_s``."""
+
+    source = SOURCE
 
     def __init__(
         self,
@@ -197,14 +196,14 @@ class KubeletPod:
 
 
 class PodListClient(ErrorLog):
-    source = SOURCE
-
     """The kubelet's ``/pods`` (a PodList), by pod uid, kept for ``ttl_s``.
 
     ``url`` defaults to ``https://<node>:10250/pods``; an ``http://`` URL is accepted too. The
     service account's token is sent when its file exists, and its CA verifies the kubelet's
     certificate unless ``verify=False``.
     """
+
+    source = SOURCE
 
     def __init__(
         self,

@@ -9,36 +9,29 @@ mJ -> J, MHz -> Hz, percent -> ratio.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, SourceError
+from otel_gpu.sources.libnvml import (
+    ABSENT,
+    CLOCK_EVENT_REASONS,
+    GPM_FIELDS,
+    SOURCE,
+    Caller,
+    GpuLost,
+    error_name,
+    error_names,
+    field_number,
+    handle_key,
+    present,
+    text,
+)
 
-SOURCE = "nvml"
 _NO_ID = 0xFFFFFFFF
 _MAX_EVENTS_PER_CYCLE = 1000
-
-# nvmlClocksEventReason* bits (nvml.h); names are the catalog's attribute values.
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake_slowdown": 0x80,
-}
-
-_GPM_FIELDS = {
-    "NVML_GPM_METRIC_SM_UTIL": "sm_utilization",
-    "NVML_GPM_METRIC_SM_OCCUPANCY": "sm_occupancy",
-    "NVML_GPM_METRIC_ANY_TENSOR_UTIL": "tensor_utilization",
-    "NVML_GPM_METRIC_DRAM_BW_UTIL": "dram_utilization",
-    "NVML_GPM_METRIC_GRAPHICS_UTIL": "graphics_engine_utilization",
-}
 
 _CLOCKS = {
     "graphics": "NVML_CLOCK_GRAPHICS",
@@ -46,66 +39,6 @@ _CLOCKS = {
     "memory": "NVML_CLOCK_MEM",
     "video": "NVML_CLOCK_VIDEO",
 }
-
-
-class _GpuLost(Exception):
-    pass
-
-
-_ABSENT: Any = object()
-_EXPECTED: Any = object()  # an error the caller anticipated (NOT_FOUND for an empty MIG slot)
-
-
-class _Caller:
-    """Calls NVML functions for one device, recording failures instead of raising them."""
-
-    def __init__(
-        self, nvml: Any, errors: list[SourceError], error_names: dict[int, str], device: str | None
-    ) -> None:
-        self._nvml = nvml
-        self._errors = errors
-        self._names = error_names
-        self.device = device
-
-    def __call__(self, fn: str, *args: Any, expected: tuple[str, ...] = ()) -> Any:
-        try:
-            return getattr(self._nvml, fn)(*args)
-        except self._nvml.NVMLError as err:
-            name = self._names.get(getattr(err, "value", -1), "UNKNOWN")
-            if name in expected:
-                return _EXPECTED
-            self._errors.append(SourceError(SOURCE, fn, name, self.device))
-            if name == "GPU_IS_LOST":
-                raise _GpuLost from err
-            return _ABSENT
-        except AttributeError:
-            self._errors.append(SourceError(SOURCE, fn, "FUNCTION_NOT_FOUND", self.device))
-            return _ABSENT
-        except Exception as err:  # a binding bug must not stop the cycle
-            self._errors.append(SourceError(SOURCE, fn, type(err).__name__, self.device))
-            return _ABSENT
-
-
-def _handle_key(handle: Any) -> int:
-    """A device handle's identity: the address it points to (pynvml), else the object."""
-    try:
-        return ctypes.cast(handle, ctypes.c_void_p).value or id(handle)
-    except (TypeError, ctypes.ArgumentError):
-        return id(handle)
-
-
-def _present(value: Any) -> bool:
-    return value is not _ABSENT and value is not _EXPECTED and value is not None
-
-
-def _text(value: Any) -> str | None:
-    if not _present(value):
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _ratio(percent: Any) -> float | None:
-    return None if not _present(percent) else float(percent) / 100.0
 
 
 def profile_from_name(name: str | None) -> str | None:
@@ -189,23 +122,19 @@ class NvmlSource:
                 return False
             self._nvml = pynvml
         nvml = self._nvml
-        self._error_names = {
-            getattr(nvml, n): n.removeprefix("NVML_ERROR_")
-            for n in dir(nvml)
-            if n.startswith("NVML_ERROR_")
-        }
+        self._error_names = error_names(nvml)
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as err:
-            code = self._error_names.get(getattr(err, "value", -1), "UNKNOWN")
+            code = error_name(self._error_names, err)
             self.unavailable_reason = f"no NVIDIA driver found (NVML init failed: {code})"
             return False
         except OSError as err:
             self.unavailable_reason = f"no NVIDIA driver found ({err})"
             return False
         self._available = True
-        caller = _Caller(nvml, [], self._error_names, None)
-        self._driver_version = _text(caller("nvmlSystemGetDriverVersion"))
+        caller = Caller(nvml, [], self._error_names, None)
+        self._driver_version = text(caller("nvmlSystemGetDriverVersion"))
         return True
 
     def close(self) -> None:
@@ -213,10 +142,10 @@ class NvmlSource:
             return
         nvml = self._nvml
         for sample in self._gpm_samples.values():
-            _Caller(nvml, [], self._error_names, None)("nvmlGpmSampleFree", sample)
+            Caller(nvml, [], self._error_names, None)("nvmlGpmSampleFree", sample)
         self._gpm_samples.clear()
         if self._event_set is not None:
-            _Caller(nvml, [], self._error_names, None)("nvmlEventSetFree", self._event_set)
+            Caller(nvml, [], self._error_names, None)("nvmlEventSetFree", self._event_set)
             self._event_set = None
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
@@ -231,9 +160,9 @@ class NvmlSource:
         now = time.monotonic() if now is None else now
         elapsed = 0.0 if self._last_read is None else max(0.0, now - self._last_read)
         self._last_read = now
-        call = _Caller(self._nvml, errors, self._error_names, None)
+        call = Caller(self._nvml, errors, self._error_names, None)
         count = call("nvmlDeviceGetCount")
-        count = count if _present(count) else 0
+        count = count if present(count) else 0
         if self._event_set is None:
             self._register_events(count, errors)
         xids = self._drain_events(errors)
@@ -257,15 +186,15 @@ class NvmlSource:
         pending_gpm: list,
     ) -> Gpu:
         name = f"gpu{index}"
-        call = _Caller(self._nvml, errors, self._error_names, name)
+        call = Caller(self._nvml, errors, self._error_names, name)
         try:
             handle = call("nvmlDeviceGetHandleByIndex", index)
-            if not _present(handle):
+            if not present(handle):
                 return self._lost_gpu(index, state)
             static = state.static or self._read_static(call, handle)
             state.static = static
             return self._read_gpu_values(index, handle, static, state, elapsed, call, pending_gpm)
-        except _GpuLost:
+        except GpuLost:
             return self._lost_gpu(index, state)
 
     def _lost_gpu(self, index: int, state: _GpuState) -> Gpu:
@@ -280,8 +209,8 @@ class NvmlSource:
             mig_reconfigurations=state.reconfigurations,
         )
 
-    def _read_static(self, call: _Caller, handle: Any) -> _StaticInfo:
-        uuid = _text(call("nvmlDeviceGetUUID", handle))
+    def _read_static(self, call: Caller, handle: Any) -> _StaticInfo:
+        uuid = text(call("nvmlDeviceGetUUID", handle))
         if uuid is None:
             uuid = call.device or "gpu"
         gpm = call("nvmlGpmQueryDeviceSupport", handle)
@@ -289,11 +218,11 @@ class NvmlSource:
         reasons = call("nvmlDeviceGetSupportedClocksEventReasons", handle)
         return _StaticInfo(
             uuid=uuid,
-            model=_text(call("nvmlDeviceGetName", handle)),
-            serial=_text(call("nvmlDeviceGetSerial", handle)),
-            supported_reasons=reasons if _present(reasons) else None,
-            max_mig_devices=max_mig if _present(max_mig) else 0,
-            gpm_supported=_present(gpm) and bool(getattr(gpm, "isSupportedDevice", 0)),
+            model=text(call("nvmlDeviceGetName", handle)),
+            serial=text(call("nvmlDeviceGetSerial", handle)),
+            supported_reasons=reasons if present(reasons) else None,
+            max_mig_devices=max_mig if present(max_mig) else 0,
+            gpm_supported=present(gpm) and bool(getattr(gpm, "isSupportedDevice", 0)),
         )
 
     def _read_gpu_values(
@@ -303,51 +232,51 @@ class NvmlSource:
         static: _StaticInfo,
         state: _GpuState,
         elapsed: float,
-        call: _Caller,
+        call: Caller,
         pending_gpm: list,
     ) -> Gpu:
         nvml = self._nvml
         values: dict[str, Any] = {}
         mig = call("nvmlDeviceGetMigMode", handle)
-        mig_current = bool(mig[0]) if _present(mig) else None
-        mig_pending = bool(mig[1]) if _present(mig) else None
+        mig_current = bool(mig[0]) if present(mig) else None
+        mig_pending = bool(mig[1]) if present(mig) else None
         values["mig_mode_current"] = mig_current
         values["mig_mode_pending"] = mig_pending
         if not mig_current:
             rates = call("nvmlDeviceGetUtilizationRates", handle)
-            if _present(rates):
+            if present(rates):
                 values["utilization_general"] = rates.gpu / 100.0
             for fn, key in (
                 ("nvmlDeviceGetEncoderUtilization", "utilization_encoder"),
                 ("nvmlDeviceGetDecoderUtilization", "utilization_decoder"),
             ):
                 util = call(fn, handle)
-                if _present(util):
+                if present(util):
                     values[key] = util[0] / 100.0
         memory = call("nvmlDeviceGetMemoryInfo", handle)
-        if _present(memory):
+        if present(memory):
             values["memory_used_bytes"] = int(memory.used)
             values["memory_total_bytes"] = int(memory.total)
         power = call("nvmlDeviceGetPowerUsage", handle)
-        if _present(power):
+        if present(power):
             values["power_watts"] = power / 1000.0
         limit = call("nvmlDeviceGetEnforcedPowerLimit", handle)
-        if _present(limit):
+        if present(limit):
             values["power_limit_watts"] = limit / 1000.0
         energy = call("nvmlDeviceGetTotalEnergyConsumption", handle)
-        if _present(energy):
+        if present(energy):
             values["energy_joules"] = energy / 1000.0
         temp = call("nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)
-        if _present(temp):
+        if present(temp):
             values["temperature_gpu_celsius"] = float(temp)
         values["temperature_memory_celsius"] = self._memory_temperature(call, handle)
         values["clocks_hz"] = {
             kind: mhz * 1e6
             for kind, const in _CLOCKS.items()
-            if _present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
+            if present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
         }
         current = call("nvmlDeviceGetCurrentClocksEventReasons", handle)
-        if _present(current):
+        if present(current):
             supported = static.supported_reasons
             values["clocks_event_reasons"] = {
                 reason: bool(current & bit)
@@ -361,11 +290,11 @@ class NvmlSource:
             count = call(
                 "nvmlDeviceGetTotalEccErrors", handle, getattr(nvml, const), nvml.NVML_AGGREGATE_ECC
             )
-            if _present(count):
+            if present(count):
                 values[key] = int(count)
         if not mig_current:
             rows = call("nvmlDeviceGetRemappedRows", handle)
-            if _present(rows):
+            if present(rows):
                 corrected, uncorrected, pending, failed = rows
                 values.update(
                     remapped_rows_corrected=int(corrected),
@@ -375,7 +304,7 @@ class NvmlSource:
                 )
         self._pcie(call, handle, state, elapsed, values)
         fan = call("nvmlDeviceGetFanSpeed", handle)
-        if _present(fan):
+        if present(fan):
             values["fan_speed_ratio"] = fan / 100.0
 
         mig_devices: tuple[MigDevice, ...] = ()
@@ -406,35 +335,24 @@ class NvmlSource:
             **values,
         )
 
-    def _memory_temperature(self, call: _Caller, handle: Any) -> float | None:
+    def _memory_temperature(self, call: Caller, handle: Any) -> float | None:
         nvml = self._nvml
         field_id = getattr(nvml, "NVML_FI_DEV_MEMORY_TEMP", None)
         if field_id is None:
             return None
         values = call("nvmlDeviceGetFieldValues", handle, [field_id])
-        if not _present(values) or len(values) < 1:
+        if not present(values) or len(values) < 1:
             return None
         value = values[0]
         if value.nvmlReturn != nvml.NVML_SUCCESS:
             name = self._error_names.get(value.nvmlReturn, "UNKNOWN")
-            call._errors.append(
+            call.errors.append(
                 SourceError(SOURCE, "nvmlDeviceGetFieldValues(MEMORY_TEMP)", name, call.device)
             )
             return None
-        return self._field_number(value)
+        return field_number(self._nvml, value)
 
-    def _field_number(self, value: Any) -> float:
-        nvml = self._nvml
-        kind = getattr(value, "valueType", None)
-        member = {
-            getattr(nvml, "NVML_VALUE_TYPE_DOUBLE", 0): "dVal",
-            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", 2): "ulVal",
-            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", 3): "ullVal",
-            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_LONG_LONG", 4): "sllVal",
-        }.get(kind, "uiVal")
-        return float(getattr(value.value, member))
-
-    def _pcie_counters(self, call: _Caller, handle: Any, state: _GpuState,
+    def _pcie_counters(self, call: Caller, handle: Any, state: _GpuState,
                        values: dict[str, Any]) -> bool:
         """The driver's PCIe byte counters (field values), where it has them."""
         nvml = self._nvml
@@ -443,18 +361,18 @@ class NvmlSource:
         if state.pcie_counters is False or None in fields:
             return False
         read = call("nvmlDeviceGetFieldValues", handle, fields)
-        if not _present(read) or len(read) < 2 or \
+        if not present(read) or len(read) < 2 or \
                 any(v.nvmlReturn != nvml.NVML_SUCCESS for v in read[:2]):
             # Older drivers and boards: fall back to the sampled rate, and do not ask again.
             state.pcie_counters = False
             return False
         state.pcie_counters = True
-        values["pcie_tx_bytes"] = int(self._field_number(read[0]))
-        values["pcie_rx_bytes"] = int(self._field_number(read[1]))
+        values["pcie_tx_bytes"] = int(field_number(self._nvml, read[0]))
+        values["pcie_rx_bytes"] = int(field_number(self._nvml, read[1]))
         return True
 
     def _pcie(
-        self, call: _Caller, handle: Any, state: _GpuState, elapsed: float, values: dict[str, Any]
+        self, call: Caller, handle: Any, state: _GpuState, elapsed: float, values: dict[str, Any]
     ) -> None:
         if self._pcie_counters(call, handle, state, values):
             return
@@ -463,16 +381,16 @@ class NvmlSource:
         nvml = self._nvml
         tx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
         rx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
-        if _present(tx):
+        if present(tx):
             state.pcie_tx_bytes += tx * 1024.0 * elapsed
             values["pcie_tx_bytes"] = int(state.pcie_tx_bytes)
-        if _present(rx):
+        if present(rx):
             state.pcie_rx_bytes += rx * 1024.0 * elapsed
             values["pcie_rx_bytes"] = int(state.pcie_rx_bytes)
 
-    def _read_processes(self, call: _Caller, handle: Any, state: _GpuState) -> tuple:
+    def _read_processes(self, call: Caller, handle: Any, state: _GpuState) -> tuple:
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
-        if not _present(procs):
+        if not present(procs):
             return ()
         sm: dict[int, float] = {}
         samples = call(
@@ -481,7 +399,7 @@ class NvmlSource:
             state.last_process_sample_us,
             expected=("NOT_FOUND",),
         )
-        if _present(samples):
+        if present(samples):
             newest: dict[int, int] = {}
             for sample in samples:
                 if sample.timeStamp >= newest.get(sample.pid, -1):
@@ -489,7 +407,7 @@ class NvmlSource:
                     sm[sample.pid] = sample.smUtil / 100.0
                 state.last_process_sample_us = max(state.last_process_sample_us, sample.timeStamp)
         # NOT_FOUND means no process had a non-zero sample in the period: their use is zero.
-        default = None if samples is _ABSENT else 0.0
+        default = None if samples is ABSENT else 0.0
         return tuple(
             GpuProcess(
                 pid=int(p.pid),
@@ -500,7 +418,7 @@ class NvmlSource:
         )
 
     def _read_mig_devices(
-        self, index: int, parent: Any, static: _StaticInfo, call: _Caller, pending_gpm: list
+        self, index: int, parent: Any, static: _StaticInfo, call: Caller, pending_gpm: list
     ) -> tuple[MigDevice, ...]:
         devices = []
         for j in range(static.max_mig_devices):
@@ -510,9 +428,9 @@ class NvmlSource:
                 j,
                 expected=("NOT_FOUND", "INVALID_ARGUMENT"),
             )
-            if not _present(handle):
+            if not present(handle):
                 continue
-            mig_call = _Caller(self._nvml, call._errors, self._error_names, f"gpu{index}/mig{j}")
+            mig_call = Caller(self._nvml, call.errors, self._error_names, f"gpu{index}/mig{j}")
             devices.append(self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm))
         return tuple(devices)
 
@@ -523,22 +441,22 @@ class NvmlSource:
         parent: Any,
         handle: Any,
         static: _StaticInfo,
-        call: _Caller,
+        call: Caller,
         pending_gpm: list,
     ) -> MigDevice:
-        uuid = _text(call("nvmlDeviceGetUUID", handle)) or f"{static.uuid}/mig{j}"
+        uuid = text(call("nvmlDeviceGetUUID", handle)) or f"{static.uuid}/mig{j}"
         gi = call("nvmlDeviceGetGpuInstanceId", handle)
         ci = call("nvmlDeviceGetComputeInstanceId", handle)
-        gi = gi if _present(gi) else None
-        ci = ci if _present(ci) else None
+        gi = gi if present(gi) else None
+        ci = ci if present(ci) else None
         memory = call("nvmlDeviceGetMemoryInfo", handle)
         attrs = call("nvmlDeviceGetAttributes", handle)
         start = size = None
         if gi is not None:
             instance = call("nvmlDeviceGetGpuInstanceById", parent, gi)
-            if _present(instance):
+            if present(instance):
                 info = call("nvmlGpuInstanceGetInfo", instance)
-                if _present(info):
+                if present(info):
                     start, size = int(info.placement.start), int(info.placement.size)
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
         processes = tuple(
@@ -548,7 +466,7 @@ class NvmlSource:
                 gpu_instance_id=None if p.gpuInstanceId == _NO_ID else p.gpuInstanceId,
                 compute_instance_id=None if p.computeInstanceId == _NO_ID else p.computeInstanceId,
             )
-            for p in (procs if _present(procs) else ())
+            for p in (procs if present(procs) else ())
         )
         gpm = None
         if static.gpm_supported and gi is not None:
@@ -561,14 +479,14 @@ class NvmlSource:
             name=f"gpu{index}/mig{j}",
             parent_uuid=static.uuid,
             model=static.model or "",
-            profile=profile_from_name(_text(call("nvmlDeviceGetName", handle))),
+            profile=profile_from_name(text(call("nvmlDeviceGetName", handle))),
             gpu_instance_id=gi,
             compute_instance_id=ci,
             placement_start=start,
             placement_size=size,
-            compute_slices=int(attrs.gpuInstanceSliceCount) if _present(attrs) else None,
-            memory_used_bytes=int(memory.used) if _present(memory) else None,
-            memory_total_bytes=int(memory.total) if _present(memory) else None,
+            compute_slices=int(attrs.gpuInstanceSliceCount) if present(attrs) else None,
+            memory_used_bytes=int(memory.used) if present(memory) else None,
+            memory_total_bytes=int(memory.total) if present(memory) else None,
             processes=processes,
             gpm=gpm,
         )
@@ -576,13 +494,13 @@ class NvmlSource:
     # -- GPM ---------------------------------------------------------------------------------
 
     def _gpm(
-        self, call: _Caller, key: str, pending: list, sample_call: Callable[[Any], tuple]
+        self, call: Caller, key: str, pending: list, sample_call: Callable[[Any], tuple]
     ) -> GpmMetrics | None:
         sample = call("nvmlGpmSampleAlloc")
-        if not _present(sample):
+        if not present(sample):
             return None
         fn, *args = sample_call(sample)
-        if not _present(call(fn, *args)):
+        if not present(call(fn, *args)):
             call("nvmlGpmSampleFree", sample)
             return None
         previous = self._gpm_samples.get(key)
@@ -594,18 +512,18 @@ class NvmlSource:
         call("nvmlGpmSampleFree", previous)
         return metrics
 
-    def _gpm_metrics(self, call: _Caller, first: Any, second: Any) -> GpmMetrics | None:
+    def _gpm_metrics(self, call: Caller, first: Any, second: Any) -> GpmMetrics | None:
         nvml = self._nvml
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = nvml.NVML_GPM_METRICS_GET_VERSION
         request.sample1 = first
         request.sample2 = second
-        ids = [(getattr(nvml, const), attr) for const, attr in _GPM_FIELDS.items()]
+        ids = [(getattr(nvml, const), attr) for const, attr in GPM_FIELDS.items()]
         request.numMetrics = len(ids)
         for i, (metric_id, _) in enumerate(ids):
             request.metrics[i].metricId = metric_id
         result = call("nvmlGpmMetricsGet", request)
-        if not _present(result):
+        if not present(result):
             return None
         values = {}
         for i, (_, attr) in enumerate(ids):
@@ -638,43 +556,43 @@ class NvmlSource:
 
     def _register_events(self, count: int, errors: list[SourceError]) -> None:
         nvml = self._nvml
-        call = _Caller(nvml, errors, self._error_names, None)
+        call = Caller(nvml, errors, self._error_names, None)
         event_set = call("nvmlEventSetCreate")
-        if not _present(event_set):
+        if not present(event_set):
             self._event_set = False
             return
         self._event_set = event_set
         for index in range(count):
-            gpu_call = _Caller(nvml, errors, self._error_names, f"gpu{index}")
+            gpu_call = Caller(nvml, errors, self._error_names, f"gpu{index}")
             try:
                 handle = gpu_call("nvmlDeviceGetHandleByIndex", index)
-                if _present(handle):
-                    self._handle_to_index[_handle_key(handle)] = index
+                if present(handle):
+                    self._handle_to_index[handle_key(handle)] = index
                     gpu_call(
                         "nvmlDeviceRegisterEvents",
                         handle,
                         nvml.nvmlEventTypeXidCriticalError,
                         event_set,
                     )
-            except _GpuLost:
+            except GpuLost:
                 continue
 
     def _drain_events(self, errors: list[SourceError]) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
         if not self._event_set:
             return found
-        call = _Caller(self._nvml, errors, self._error_names, None)
+        call = Caller(self._nvml, errors, self._error_names, None)
         for _ in range(_MAX_EVENTS_PER_CYCLE):
             try:
                 data = call("nvmlEventSetWait_v2", self._event_set, 0, expected=("TIMEOUT",))
-            except _GpuLost:
+            except GpuLost:
                 continue
-            if not _present(data):
+            if not present(data):
                 break
             if data.eventType != self._nvml.nvmlEventTypeXidCriticalError:
                 continue
             # Matched by handle: on a GPU that is being lost, asking for its UUID would fail.
-            index = self._handle_to_index.get(_handle_key(data.device))
+            index = self._handle_to_index.get(handle_key(data.device))
             if index is not None:
                 found.setdefault(index, []).append(int(data.eventData))
         return found

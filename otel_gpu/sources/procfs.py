@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._text import parse_uid
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -35,13 +36,13 @@ class _Gone(Exception):
 
 
 class ProcfsReader(ErrorLog):
-    source = SOURCE
-
     """Reads processes under ``root``.
 
     uid and cgroup are read once per process, keyed by (pid, start time) so that a reused pid is
     read afresh; comm comes from ``stat``, read every time to check the start time anyway.
     """
+
+    source = SOURCE
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
@@ -89,7 +90,7 @@ class ProcfsReader(ErrorLog):
             pid=pid,
             start_time_ticks=start,
             comm=comm,
-            uid=_parse_uid(status) if status is not None else None,
+            uid=parse_uid(status) if status is not None else None,
             cgroup_lines=tuple(cgroup.splitlines()) if cgroup is not None else (),
             complete=None not in (stat, status, cgroup),
         )
@@ -127,13 +128,3 @@ def _parse_stat(text: str) -> tuple[int | None, str | None]:
     except (IndexError, ValueError):
         return None, comm
 
-
-def _parse_uid(text: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            try:
-                return int(fields[1])
-            except (IndexError, ValueError):
-                return None
-    return None

@@ -21,7 +21,8 @@ from otel_gpu.simulate import load_scenario
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.simulate.kubelet_api import serve_pod_resources
 from otel_gpu.simulate.scenario import Scenario, at_cycle, builtin_names
-from otel_gpu.sources.docker import DEFAULT_LABELS, MAX_TEXT, DockerClient
+from otel_gpu.sources._text import MAX_TEXT
+from otel_gpu.sources.docker import DEFAULT_LABELS, DockerClient
 from otel_gpu.sources.kubelet import PodResourcesClient
 from otel_gpu.sources.procfs import ProcfsReader
 
