@@ -27,6 +27,7 @@ from otel_gpu.sources.docker import UnixHTTPConnection
 from otel_gpu.sources.identity import ATTRIBUTION_NOTE, detect_self
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodResourcesClient
 from otel_gpu.sources.libnvml import error_names
+from otel_gpu.sources.nvml import INIT_RETRY_NOTE
 
 SCHEMA = "otel-gpu.doctor/1"
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -85,10 +86,12 @@ def check_nvml(nvml: Any | None = None) -> list[Check]:
         code = names.get(getattr(err, "value", None), "UNKNOWN")
         if code in ("LIBRARY_NOT_FOUND", "DRIVER_NOT_LOADED"):
             return [Check("nvml", WARN, f"no NVIDIA driver (nvmlInit: {code}); the agent "
-                                        "reports host metrics only",
+                                        "reports host metrics only" + (
+                                            "" if code == "LIBRARY_NOT_FOUND" else
+                                            f" until then: {INIT_RETRY_NOTE}"),
                           "on a GPU server: install the NVIDIA driver; in a container: run "
                           "it with --gpus all (Docker) or the NVIDIA runtime / device plugin")]
-        return [Check("nvml", FAIL, f"nvmlInit failed: {code}",
+        return [Check("nvml", FAIL, f"nvmlInit failed: {code}; {INIT_RETRY_NOTE}",
                       "check `nvidia-smi`; after a driver upgrade, reboot or reload the "
                       "kernel module so that library and driver versions match")]
     except OSError as err:

@@ -39,6 +39,11 @@ GPM_FIELDS: dict[str, str] = {
 
 _ERROR_PREFIX = "NVML_ERROR_"
 
+# Answers that will not change by asking again: the device or driver lacks the feature. Any other
+# error (UNKNOWN, TIMEOUT, a driver still loading) may be transient, and the call is worth
+# repeating.
+PERMANENT_ERRORS = frozenset({"NOT_SUPPORTED", "FUNCTION_NOT_FOUND"})
+
 
 class GpuLost(Exception):
     """An NVML call answered GPU_IS_LOST: the GPU fell off the bus."""
@@ -86,6 +91,7 @@ class Caller:
         self.errors = errors
         self._names = names
         self.device = device
+        self.last_error: str | None = None  # the name of the most recent failure
 
     def __call__(self, fn: str, *args: Any, expected: tuple[str, ...] = ()) -> Any:
         try:
@@ -94,20 +100,31 @@ class Caller:
             name = error_name(self._names, err)
             if name in expected:
                 return EXPECTED
+            self.last_error = name
             self.errors.append(SourceError(SOURCE, fn, name, self.device))
             if name == "GPU_IS_LOST":
                 raise GpuLost from err
             return ABSENT
         except AttributeError:
+            self.last_error = "FUNCTION_NOT_FOUND"
             self.errors.append(SourceError(SOURCE, fn, "FUNCTION_NOT_FOUND", self.device))
             return ABSENT
         except Exception as err:  # a binding bug must not stop the cycle
+            self.last_error = type(err).__name__
             self.errors.append(SourceError(SOURCE, fn, type(err).__name__, self.device))
             return ABSENT
 
-    def record(self, call: str, code: int) -> None:
-        """Record a failure NVML reported in a result rather than raised (field values)."""
-        self.errors.append(SourceError(SOURCE, call, self._names.get(code, "UNKNOWN"), self.device))
+    def record(self, call: str, code: int) -> str:
+        """Record a failure NVML reported in a result rather than raised (field values); returns
+        its name."""
+        name = self._names.get(code, "UNKNOWN")
+        self.errors.append(SourceError(SOURCE, call, name, self.device))
+        return name
+
+    def settled(self, value: Any) -> bool:
+        """Whether ``value``, just returned, is an answer that asking again would not change: a
+        value, an anticipated error, or a permanent one."""
+        return value is not ABSENT or self.last_error in PERMANENT_ERRORS
 
     def for_device(self, device: str | None) -> Caller:
         return Caller(self._nvml, self.errors, self._names, device)

@@ -19,6 +19,7 @@ from otel_gpu.sources.libnvml import (
     ABSENT,
     CLOCK_EVENT_REASONS,
     GPM_FIELDS,
+    PERMANENT_ERRORS,
     SOURCE,
     Caller,
     GpuLost,
@@ -48,14 +49,45 @@ def profile_from_name(name: str | None) -> str | None:
     return name.rsplit("MIG", 1)[1].strip() or None
 
 
+# nvmlInit is retried after a failure: 5 s later, then after twice the previous wait, at most
+# 300 s apart, until it succeeds (a driver still loading when the agent starts).
+INIT_RETRY_FIRST_S = 5.0
+INIT_RETRY_MAX_S = 300.0
+INIT_RETRY_NOTE = (
+    f"the agent retries nvmlInit {INIT_RETRY_FIRST_S:g} s after a failure, doubling the wait up "
+    f"to {INIT_RETRY_MAX_S:g} s, and reports the GPUs once it succeeds"
+)
+# No driver library at all: a host without NVIDIA GPUs, or a container not given them.
+_NO_RETRY = frozenset({"LIBRARY_NOT_FOUND"})
+
+# The facts of a GPU read until NVML answers them (a value, or a permanent error): field of
+# _StaticInfo -> NVML function.
+_STATIC_CALLS = {
+    "uuid": "nvmlDeviceGetUUID",
+    "model": "nvmlDeviceGetName",
+    "serial": "nvmlDeviceGetSerial",
+    "supported_reasons": "nvmlDeviceGetSupportedClocksEventReasons",
+    "max_mig_devices": "nvmlDeviceGetMaxMigDeviceCount",
+    "gpm_supported": "nvmlGpmQueryDeviceSupport",
+}
+
+
 @dataclass
 class _StaticInfo:
-    uuid: str
-    model: str | None
-    serial: str | None
-    supported_reasons: int | None
-    max_mig_devices: int
-    gpm_supported: bool
+    """What does not change while the driver runs; ``pending`` names what is still unread."""
+
+    uuid: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    supported_reasons: int | None = None
+    max_mig_devices: int | None = None
+    gpm_supported: bool | None = None
+    pending: set[str] = field(default_factory=lambda: set(_STATIC_CALLS))
+
+    @property
+    def identified(self) -> bool:
+        """hw.id and hw.model are known: the GPU's series may be reported."""
+        return not self.pending & {"uuid", "model"}
 
 
 @dataclass
@@ -69,14 +101,17 @@ class NvmlReading:
 class _GpuState:
     """What the source remembers about one GPU between cycles."""
 
-    static: _StaticInfo | None = None
-    pcie_tx_bytes: float = 0.0
-    pcie_rx_bytes: float = 0.0
+    static: _StaticInfo = field(default_factory=_StaticInfo)
+    pcie_bytes: dict[str, float] = field(default_factory=lambda: {"tx": 0.0, "rx": 0.0})
+    pcie_sampled_at: dict[str, float] = field(default_factory=dict)  # direction -> last read
     pcie_counters: bool | None = None  # the driver's PCIe byte counters work; None: untried
     last_process_sample_us: int = 0
-    mig_layout: frozenset[str] | None = None
+    mig_mode: tuple[bool, bool] | None = None  # (current, pending), the last answer
+    mig_answered: bool = False  # NVML has answered the MIG mode (None: no MIG on this model)
+    mig_layout: frozenset[str] | None = None  # the MIG device UUIDs of the last complete read
     reconfigurations: int = 0
     xid_errors: dict[int, int] = field(default_factory=dict)
+    lost: bool = False  # the last read found the GPU lost
 
 
 class NvmlSource:
@@ -86,6 +121,12 @@ class NvmlSource:
     stand-in. ``gpm_warmup_s`` is the wait between the two GPM samples taken the first time a
     device is seen (NVML needs them more than 100 ms apart); later cycles use the previous
     cycle's sample.
+
+    Nothing a transient error answers is kept: a failed ``nvmlInit`` is retried (see
+    ``INIT_RETRY_NOTE``), each GPU's static facts are read again until NVML has answered each one,
+    a GPU whose UUID or name is still unanswered is left out of the cycle rather than reported
+    under an invented identity, and a MIG layout counts as changed only when a complete read
+    shows a different one.
     """
 
     def __init__(
@@ -104,16 +145,25 @@ class NvmlSource:
         self._state: dict[int, _GpuState] = {}
         self._handle_to_index: dict[int, int] = {}
         self._gpm_samples: dict[str, Any] = {}
-        self._event_set: Any = None
-        self._last_read: float | None = None
+        self._event_set: Any = None  # None: not created yet; False: the driver has no events
+        self._registered: set[int] = set()  # GPU indexes whose registration is settled
+        self._init_retrying = False
+        self._init_failures = 0
+        self._init_retry_at: float | None = None  # None: at the next read
         self.unavailable_reason: str | None = None
 
     @property
     def available(self) -> bool:
         return self._available
 
+    @property
+    def retrying(self) -> bool:
+        """NVML could not be initialised yet, and ``read`` will try again when it is due."""
+        return self._init_retrying and not self._available
+
     def start(self) -> bool:
-        """Initialise NVML. False (with ``unavailable_reason``) when there is no driver."""
+        """Initialise NVML. False (with ``unavailable_reason``) when there is no driver; then
+        ``read`` retries on the back-off schedule unless the driver library itself is missing."""
         if self._nvml is None:
             try:
                 import pynvml
@@ -121,32 +171,62 @@ class NvmlSource:
                 self.unavailable_reason = "nvidia-ml-py (module pynvml) is not installed"
                 return False
             self._nvml = pynvml
+        self._error_names = error_names(self._nvml)
+        failure = self._init()
+        if failure is None:
+            return True
+        self._init_retrying = failure not in _NO_RETRY
+        return False
+
+    def _init(self) -> str | None:
+        """nvmlInit; None on success, else the error's name (``unavailable_reason`` says it)."""
         nvml = self._nvml
-        self._error_names = error_names(nvml)
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as err:
             code = error_name(self._error_names, err)
             self.unavailable_reason = f"no NVIDIA driver found (NVML init failed: {code})"
-            return False
+            return code
         except OSError as err:
             self.unavailable_reason = f"no NVIDIA driver found ({err})"
-            return False
+            return "LIBRARY_NOT_FOUND"
+        except Exception as err:  # a binding bug must not stop the agent
+            self.unavailable_reason = f"NVML init failed ({type(err).__name__})"
+            return type(err).__name__
         self._available = True
-        caller = Caller(nvml, [], self._error_names, None)
-        self._driver_version = text(caller("nvmlSystemGetDriverVersion"))
-        return True
+        self.unavailable_reason = None
+        self._driver_version = text(Caller(nvml, [], self._error_names, None)(
+            "nvmlSystemGetDriverVersion"
+        ))
+        return None
+
+    def _retry_init(self, now: float, errors: list[SourceError]) -> bool:
+        if self._init_retry_at is not None and now < self._init_retry_at:
+            return False
+        failure = self._init()
+        if failure is None:
+            return True
+        errors.append(SourceError(SOURCE, "nvmlInit", failure))
+        if failure in _NO_RETRY:
+            self._init_retrying = False
+            return False
+        wait = min(INIT_RETRY_FIRST_S * 2.0**self._init_failures, INIT_RETRY_MAX_S)
+        self._init_failures += 1
+        self._init_retry_at = now + wait
+        return False
 
     def close(self) -> None:
+        self._init_retrying = False
         if not self._available:
             return
         nvml = self._nvml
         for sample in self._gpm_samples.values():
             Caller(nvml, [], self._error_names, None)("nvmlGpmSampleFree", sample)
         self._gpm_samples.clear()
-        if self._event_set is not None:
+        if self._event_set:
             Caller(nvml, [], self._error_names, None)("nvmlEventSetFree", self._event_set)
-            self._event_set = None
+        self._event_set = None
+        self._registered.clear()
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
         self._available = False
@@ -155,16 +235,13 @@ class NvmlSource:
 
     def read(self, now: float | None = None) -> NvmlReading:
         errors: list[SourceError] = []
-        if not self._available:
-            return NvmlReading([], None, errors)
         now = time.monotonic() if now is None else now
-        elapsed = 0.0 if self._last_read is None else max(0.0, now - self._last_read)
-        self._last_read = now
+        if not self._available and not (self.retrying and self._retry_init(now, errors)):
+            return NvmlReading([], None, errors)
         call = Caller(self._nvml, errors, self._error_names, None)
         count = call("nvmlDeviceGetCount")
         count = count if present(count) else 0
-        if self._event_set is None:
-            self._register_events(count, errors)
+        self._register_events(count, errors)
         xids = self._drain_events(errors)
         pending_gpm: list[tuple[str, Callable[[Any], Any], Any]] = []
         gpus = []
@@ -172,7 +249,9 @@ class NvmlSource:
             state = self._state.setdefault(index, _GpuState())
             for code in xids.get(index, ()):
                 state.xid_errors[code] = state.xid_errors.get(code, 0) + 1
-            gpus.append(self._read_gpu(index, state, elapsed, errors, pending_gpm))
+            gpu = self._read_gpu(index, state, now, errors, pending_gpm)
+            if gpu is not None:
+                gpus.append(gpu)
         if pending_gpm:
             gpus = self._finish_gpm_warmup(gpus, pending_gpm, errors)
         return NvmlReading(gpus, self._driver_version, errors)
@@ -181,49 +260,60 @@ class NvmlSource:
         self,
         index: int,
         state: _GpuState,
-        elapsed: float,
+        now: float,
         errors: list[SourceError],
         pending_gpm: list,
-    ) -> Gpu:
+    ) -> Gpu | None:
         name = f"gpu{index}"
         call = Caller(self._nvml, errors, self._error_names, name)
         try:
             handle = call("nvmlDeviceGetHandleByIndex", index)
             if not present(handle):
-                return self._lost_gpu(index, state)
-            static = state.static or self._read_static(call, handle)
-            state.static = static
-            return self._read_gpu_values(index, handle, static, state, elapsed, call, pending_gpm)
+                return None  # not lost (that raises): left out of this cycle, asked again next
+            state.lost = False
+            static = state.static
+            if static.pending:
+                self._read_static(call, handle, static, index)
+            if not static.identified:
+                return None  # asked again next cycle; no series under a stand-in identity
+            return self._read_gpu_values(index, handle, static, state, now, call, pending_gpm)
         except GpuLost:
             return self._lost_gpu(index, state)
 
     def _lost_gpu(self, index: int, state: _GpuState) -> Gpu:
+        # The UUID cannot be asked of a lost GPU: the index stands in when it was never read.
+        state.lost = True
         static = state.static
         return Gpu(
             index=index,
-            uuid=static.uuid if static else f"gpu{index}",
+            uuid=static.uuid or f"gpu{index}",
             name=f"gpu{index}",
-            model=static.model if static else None,
+            model=static.model,
             lost=True,
             xid_errors=dict(state.xid_errors),
             mig_reconfigurations=state.reconfigurations,
         )
 
-    def _read_static(self, call: Caller, handle: Any) -> _StaticInfo:
-        uuid = text(call("nvmlDeviceGetUUID", handle))
-        if uuid is None:
-            uuid = call.device or "gpu"
-        gpm = call("nvmlGpmQueryDeviceSupport", handle)
-        max_mig = call("nvmlDeviceGetMaxMigDeviceCount", handle)
-        reasons = call("nvmlDeviceGetSupportedClocksEventReasons", handle)
-        return _StaticInfo(
-            uuid=uuid,
-            model=text(call("nvmlDeviceGetName", handle)),
-            serial=text(call("nvmlDeviceGetSerial", handle)),
-            supported_reasons=reasons if present(reasons) else None,
-            max_mig_devices=max_mig if present(max_mig) else 0,
-            gpm_supported=present(gpm) and bool(getattr(gpm, "isSupportedDevice", 0)),
-        )
+    def _read_static(self, call: Caller, handle: Any, static: _StaticInfo, index: int) -> None:
+        """Ask NVML each fact still pending; a fact is settled by a value or a permanent error."""
+        for fact in sorted(static.pending):
+            value = call(_STATIC_CALLS[fact], handle)
+            if not call.settled(value):
+                continue
+            static.pending.discard(fact)
+            got = present(value)
+            if fact == "uuid":
+                static.uuid = text(value) if got else f"gpu{index}"
+            elif fact == "model":
+                static.model = text(value) if got else None
+            elif fact == "serial":
+                static.serial = text(value) if got else None
+            elif fact == "supported_reasons":
+                static.supported_reasons = int(value) if got else None
+            elif fact == "max_mig_devices":
+                static.max_mig_devices = int(value) if got else 0
+            else:
+                static.gpm_supported = got and bool(getattr(value, "isSupportedDevice", 0))
 
     def _read_gpu_values(
         self,
@@ -231,18 +321,26 @@ class NvmlSource:
         handle: Any,
         static: _StaticInfo,
         state: _GpuState,
-        elapsed: float,
+        now: float,
         call: Caller,
         pending_gpm: list,
     ) -> Gpu:
         nvml = self._nvml
         values: dict[str, Any] = {}
         mig = call("nvmlDeviceGetMigMode", handle)
-        mig_current = bool(mig[0]) if present(mig) else None
-        mig_pending = bool(mig[1]) if present(mig) else None
+        if present(mig):
+            state.mig_mode = (bool(mig[0]), bool(mig[1]))
+            state.mig_answered = True
+        elif call.settled(mig):
+            state.mig_mode, state.mig_answered = None, True  # no MIG on this model
+        # A failed read keeps the last answer: the mode changes only with a GPU reset, and taking
+        # a MIG GPU for a whole one would report a false reconfiguration.
+        mig_current, mig_pending = state.mig_mode or (None, None)
         values["mig_mode_current"] = mig_current
         values["mig_mode_pending"] = mig_pending
-        if not mig_current:
+        mig_on = state.mig_answered and bool(mig_current)
+        whole = state.mig_answered and not mig_current
+        if whole:
             rates = call("nvmlDeviceGetUtilizationRates", handle)
             if present(rates):
                 values["utilization_general"] = rates.gpu / 100.0
@@ -276,7 +374,7 @@ class NvmlSource:
             if present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
         }
         current = call("nvmlDeviceGetCurrentClocksEventReasons", handle)
-        if present(current):
+        if present(current) and "supported_reasons" not in static.pending:
             supported = static.supported_reasons
             values["clocks_event_reasons"] = {
                 reason: bool(current & bit)
@@ -292,7 +390,7 @@ class NvmlSource:
             )
             if present(count):
                 values[key] = int(count)
-        if not mig_current:
+        if whole:
             rows = call("nvmlDeviceGetRemappedRows", handle)
             if present(rows):
                 corrected, uncorrected, pending, failed = rows
@@ -302,29 +400,35 @@ class NvmlSource:
                     remap_pending=bool(pending),
                     remap_failed=bool(failed),
                 )
-        self._pcie(call, handle, state, elapsed, values)
+        self._pcie(call, handle, state, now, values)
         fan = call("nvmlDeviceGetFanSpeed", handle)
         if present(fan):
             values["fan_speed_ratio"] = fan / 100.0
 
         mig_devices: tuple[MigDevice, ...] = ()
-        if mig_current:
-            mig_devices = self._read_mig_devices(index, handle, static, call, pending_gpm)
+        processes: tuple[GpuProcess, ...] = ()
+        complete = state.mig_answered
+        if mig_on:
+            mig_devices, complete = self._read_mig_devices(index, handle, static, call, pending_gpm)
             processes = tuple(p for m in mig_devices for p in m.processes)
-            values["mig_compute_slices_total"] = static.max_mig_devices or None
-        else:
+            if complete:
+                # Slices used and free only from a whole layout: a partial one would show free
+                # slices that are in use.
+                values["mig_compute_slices_total"] = static.max_mig_devices or None
+        elif whole:
             processes = self._read_processes(call, handle, state)
             if static.gpm_supported:
                 values["gpm"] = self._gpm(
                     call, static.uuid, pending_gpm, lambda s, h=handle: ("nvmlGpmSampleGet", h, s)
                 )
-        layout = frozenset(m.uuid for m in mig_devices)
-        if state.mig_layout is not None and layout != state.mig_layout:
-            state.reconfigurations += 1
-        state.mig_layout = layout
+        if complete:
+            layout = frozenset(m.uuid for m in mig_devices)
+            if state.mig_layout is not None and layout != state.mig_layout:
+                state.reconfigurations += 1
+            state.mig_layout = layout
         return Gpu(
             index=index,
-            uuid=static.uuid,
+            uuid=static.uuid or f"gpu{index}",
             name=f"gpu{index}",
             model=static.model,
             serial=static.serial,
@@ -352,41 +456,58 @@ class NvmlSource:
             return None
         return field_number(self._nvml, value)
 
-    def _pcie_counters(self, call: Caller, handle: Any, state: _GpuState,
-                       values: dict[str, Any]) -> bool:
-        """The driver's PCIe byte counters (field values), where it has them."""
+    def _pcie_counters(
+        self, call: Caller, handle: Any, state: _GpuState, values: dict[str, Any]
+    ) -> bool:
+        """The driver's PCIe byte counters (field values), where it has them. True when this GPU
+        uses them (a failed read leaves the cycle's values absent), False for the sampled rate."""
         nvml = self._nvml
         fields = [getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None),
                   getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None)]
         if state.pcie_counters is False or None in fields:
             return False
         read = call("nvmlDeviceGetFieldValues", handle, fields)
-        if not present(read) or len(read) < 2 or \
-                any(v.nvmlReturn != nvml.NVML_SUCCESS for v in read[:2]):
-            # Older drivers and boards: fall back to the sampled rate, and do not ask again.
+        failure: str | None = None
+        if not present(read):
+            failure = call.last_error
+        elif len(read) < 2:
+            failure = "Malformed"
+        else:
+            for value in read[:2]:
+                if value.nvmlReturn != nvml.NVML_SUCCESS:
+                    failure = call.record("nvmlDeviceGetFieldValues(PCIE_COUNT)", value.nvmlReturn)
+                    break
+        if failure is None:
+            state.pcie_counters = True
+            values["pcie_tx_bytes"] = int(field_number(nvml, read[0]))
+            values["pcie_rx_bytes"] = int(field_number(nvml, read[1]))
+            return True
+        if failure in PERMANENT_ERRORS or failure == "INVALID_ARGUMENT":
+            # Older drivers and boards: the sampled rate, and the counters are not asked again.
             state.pcie_counters = False
             return False
-        state.pcie_counters = True
-        values["pcie_tx_bytes"] = int(field_number(self._nvml, read[0]))
-        values["pcie_rx_bytes"] = int(field_number(self._nvml, read[1]))
-        return True
+        # A transient failure: the counters are cumulative, so the next read has these bytes too.
+        return state.pcie_counters is True
 
     def _pcie(
-        self, call: Caller, handle: Any, state: _GpuState, elapsed: float, values: dict[str, Any]
+        self, call: Caller, handle: Any, state: _GpuState, now: float, values: dict[str, Any]
     ) -> None:
         if self._pcie_counters(call, handle, state, values):
             return
         # NVML's rate is KB/s over a 20 ms window (nvml.h), and each call blocks for that
-        # window; hw.gpu.io is a byte counter, so the rate is integrated between cycles.
+        # window; hw.gpu.io is a byte counter, so the rate is integrated over the time since the
+        # last successful read of each direction: a failed read leaves no interval uncounted.
         nvml = self._nvml
-        tx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
-        rx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
-        if present(tx):
-            state.pcie_tx_bytes += tx * 1024.0 * elapsed
-            values["pcie_tx_bytes"] = int(state.pcie_tx_bytes)
-        if present(rx):
-            state.pcie_rx_bytes += rx * 1024.0 * elapsed
-            values["pcie_rx_bytes"] = int(state.pcie_rx_bytes)
+        for direction, kind in (("tx", nvml.NVML_PCIE_UTIL_TX_BYTES),
+                                ("rx", nvml.NVML_PCIE_UTIL_RX_BYTES)):
+            rate = call("nvmlDeviceGetPcieThroughput", handle, kind)
+            if not present(rate):
+                continue
+            since = state.pcie_sampled_at.get(direction)
+            if since is not None:
+                state.pcie_bytes[direction] += rate * 1024.0 * max(now - since, 0.0)
+            state.pcie_sampled_at[direction] = now
+            values[f"pcie_{direction}_bytes"] = int(state.pcie_bytes[direction])
 
     def _read_processes(self, call: Caller, handle: Any, state: _GpuState) -> tuple:
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
@@ -419,8 +540,12 @@ class NvmlSource:
 
     def _read_mig_devices(
         self, index: int, parent: Any, static: _StaticInfo, call: Caller, pending_gpm: list
-    ) -> tuple[MigDevice, ...]:
+    ) -> tuple[tuple[MigDevice, ...], bool]:
+        """The MIG devices that could be read, and whether that is the whole layout."""
+        if static.max_mig_devices is None:
+            return (), False
         devices = []
+        complete = True
         for j in range(static.max_mig_devices):
             handle = call(
                 "nvmlDeviceGetMigDeviceHandleByIndex",
@@ -428,11 +553,17 @@ class NvmlSource:
                 j,
                 expected=("NOT_FOUND", "INVALID_ARGUMENT"),
             )
+            if handle is ABSENT:
+                complete = False
             if not present(handle):
                 continue
-            mig_call = Caller(self._nvml, call.errors, self._error_names, f"gpu{index}/mig{j}")
-            devices.append(self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm))
-        return tuple(devices)
+            mig_call = call.for_device(f"gpu{index}/mig{j}")
+            device = self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm)
+            if device is None or device.compute_slices is None:
+                complete = False
+            if device is not None:
+                devices.append(device)
+        return tuple(devices), complete
 
     def _read_mig(
         self,
@@ -443,8 +574,12 @@ class NvmlSource:
         static: _StaticInfo,
         call: Caller,
         pending_gpm: list,
-    ) -> MigDevice:
-        uuid = text(call("nvmlDeviceGetUUID", handle)) or f"{static.uuid}/mig{j}"
+    ) -> MigDevice | None:
+        """One MIG device; None while its UUID or name cannot be read (no stand-in identity)."""
+        uuid = text(call("nvmlDeviceGetUUID", handle))
+        name = text(call("nvmlDeviceGetName", handle))
+        if uuid is None or name is None:
+            return None
         gi = call("nvmlDeviceGetGpuInstanceId", handle)
         ci = call("nvmlDeviceGetComputeInstanceId", handle)
         gi = gi if present(gi) else None
@@ -477,9 +612,9 @@ class NvmlSource:
             index=j,
             uuid=uuid,
             name=f"gpu{index}/mig{j}",
-            parent_uuid=static.uuid,
+            parent_uuid=static.uuid or f"gpu{index}",
             model=static.model or "",
-            profile=profile_from_name(text(call("nvmlDeviceGetName", handle))),
+            profile=profile_from_name(name),
             gpu_instance_id=gi,
             compute_instance_id=ci,
             placement_start=start,
@@ -555,25 +690,37 @@ class NvmlSource:
     # -- Xid events --------------------------------------------------------------------------
 
     def _register_events(self, count: int, errors: list[SourceError]) -> None:
+        """Register each GPU not yet registered for Xid events; a transient failure (of the event
+        set, a handle or the registration) is tried again next cycle."""
         nvml = self._nvml
-        call = Caller(nvml, errors, self._error_names, None)
-        event_set = call("nvmlEventSetCreate")
-        if not present(event_set):
-            self._event_set = False
+        if self._event_set is False:
             return
-        self._event_set = event_set
+        call = Caller(nvml, errors, self._error_names, None)
+        if self._event_set is None:
+            event_set = call("nvmlEventSetCreate")
+            if not present(event_set):
+                if call.settled(event_set):
+                    self._event_set = False  # a driver without events
+                return
+            self._event_set = event_set
         for index in range(count):
-            gpu_call = Caller(nvml, errors, self._error_names, f"gpu{index}")
+            state = self._state.get(index)
+            if index in self._registered or (state is not None and state.lost):
+                continue  # a lost GPU is registered again once it answers
+            gpu_call = call.for_device(f"gpu{index}")
             try:
                 handle = gpu_call("nvmlDeviceGetHandleByIndex", index)
-                if present(handle):
-                    self._handle_to_index[handle_key(handle)] = index
-                    gpu_call(
-                        "nvmlDeviceRegisterEvents",
-                        handle,
-                        nvml.nvmlEventTypeXidCriticalError,
-                        event_set,
-                    )
+                if not present(handle):
+                    continue
+                self._handle_to_index[handle_key(handle)] = index
+                done = gpu_call(
+                    "nvmlDeviceRegisterEvents",
+                    handle,
+                    nvml.nvmlEventTypeXidCriticalError,
+                    self._event_set,
+                )
+                if gpu_call.settled(done):
+                    self._registered.add(index)
             except GpuLost:
                 continue
 
@@ -586,7 +733,7 @@ class NvmlSource:
             try:
                 data = call("nvmlEventSetWait_v2", self._event_set, 0, expected=("TIMEOUT",))
             except GpuLost:
-                continue
+                break  # a GPU fell off the bus: it answers the same until reset; next cycle
             if not present(data):
                 break
             if data.eventType != self._nvml.nvmlEventTypeXidCriticalError:
