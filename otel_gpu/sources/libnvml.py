@@ -3,6 +3,10 @@
 One call path for every NVML function: an ``NVMLError`` becomes a recorded ``SourceError`` and an
 absent value, ``GPU_IS_LOST`` raises :class:`GpuLost` so the caller can mark that GPU failed and
 go on with the others, and an error the caller anticipated comes back as :data:`EXPECTED`.
+NOT_SUPPORTED is a capability, not a failure: the device lacks that field (fan speed on an SXM
+board), so the value is absent, nothing is recorded, and that call (with those arguments) is not
+made on that device again until ``CAPABILITY_RECHECK_S`` (10 minutes) of the source's clock have
+passed, when it is tried once more.
 
 The tables here (error names, clock-event reason bits, GPM metric ids) are the one home of those
 facts; the simulator reads them from here too.
@@ -38,6 +42,7 @@ GPM_FIELDS: dict[str, str] = {
 }
 
 _ERROR_PREFIX = "NVML_ERROR_"
+CAPABILITY_RECHECK_S = 600.0  # how long a NOT_SUPPORTED answer stands before the call is retried
 
 # Answers that will not change by asking again: the device or driver lacks the feature. Any other
 # error (UNKNOWN, TIMEOUT, a driver still loading) may be transient, and the call is worth
@@ -81,26 +86,69 @@ def gpm_metric_ids(nvml: Any) -> dict[int, str]:
     }
 
 
+_CapabilityKey = tuple[str, str, tuple[int, ...]]
+
+
+class Capabilities:
+    """The calls each device answered NOT_SUPPORTED to, and until when that answer stands."""
+
+    def __init__(self) -> None:
+        self.now = 0.0  # the source's clock at the current cycle
+        self._until: dict[_CapabilityKey, float] = {}
+
+    @staticmethod
+    def key(device: str, fn: str, args: tuple[Any, ...]) -> _CapabilityKey:
+        # Integer arguments (clock domain, sensor, counter) select a field; handles do not.
+        ints = tuple(a for a in args if isinstance(a, int) and not isinstance(a, bool))
+        return device, fn, ints
+
+    def lacks(self, key: _CapabilityKey) -> bool:
+        until = self._until.get(key)
+        return until is not None and self.now < until
+
+    def unsupported(self, key: _CapabilityKey) -> None:
+        self._until[key] = self.now + CAPABILITY_RECHECK_S
+
+    def supported(self, key: _CapabilityKey) -> None:
+        self._until.pop(key, None)
+
+
 class Caller:
     """Calls NVML functions for one device, recording failures instead of raising them."""
 
     def __init__(
-        self, nvml: Any, errors: list[SourceError], names: dict[int, str], device: str | None
+        self,
+        nvml: Any,
+        errors: list[SourceError],
+        names: dict[int, str],
+        device: str | None,
+        capabilities: Capabilities | None = None,
     ) -> None:
         self._nvml = nvml
         self.errors = errors
         self._names = names
         self.device = device
+        self._capabilities = capabilities if device is not None else None
         self.last_error: str | None = None  # the name of the most recent failure
 
     def __call__(self, fn: str, *args: Any, expected: tuple[str, ...] = ()) -> Any:
+        capabilities = self._capabilities
+        key = None
+        if capabilities is not None:
+            key = capabilities.key(self.device or "", fn, args)
+            if capabilities.lacks(key):
+                self.last_error = "NOT_SUPPORTED"
+                return ABSENT
         try:
-            return getattr(self._nvml, fn)(*args)
+            result = getattr(self._nvml, fn)(*args)
         except self._nvml.NVMLError as err:
             name = error_name(self._names, err)
             if name in expected:
                 return EXPECTED
             self.last_error = name
+            if name == "NOT_SUPPORTED" and capabilities is not None and key is not None:
+                capabilities.unsupported(key)
+                return ABSENT
             self.errors.append(SourceError(SOURCE, fn, name, self.device))
             if name == "GPU_IS_LOST":
                 raise GpuLost from err
@@ -113,6 +161,9 @@ class Caller:
             self.last_error = type(err).__name__
             self.errors.append(SourceError(SOURCE, fn, type(err).__name__, self.device))
             return ABSENT
+        if capabilities is not None and key is not None:
+            capabilities.supported(key)
+        return result
 
     def record(self, call: str, code: int) -> str:
         """Record a failure NVML reported in a result rather than raised (field values); returns
@@ -127,7 +178,7 @@ class Caller:
         return value is not ABSENT or self.last_error in PERMANENT_ERRORS
 
     def for_device(self, device: str | None) -> Caller:
-        return Caller(self._nvml, self.errors, self._names, device)
+        return Caller(self._nvml, self.errors, self._names, device, self._capabilities)
 
 
 def present(value: Any) -> bool:

@@ -2,8 +2,9 @@
 
 Every call goes through one failsafe wrapper: an NVML error becomes a recorded ``SourceError`` and
 an absent value; ``GPU_IS_LOST`` marks that GPU failed and the others go on; a missing library or
-driver leaves the source unavailable with one message. Units are converted here: mW -> W,
-mJ -> J, MHz -> Hz, percent -> ratio.
+driver leaves the source unavailable with one message; NOT_SUPPORTED is a learned capability
+(see ``otel_gpu.sources.libnvml``). Units are converted here: mW -> W, mJ -> J, MHz -> Hz,
+percent -> ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from otel_gpu.sources.libnvml import (
     PERMANENT_ERRORS,
     SOURCE,
     Caller,
+    Capabilities,
     GpuLost,
     error_name,
     error_names,
@@ -30,6 +32,7 @@ from otel_gpu.sources.libnvml import (
     present,
     text,
 )
+from otel_gpu.sources.libnvml import CAPABILITY_RECHECK_S as CAPABILITY_RECHECK_S
 
 _NO_ID = 0xFFFFFFFF
 _MAX_EVENTS_PER_CYCLE = 1000
@@ -150,6 +153,7 @@ class NvmlSource:
         self._init_retrying = False
         self._init_failures = 0
         self._init_retry_at: float | None = None  # None: at the next read
+        self._capabilities = Capabilities()
         self.unavailable_reason: str | None = None
 
     @property
@@ -238,6 +242,7 @@ class NvmlSource:
         now = time.monotonic() if now is None else now
         if not self._available and not (self.retrying and self._retry_init(now, errors)):
             return NvmlReading([], None, errors)
+        self._capabilities.now = now
         call = Caller(self._nvml, errors, self._error_names, None)
         count = call("nvmlDeviceGetCount")
         count = count if present(count) else 0
@@ -265,7 +270,7 @@ class NvmlSource:
         pending_gpm: list,
     ) -> Gpu | None:
         name = f"gpu{index}"
-        call = Caller(self._nvml, errors, self._error_names, name)
+        call = Caller(self._nvml, errors, self._error_names, name, self._capabilities)
         try:
             handle = call("nvmlDeviceGetHandleByIndex", index)
             if not present(handle):
@@ -475,7 +480,9 @@ class NvmlSource:
         else:
             for value in read[:2]:
                 if value.nvmlReturn != nvml.NVML_SUCCESS:
-                    failure = call.record("nvmlDeviceGetFieldValues(PCIE_COUNT)", value.nvmlReturn)
+                    failure = self._error_names.get(value.nvmlReturn, "UNKNOWN")
+                    if failure not in PERMANENT_ERRORS:
+                        call.record("nvmlDeviceGetFieldValues(PCIE_COUNT)", value.nvmlReturn)
                     break
         if failure is None:
             state.pcie_counters = True
