@@ -348,10 +348,17 @@ class FakeNvml:
     # -- library and system --
 
     def nvmlInit(self) -> None:
+        if self.cycle < self.scenario.driver.init_fails_cycles:
+            raise _fail(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)  # the driver is still loading
         self._init_count += 1
 
     def nvmlInitWithFlags(self, flags: int) -> None:
-        self._init_count += 1
+        self.nvmlInit()
+
+    def _check_driver_faults(self, call: str) -> None:
+        for fault in self.scenario.driver.faults:
+            if fault.applies_to(call) and fault.active(self.cycle):
+                raise _fail(fault.code)
 
     def nvmlShutdown(self) -> None:
         self._require_init()
@@ -359,6 +366,7 @@ class FakeNvml:
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._require_init()
+        self._check_driver_faults("nvmlSystemGetDriverVersion")
         return self.scenario.driver_version
 
     def nvmlSystemGetNVMLVersion(self) -> str:
@@ -367,6 +375,7 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         self._require_init()
+        self._check_driver_faults("nvmlDeviceGetCount")
         return len(self.scenario.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _GpuHandle:
@@ -974,6 +983,7 @@ class FakeNvml:
 
     def nvmlEventSetCreate(self) -> _EventSet:
         self._require_init()
+        self._check_driver_faults("nvmlEventSetCreate")
         return _EventSet()
 
     def _check_event_set(self, event_set: Any) -> _EventSet:
@@ -993,6 +1003,7 @@ class FakeNvml:
 
     def nvmlEventSetWait_v2(self, eventSet: Any, timeoutms: int) -> _EventData:
         self._require_init()
+        self._check_driver_faults("nvmlEventSetWait_v2")
         event_set = self._check_event_set(eventSet)
         for n, (cycle, gpu_index, _, event) in enumerate(self._events):
             if cycle > self.cycle:

@@ -297,6 +297,25 @@ class KubeletSpec:
     pod_list: bool = True  # /pods answers; False: it answers 503
 
 
+# The driver-wide calls of the simulated driver that a ``driver.faults`` entry may name.
+DRIVER_FAULTABLE_CALLS: frozenset[str] = frozenset(
+    {
+        "nvmlDeviceGetCount",
+        "nvmlSystemGetDriverVersion",
+        "nvmlEventSetCreate",
+        "nvmlEventSetWait_v2",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The driver itself: how many cycles it takes to load, and faults of its driver-wide calls."""
+
+    init_fails_cycles: int = 0  # nvmlInit answers DRIVER_NOT_LOADED before this cycle
+    faults: tuple[Fault, ...] = ()
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -309,6 +328,7 @@ class Scenario:
     gpus: tuple[GpuSpec, ...]
     host: HostSpec | None
     kubelet: KubeletSpec = field(default_factory=KubeletSpec)
+    driver: DriverSpec = field(default_factory=DriverSpec)
 
     def resolve_device(self, ref: str) -> str | None:
         """The UUID a device reference (a UUID or a hw.name like gpu3 or gpu0/mig1) names."""
