@@ -834,14 +834,14 @@ def high_temperature(window: Sequence[Sample], t: Thresholds) -> Iterator[Findin
 
 def gpu_lost(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     for gpu in window[-1].snapshot.gpus:
-        if not gpu.lost:
-            continue
+        # A GPU that answers again clears the insight in that cycle, not after the grace period.
+        severity = CRITICAL if gpu.lost else None
         ident = gpu_identity(gpu)
         yield Finding(
             key=(gpu.uuid,),
             attributes=ident,
-            raised=CRITICAL,
-            held=CRITICAL,
+            raised=severity,
+            held=severity,
             message=f"{_device_label(ident)} is lost: the driver no longer reaches it.",
             remedy="Drain the node and reboot it; look for Xid 79 in the kernel log, check "
             "PCIe, power and cooling, and replace the GPU if it recurs.",
