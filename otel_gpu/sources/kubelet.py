@@ -185,12 +185,7 @@ class PodResourcesClient(ErrorLog):
         return devices
 
     def _call(self) -> Any:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # A channel of its own subchannels: one shared with earlier calls would still be in
-            # its reconnect back-off after the kubelet restarts, and fail this call at once.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         with grpc.insecure_channel(f"unix://{self.socket_path}", options=options) as channel:
             method = channel.unary_unary(
                 LIST_METHOD,
