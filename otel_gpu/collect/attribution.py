@@ -27,7 +27,7 @@ from otel_gpu.snapshot import (
     SourceError,
     Workload,
 )
-from otel_gpu.sources._text import passwd_name
+from otel_gpu.sources._text import clean_value, passwd_name
 from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -163,7 +163,7 @@ class Attributor:
             name = self._user_name(uid)
         except Exception:  # an NSS backend (LDAP, sssd) that fails must not stop the cycle
             name = None
-        owner = name or str(uid)
+        owner = clean_value(name) or str(uid)  # any lookup's answer is outside text
         self._users[uid] = (now + self._user_ttl_s, owner)
         return owner
 
