@@ -25,6 +25,28 @@ FULL_CONTAINER_ID = r"[0-9a-f]{64}"
 
 _DROPPED_SPACES = frozenset({"Zl", "Zp"})
 
+INT64_MAX = (1 << 63) - 1
+
+
+def parse_count(text: str | bytes) -> int:
+    """A counter as the kernel writes one: ASCII decimal digits, at most int64. Anything else
+    (a sign, ``1_000``, other scripts' digits, an overflowing value) raises ``ValueError``."""
+    digits = text.strip()
+    if not digits or not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"not a counter: {digits[:32]!r}")
+    value = int(digits)
+    if value > INT64_MAX:
+        raise ValueError("counter beyond int64")
+    return value
+
+
+def parse_signed(text: str | bytes) -> int:
+    """:func:`parse_count` allowing a leading minus (``cpu.cfs_quota_us`` writes -1)."""
+    digits = text.strip()
+    negative = digits[:1] in ("-", b"-")
+    value = parse_count(digits[1:] if negative else digits)
+    return -value if negative else value
+
 
 def clean_text(value: Any, limit: int = MAX_TEXT) -> str:
     """``value`` as a string fit for display and attributes (see the module docstring)."""
@@ -53,9 +75,11 @@ def parse_uid(status: str) -> int | None:
     for line in status.splitlines():
         if line.startswith("Uid:"):
             fields = line.split()
-            if len(fields) > 1 and fields[1].isascii() and fields[1].isdigit():
-                return int(fields[1])
-            return None
+            try:
+                uid = parse_count(fields[1]) if len(fields) > 1 else None
+            except ValueError:
+                return None
+            return uid if uid is not None and uid < 1 << 32 else None
     return None
 
 

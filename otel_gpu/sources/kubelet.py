@@ -157,20 +157,7 @@ class PodResourcesClient(ErrorLog):
         if now < self._down_until:
             return stale
         try:
-            response = self._call()
-            devices = tuple(
-                PodDevices(
-                    namespace=clean_text(pod.namespace),
-                    pod_name=clean_text(pod.name),
-                    container_name=clean_text(container.name),
-                    resource_name=clean_text(dev.resource_name),
-                    device_ids=tuple(clean_text(d) for d in dev.device_ids),
-                )
-                for pod in response.pod_resources
-                for container in pod.containers
-                for dev in container.devices
-                if is_gpu_resource(dev.resource_name, self.resource_names)
-            )
+            devices = pod_devices(self._call(), self.resource_names)
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
             self.record("List", code.name if code is not None else type(e).__name__)
@@ -193,6 +180,24 @@ class PodResourcesClient(ErrorLog):
                 response_deserializer=ListPodResourcesResponse.FromString,
             )
             return method(ListPodResourcesRequest(), timeout=self.timeout_s)
+
+
+def pod_devices(response: Any, extra: Iterable[str] = ()) -> tuple[PodDevices, ...]:
+    """The GPU and MIG devices of a ``ListPodResourcesResponse``, names cleaned."""
+    extra = frozenset(extra)
+    return tuple(
+        PodDevices(
+            namespace=clean_text(pod.namespace),
+            pod_name=clean_text(pod.name),
+            container_name=clean_text(container.name),
+            resource_name=clean_text(dev.resource_name),
+            device_ids=tuple(clean_text(d) for d in dev.device_ids),
+        )
+        for pod in response.pod_resources
+        for container in pod.containers
+        for dev in container.devices
+        if is_gpu_resource(dev.resource_name, extra)
+    )
 
 
 @dataclass(frozen=True)

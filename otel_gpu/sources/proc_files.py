@@ -12,6 +12,7 @@ import re
 from typing import NamedTuple
 
 from otel_gpu.snapshot import DiskIo, NetworkIo
+from otel_gpu.sources._text import INT64_MAX, clean_text, parse_count
 
 # Block devices that are no disk of their own: loop devices (files and snap images), RAM disks,
 # zram (compressed RAM, usually swap) and floppies, plus the partitions of whole disks
@@ -61,7 +62,7 @@ def parse_proc_stat(line: bytes, ticks_per_s: float) -> tuple[dict[str, float] |
         return None, True
     try:
         times = {
-            column: int(value) / ticks_per_s
+            column: parse_count(value) / ticks_per_s
             for column, value in zip(_PROC_STAT_COLUMNS, fields[1:], strict=False)
         }
     except ValueError:
@@ -98,7 +99,7 @@ def parse_meminfo(data: bytes) -> tuple[dict[bytes, int], bool]:
             continue
         parts = rest.split()
         try:
-            value = int(parts[0])
+            value = parse_count(parts[0])
         except (IndexError, ValueError):
             malformed = True
             continue
@@ -107,6 +108,9 @@ def parse_meminfo(data: bytes) -> tuple[dict[bytes, int], bool]:
                 malformed = True
                 continue
             value *= 1024
+        if value > INT64_MAX:
+            malformed = True
+            continue
         values[key] = value
         if len(values) == len(_MEMINFO_KEYS):
             break
@@ -137,7 +141,7 @@ def swap_from_meminfo(meminfo: dict[bytes, int]) -> dict[str, int] | None:
     total, free = meminfo.get(b"SwapTotal"), meminfo.get(b"SwapFree")
     if total is None or free is None:
         return None
-    return {"used": total - free, "free": free}
+    return {"used": max(total - free, 0), "free": free}
 
 
 def parse_diskstats(data: bytes) -> tuple[dict[str, DiskIo], bool]:
@@ -163,13 +167,19 @@ def parse_diskstats(data: bytes) -> tuple[dict[str, DiskIo], bool]:
         if _is_skipped_disk(fields[2]):
             continue
         try:
-            reads, read_sectors, writes, write_sectors = map(int, texts)
+            reads, read_sectors, writes, write_sectors = map(parse_count, texts)
         except ValueError:
             malformed = True
             continue
-        disks[fields[2].decode("utf-8", "surrogateescape")] = DiskIo(
-            read_bytes=read_sectors * DISKSTATS_SECTOR_BYTES,
-            write_bytes=write_sectors * DISKSTATS_SECTOR_BYTES,
+        read_bytes = read_sectors * DISKSTATS_SECTOR_BYTES
+        write_bytes = write_sectors * DISKSTATS_SECTOR_BYTES
+        name = clean_text(fields[2].decode("utf-8", "replace"))
+        if max(read_bytes, write_bytes) > INT64_MAX or not name:
+            malformed = True
+            continue
+        disks[name] = DiskIo(
+            read_bytes=read_bytes,
+            write_bytes=write_bytes,
             read_operations=reads,
             write_operations=writes,
         )
@@ -191,7 +201,7 @@ def parse_net_dev(data: bytes) -> tuple[dict[str, NetworkIo], bool]:
         if not colon:
             malformed = malformed or bool(line.strip())
             continue
-        name = name_part.strip().decode("utf-8", "surrogateescape")
+        name = clean_text(name_part.decode("utf-8", "replace"))
         if name in SKIPPED_NETWORK:
             continue
         fields = rest.split()
@@ -200,10 +210,10 @@ def parse_net_dev(data: bytes) -> tuple[dict[str, NetworkIo], bool]:
             continue
         try:
             networks[name] = NetworkIo(
-                receive_bytes=int(fields[0]),
-                transmit_bytes=int(fields[8]),
-                receive_dropped=int(fields[3]),
-                transmit_dropped=int(fields[11]),
+                receive_bytes=parse_count(fields[0]),
+                transmit_bytes=parse_count(fields[8]),
+                receive_dropped=parse_count(fields[3]),
+                transmit_dropped=parse_count(fields[11]),
             )
         except ValueError:
             malformed = True

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
-from otel_gpu.sources._text import parse_uid
+from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -120,11 +120,14 @@ def _parse_stat(text: str) -> tuple[int | None, str | None]:
     open_paren, close_paren = text.find("("), text.rfind(")")
     if open_paren < 0 or close_paren < open_paren:
         return None, None
-    comm = "".join(c if c.isprintable() else "?" for c in text[open_paren + 1 : close_paren])
+    # The kernel cuts comm to 15 bytes (TASK_COMM_LEN); a longer one is cut like any outside text.
+    comm = "".join(
+        c if c.isprintable() else "?" for c in text[open_paren + 1 : close_paren][:MAX_TEXT]
+    )
     fields = text[close_paren + 1 :].split()
     # fields[0] is field 3 (state), so field 22 (starttime) is fields[19]; see proc_pid_stat(5).
     try:
-        return int(fields[19]), comm
+        return parse_count(fields[19]), comm
     except (IndexError, ValueError):
         return None, comm
 
