@@ -571,7 +571,7 @@ def test_pcie_traffic_comes_from_the_drivers_byte_counters_where_it_has_them() -
     from otel_gpu.collect.build import build_collector
 
     collector = build_collector("h200", 10.0, attribution=False)
-    fake = collector.nvml._nvml
+    fake = collector.sources.nvml._nvml
     counters = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: 5_000_000,
                 pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: 7_000_000}
     original = fake.nvmlDeviceGetFieldValues

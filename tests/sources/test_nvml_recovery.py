@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_gpu.collect.collector import Collector
+from otel_gpu.collect.collector import Collector, LocalSources
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.snapshot import Gpu, Snapshot
 from otel_gpu.sources.nvml import INIT_RETRY_FIRST_S, INIT_RETRY_MAX_S, NvmlSource
@@ -41,8 +41,8 @@ def scenario(tmp_path: Path, gpu0: dict[str, Any], driver: dict[str, Any] | None
 
 def run(loaded: Any, cycles: int = CYCLES, nvml: Any = None) -> list[Snapshot]:
     server = SimulatedServer(loaded, interval_s=INTERVAL_S)
-    collector = Collector(NvmlSource(nvml or server.nvml, gpm_warmup_s=0.0), None,
-                          simulation=server)
+    source = NvmlSource(nvml or server.nvml, gpm_warmup_s=0.0)
+    collector = Collector(LocalSources(source, None, simulation=server))
     collector.start()
     try:
         return [collector.collect() for _ in range(cycles)]
@@ -279,7 +279,7 @@ def test_a_failed_counter_read_keeps_the_driver_counters(tmp_path: Path) -> None
     loaded = scenario(tmp_path, faulted(WHOLE_GPU, "nvmlDeviceGetFieldValues", [2]))
     server = SimulatedServer(loaded, interval_s=INTERVAL_S)
     source = NvmlSource(CountingPcie(server.nvml), gpm_warmup_s=0.0)
-    collector = Collector(source, None, simulation=server)
+    collector = Collector(LocalSources(source, None, simulation=server))
     collector.start()
     snapshots = [collector.collect() for _ in range(CYCLES)]
     collector.close()
