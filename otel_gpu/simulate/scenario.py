@@ -55,11 +55,12 @@ import yaml
 
 from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
 from otel_gpu.simulate.spec import (
-    CLOCK_EVENT_REASONS,
+    DRIVER_FAULTABLE_CALLS,
     FAULTABLE_CALLS,
     NVML_ERROR_NAMES,
     ClockValues,
     ContainerSpec,
+    DriverSpec,
     EccCounts,
     Fault,
     FilesystemSpec,
@@ -81,6 +82,7 @@ from otel_gpu.simulate.spec import (
     at_cycle,
     device_refs,
 )
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS
 
 __all__ = [
     "BUILTIN_DIR",
@@ -188,6 +190,7 @@ _ECC_KEYS = _keys(EccCounts)
 _REMAPPED_KEYS = _keys(RemappedRows)
 _XID_KEYS = _keys(XidEvent)
 _FAULT_KEYS = _keys(Fault)
+_DRIVER_KEYS = _keys(DriverSpec)
 _CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
 _POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels"}
 _POD_KEYS = _keys(PodSpec)
@@ -308,6 +311,7 @@ class _Loader:
         self.check_unique_containers(containers, pods)
         host = self.host(raw["host"]) if "host" in raw else None
         kubelet = self.kubelet(raw["kubelet"]) if "kubelet" in raw else KubeletSpec()
+        driver_spec = self.driver(raw["driver"]) if "driver" in raw else DriverSpec()
         return Scenario(
             name=self.name,
             path=self.path,
@@ -319,7 +323,18 @@ class _Loader:
             gpus=gpus,
             host=host,
             kubelet=kubelet,
+            driver=driver_spec,
         )
+
+    def driver(self, value: Any) -> DriverSpec:
+        raw = self.mapping(value, "driver", _DRIVER_KEYS)
+        init_fails = 0
+        if "init_fails_cycles" in raw:
+            init_fails = self.integer(raw["init_fails_cycles"], "driver.init_fails_cycles")
+        faults: tuple[Fault, ...] = ()
+        if "faults" in raw:
+            faults = self.faults(raw["faults"], "driver.faults", DRIVER_FAULTABLE_CALLS)
+        return DriverSpec(init_fails_cycles=init_fails, faults=faults)
 
     def kubelet(self, value: Any) -> KubeletSpec:
         raw = self.mapping(value, "kubelet", _KUBELET_KEYS)
@@ -499,15 +514,18 @@ class _Loader:
             events.append(XidEvent(cycle, code, instance))
         return tuple(events)
 
-    def faults(self, value: Any, key: str) -> tuple[Fault, ...]:
+    def faults(
+        self, value: Any, key: str, calls: frozenset[str] = FAULTABLE_CALLS
+    ) -> tuple[Fault, ...]:
         faults = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
             raw = self.mapping(item, item_key, _FAULT_KEYS, ("call", "error"))
             call = self.string(raw["call"], f"{item_key}.call")
-            if call != "*" and call not in FAULTABLE_CALLS:
+            if call != "*" and call not in calls:
+                kind = "a device" if calls is FAULTABLE_CALLS else "a driver-wide"
                 raise self.error(
-                    f"{item_key}.call", f"'{call}' is not a device call of the simulated driver"
+                    f"{item_key}.call", f"'{call}' is not {kind} call of the simulated driver"
                 )
             error = self.string(raw["error"], f"{item_key}.error").removeprefix("NVML_ERROR_")
             if error not in NVML_ERROR_NAMES:
