@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -21,11 +20,14 @@ from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from otel_gpu.sources._text import parse_uid
 from otel_gpu.sources.cgroup import CgroupReader
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import UnixHTTPConnection
 from otel_gpu.sources.identity import ATTRIBUTION_NOTE, detect_self
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodResourcesClient
+from otel_gpu.sources.libnvml import error_names
+from otel_gpu.sources.nvml import INIT_RETRY_NOTE
 
 SCHEMA = "otel-gpu.doctor/1"
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -76,8 +78,7 @@ def check_nvml(nvml: Any | None = None) -> list[Check]:
         except ImportError:
             return [Check("nvml", FAIL, "nvidia-ml-py (module pynvml) is not installed",
                           "pip install nvidia-ml-py (it comes with otel-gpu)")]
-    names = {getattr(nvml, n): n.removeprefix("NVML_ERROR_") for n in dir(nvml)
-             if n.startswith("NVML_ERROR_")}
+    names = error_names(nvml)
     error = getattr(nvml, "NVMLError", Exception)
     try:
         nvml.nvmlInit()
@@ -85,10 +86,12 @@ def check_nvml(nvml: Any | None = None) -> list[Check]:
         code = names.get(getattr(err, "value", None), "UNKNOWN")
         if code in ("LIBRARY_NOT_FOUND", "DRIVER_NOT_LOADED"):
             return [Check("nvml", WARN, f"no NVIDIA driver (nvmlInit: {code}); the agent "
-                                        "reports host metrics only",
+                                        "reports host metrics only" + (
+                                            "" if code == "LIBRARY_NOT_FOUND" else
+                                            f" until then: {INIT_RETRY_NOTE}"),
                           "on a GPU server: install the NVIDIA driver; in a container: run "
                           "it with --gpus all (Docker) or the NVIDIA runtime / device plugin")]
-        return [Check("nvml", FAIL, f"nvmlInit failed: {code}",
+        return [Check("nvml", FAIL, f"nvmlInit failed: {code}; {INIT_RETRY_NOTE}",
                       "check `nvidia-smi`; after a driver upgrade, reboot or reload the "
                       "kernel module so that library and driver versions match")]
     except OSError as err:
@@ -217,8 +220,7 @@ def _hidepid(proc_root: str) -> str | None:
 
 
 def _uid_of(status: str) -> int | None:
-    match = re.search(r"^Uid:\s+(\d+)", status, re.M)
-    return int(match.group(1)) if match else None
+    return parse_uid(status)
 
 
 def _read(path: str, limit: int = 1 << 16) -> str | None:

@@ -55,9 +55,9 @@ import yaml
 
 from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
 from otel_gpu.simulate.spec import (
-    CLOCK_EVENT_REASONS,
     DCGM_FAULT_ERRORS,
     DCGM_FAULTABLE_CALLS,
+    DRIVER_FAULTABLE_CALLS,
     FAULTABLE_CALLS,
     NVML_ERROR_NAMES,
     ClockValues,
@@ -65,6 +65,7 @@ from otel_gpu.simulate.spec import (
     DcgmFault,
     DcgmSpec,
     DcgmValues,
+    DriverSpec,
     EccCounts,
     Fault,
     FilesystemSpec,
@@ -87,6 +88,7 @@ from otel_gpu.simulate.spec import (
     at_cycle,
     device_refs,
 )
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS
 
 __all__ = [
     "BUILTIN_DIR",
@@ -194,6 +196,7 @@ _ECC_KEYS = _keys(EccCounts)
 _REMAPPED_KEYS = _keys(RemappedRows)
 _XID_KEYS = _keys(XidEvent)
 _FAULT_KEYS = _keys(Fault)
+_DRIVER_KEYS = _keys(DriverSpec)
 _CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
 _POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels"}
 _POD_KEYS = _keys(PodSpec)
@@ -322,6 +325,7 @@ class _Loader:
         dcgm = self.dcgm_service(raw["dcgm"]) if "dcgm" in raw else None
         if dcgm is None and any(_has_dcgm_values(gpu) for gpu in gpus):
             dcgm = DcgmSpec()
+        driver_spec = self.driver(raw["driver"]) if "driver" in raw else DriverSpec()
         return Scenario(
             name=self.name,
             path=self.path,
@@ -334,7 +338,18 @@ class _Loader:
             host=host,
             kubelet=kubelet,
             dcgm=dcgm,
+            driver=driver_spec,
         )
+
+    def driver(self, value: Any) -> DriverSpec:
+        raw = self.mapping(value, "driver", _DRIVER_KEYS)
+        init_fails = 0
+        if "init_fails_cycles" in raw:
+            init_fails = self.integer(raw["init_fails_cycles"], "driver.init_fails_cycles")
+        faults: tuple[Fault, ...] = ()
+        if "faults" in raw:
+            faults = self.faults(raw["faults"], "driver.faults", DRIVER_FAULTABLE_CALLS)
+        return DriverSpec(init_fails_cycles=init_fails, faults=faults)
 
     def dcgm_service(self, value: Any) -> DcgmSpec:
         raw = self.mapping(value, "dcgm", _DCGM_KEYS)
@@ -578,15 +593,18 @@ class _Loader:
             events.append(XidEvent(cycle, code, instance))
         return tuple(events)
 
-    def faults(self, value: Any, key: str) -> tuple[Fault, ...]:
+    def faults(
+        self, value: Any, key: str, calls: frozenset[str] = FAULTABLE_CALLS
+    ) -> tuple[Fault, ...]:
         faults = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
             raw = self.mapping(item, item_key, _FAULT_KEYS, ("call", "error"))
             call = self.string(raw["call"], f"{item_key}.call")
-            if call != "*" and call not in FAULTABLE_CALLS:
+            if call != "*" and call not in calls:
+                kind = "a device" if calls is FAULTABLE_CALLS else "a driver-wide"
                 raise self.error(
-                    f"{item_key}.call", f"'{call}' is not a device call of the simulated driver"
+                    f"{item_key}.call", f"'{call}' is not {kind} call of the simulated driver"
                 )
             error = self.string(raw["error"], f"{item_key}.error").removeprefix("NVML_ERROR_")
             if error not in NVML_ERROR_NAMES:

@@ -16,16 +16,7 @@ from typing import Any
 import pynvml
 
 from otel_gpu.simulate.hardware import GpuModel, MigProfile
-
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
-    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
-    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
-    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
-    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
-    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
-}
+from otel_gpu.sources.libnvml import error_codes
 
 # The device-scoped calls of the simulated driver that a fault may name ("*" names them all).
 FAULTABLE_CALLS: frozenset[str] = frozenset(
@@ -76,11 +67,7 @@ FAULTABLE_CALLS: frozenset[str] = frozenset(
     }
 )
 
-NVML_ERROR_NAMES: dict[str, int] = {
-    name.removeprefix("NVML_ERROR_"): getattr(pynvml, name)
-    for name in dir(pynvml)
-    if name.startswith("NVML_ERROR_")
-}
+NVML_ERROR_NAMES: dict[str, int] = error_codes(pynvml)
 
 
 class PerCycle(tuple):
@@ -379,6 +366,25 @@ class KubeletSpec:
     pod_list: bool = True  # /pods answers; False: it answers 503
 
 
+# The driver-wide calls of the simulated driver that a ``driver.faults`` entry may name.
+DRIVER_FAULTABLE_CALLS: frozenset[str] = frozenset(
+    {
+        "nvmlDeviceGetCount",
+        "nvmlSystemGetDriverVersion",
+        "nvmlEventSetCreate",
+        "nvmlEventSetWait_v2",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The driver itself: how many cycles it takes to load, and faults of its driver-wide calls."""
+
+    init_fails_cycles: int = 0  # nvmlInit answers DRIVER_NOT_LOADED before this cycle
+    faults: tuple[Fault, ...] = ()
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -392,6 +398,7 @@ class Scenario:
     host: HostSpec | None
     kubelet: KubeletSpec = field(default_factory=KubeletSpec)
     dcgm: DcgmSpec | None = None  # None: no DCGM on the server
+    driver: DriverSpec = field(default_factory=DriverSpec)
 
     def resolve_device(self, ref: str) -> str | None:
         """The UUID a device reference (a UUID or a hw.name like gpu3 or gpu0/mig1) names."""
