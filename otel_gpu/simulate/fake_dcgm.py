@@ -281,6 +281,11 @@ class _Group:
         if (entity_group, entity_id) not in self.entities:
             self.entities.append((entity_group, entity_id))
 
+    def Delete(self) -> None:
+        self._dcgm._check(self._handle, "group")
+        self.entities.clear()
+        self.watched.clear()
+
     def GetId(self) -> Any:
         return SimpleNamespace(value=id(self) & 0xFFFF)
 

@@ -328,7 +328,10 @@ class DcgmSource:
         entities change (a MIG reconfiguration)."""
         b = self._bindings
         assert b is not None
-        self._group = None
+        old, self._group = self._group, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.Delete()
         group = self._call(errors, "DcgmGroup", b.pydcgm.DcgmGroup, self._handle,
                            groupName=f"otel-gpu-{os.getpid()}",
                            groupType=b.dcgm_structs.DCGM_GROUP_EMPTY)

@@ -224,3 +224,20 @@ def test_the_exporter_route_can_be_chosen_over_a_running_host_engine(tmp_path: P
         assert only_engine.start() and only_engine.route == HOSTENGINE
     finally:
         server.close()
+
+
+def test_a_mig_reconfiguration_is_watched_anew(tmp_path: Path) -> None:
+    path = tmp_path / "reconf.yaml"
+    path.write_text(yaml.safe_dump({"name": "reconf", "gpus": [{
+        "model": "A100-SXM4-40GB",
+        "mig": {
+            "instances": [{"profile": "3g.20gb", "start": 0, "dcgm": {"sm_active": 0.3}},
+                          {"profile": "3g.20gb", "start": 4, "dcgm": {"sm_active": 0.4}}],
+            "reconfigure": [{"cycle": 2, "instances": [
+                {"profile": "7g.40gb", "start": 0, "dcgm": {"sm_active": 0.9}}]}],
+        },
+    }]}))
+    snaps = run(str(path), 4)
+    assert [m.dcgm.sm_active for m in snaps[1].gpus[0].mig_devices] == [0.3, 0.4]
+    assert [m.dcgm.sm_active for m in snaps[3].gpus[0].mig_devices] == [0.9]
+    assert dcgm_errors(snaps[-1]) == {}
