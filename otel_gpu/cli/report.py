@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
-from otel_gpu.snapshot import Snapshot, format_gib
+from otel_gpu.snapshot import Snapshot, device_activity, format_gib
 
 
 def _plain(value: Any) -> Any:
@@ -108,7 +108,7 @@ def snapshot_table(snapshot: Snapshot) -> str:
             f"{len(gpu.processes):>5} ok"
         )
         for mig in gpu.mig_devices:
-            sm = mig.gpm.sm_utilization if mig.gpm else None
+            sm = device_activity(mig, "sm_utilization")[0]  # GPM, else DCGM
             memory = f"{_fmt_bytes(mig.memory_used_bytes)}/{_fmt_bytes(mig.memory_total_bytes)}"
             lines.append(
                 f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<22} "
