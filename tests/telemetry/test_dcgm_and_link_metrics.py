@@ -47,3 +47,18 @@ def test_nvlink_counters_of_active_links_and_pcie_replays() -> None:
     replays = {p["attributes"]["hw.name"]: p["value"]
                for p in points_named(doc, "nvidia.gpu.pcie.replays")}
     assert replays == {"gpu0": 9, "gpu1": 0}
+
+
+def test_dcgm_errors_are_counted_with_their_source(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "tests" / "scenarios" / "dcgm-a100.yaml").read_text())
+    doc["dcgm"] = {"faults": [{"call": "GetLatest_v2", "error": "NOT_SUPPORTED", "cycles": [1]}]}
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = snapshot_json("--simulate", str(path), "--cycles", "3")
+    errors = [(p["attributes"]["error.type"], p["value"])
+              for p in points_named(out, "otel_gpu.collection.errors")
+              if p["attributes"]["otel_gpu.source"] == "dcgm"]
+    assert errors == [("NOT_SUPPORTED", 1)]
+    # the cycle after the failure has the slices' activity again
+    assert {p["attributes"]["hw.name"] for p in points_named(out, "nvidia.gpu.sm.utilization")} \
+        >= {"gpu0/mig0", "gpu0/mig1"}
