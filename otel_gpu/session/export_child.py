@@ -192,7 +192,8 @@ class _RelayWorker:
 
     def __init__(self, resource: Any, schema_url: str,
                  on_drop: Callable[[str], None] = lambda kind: None) -> None:
-        from otel_gpu.telemetry.providers import env_list, otlp_exporter
+        from otel_gpu.config import env_list
+        from otel_gpu.telemetry.providers import otlp_exporter
 
         self._on_drop = on_drop
         self._resource = resource

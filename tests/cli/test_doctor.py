@@ -30,10 +30,10 @@ from otel_gpu.cli.doctor import (
     check_proc,
     check_prometheus,
     exit_code,
-    otlp_target,
     report_document,
     report_table,
 )
+from otel_gpu.config import otlp_target
 from otel_gpu.simulate import SimulatedServer
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.simulate.kubelet_api import serve_pod_resources

@@ -1,13 +1,84 @@
-"""What ``otel-gpu snapshot`` prints: the SDK's own points as JSON, or a table for people."""
+"""``otel-gpu agent`` and ``otel-gpu snapshot``: the pipeline run every interval until a signal,
+or for a number of cycles with the last one printed (the SDK's own points as JSON, or a table)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import textwrap
+import threading
+import time
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
+from otel_gpu.cli.terminal import percent, short_gib, whole
+from otel_gpu.insights.engine import load_thresholds
 from otel_gpu.snapshot import Snapshot
+from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
+
+EXIT_OK = 0
+
+
+def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) -> Pipeline:
+    exporters = args.exporter or [default_exporter]
+    thresholds = load_thresholds(args.thresholds)
+    pipeline = build_pipeline(
+        simulate=args.simulate,
+        exporters=exporters,
+        interval_s=args.interval,
+        in_memory=in_memory,
+        thresholds=thresholds,
+    )
+    if pipeline.driver_message:
+        print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
+    return pipeline
+
+
+def run_agent(args: argparse.Namespace, stop: threading.Event) -> int:
+    """Collect and export every interval until ``stop`` is set (by a signal), then export the
+    state at shutdown once more. ``stop`` may already be set: one export still goes out."""
+    pipeline = _pipeline(args, "otlp", in_memory=False)
+    try:
+        done = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            pipeline.collect_and_export()
+            done += 1
+            if args.cycles and done >= args.cycles:
+                break
+            stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
+        if stop.is_set():
+            pipeline.collect_and_export()  # the state at shutdown goes out too
+    finally:
+        pipeline.shutdown()
+    return EXIT_OK
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args, "none", in_memory=True)
+    try:
+        cycles = max(1, args.cycles)
+        snapshot = None
+        for i in range(cycles):
+            if i and args.simulate is None:
+                time.sleep(args.interval)
+            snapshot = pipeline.collect_and_export()
+        assert pipeline.memory_reader is not None and snapshot is not None
+        data = pipeline.memory_reader.get_metrics_data()
+        if args.format == "json":
+            insights = [insight.to_dict() for insight in snapshot.insights]
+            json.dump(snapshot_document(data, insights), sys.stdout, indent=1, sort_keys=False)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(snapshot_table(snapshot))
+    finally:
+        pipeline.shutdown()
+    return EXIT_OK
+
+
+# -- what snapshot prints -------------------------------------------------------------------
 
 
 def _plain(value: Any) -> Any:
@@ -17,7 +88,8 @@ def _plain(value: Any) -> Any:
 
 
 def metrics_points(data: MetricsData | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Flatten what the SDK produced into the contract's ``resource`` and ``points``."""
+    """Flatten what the SDK produced into the document's ``resource`` and ``points``: each
+    point with its name, unit, kind and attributes, and a value or histogram buckets."""
     resource: dict[str, Any] = {}
     points: list[dict[str, Any]] = []
     if data is None:
@@ -68,22 +140,9 @@ def _metric_points(metric: Any) -> list[dict[str, Any]]:
 def snapshot_document(
     data: MetricsData | None, insights: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
+    """What ``snapshot --format json`` prints: the resource, the points, the insights."""
     resource, points = metrics_points(data)
     return {"resource": resource, "points": points, "insights": insights or []}
-
-
-def _fmt_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 2**30:.1f}G"
-
-
-def _fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    return "-" if value is None else f"{value:.0f}{unit}"
 
 
 def snapshot_table(snapshot: Snapshot) -> str:
@@ -100,19 +159,19 @@ def snapshot_table(snapshot: Snapshot) -> str:
                 f"{'':>6} {'':>5} {'':>5} failed"
             )
             continue
-        util = "mig" if gpu.mig_enabled else _fmt_ratio(gpu.utilization_general)
-        memory = f"{_fmt_bytes(gpu.memory_used_bytes)}/{_fmt_bytes(gpu.memory_total_bytes)}"
+        util = "mig" if gpu.mig_enabled else percent(gpu.utilization_general)
+        memory = f"{short_gib(gpu.memory_used_bytes)}/{short_gib(gpu.memory_total_bytes)}"
         lines.append(
             f"{gpu.name:<11} {(gpu.model or '?')[:22]:<22} {util:>5} {memory:>13} "
-            f"{_fmt(gpu.power_watts, 'W'):>6} {_fmt(gpu.temperature_gpu_celsius, 'C'):>5} "
+            f"{whole(gpu.power_watts, 'W'):>6} {whole(gpu.temperature_gpu_celsius, 'C'):>5} "
             f"{len(gpu.processes):>5} ok"
         )
         for mig in gpu.mig_devices:
             sm = mig.gpm.sm_utilization if mig.gpm else None
-            memory = f"{_fmt_bytes(mig.memory_used_bytes)}/{_fmt_bytes(mig.memory_total_bytes)}"
+            memory = f"{short_gib(mig.memory_used_bytes)}/{short_gib(mig.memory_total_bytes)}"
             lines.append(
                 f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<22} "
-                f"{_fmt_ratio(sm):>5} {memory:>13} {'':>6} {'':>5} "
+                f"{percent(sm):>5} {memory:>13} {'':>6} {'':>5} "
                 f"{len(mig.processes):>5} ok"
             )
     if not snapshot.gpus:
@@ -122,14 +181,14 @@ def snapshot_table(snapshot: Snapshot) -> str:
         busy = 1.0 - host.cpu_utilization["idle"] if "idle" in host.cpu_utilization else None
         lines += [
             "",
-            f"host: {host.cpu_logical_count or '?'} CPUs, cpu busy {_fmt_ratio(busy)}, "
-            f"memory used {_fmt_ratio(host.memory_used_ratio)} of "
-            f"{_fmt_bytes(host.memory_total_bytes)}",
+            f"host: {host.cpu_logical_count or '?'} CPUs, cpu busy {percent(busy)}, "
+            f"memory used {percent(host.memory_used_ratio)} of "
+            f"{short_gib(host.memory_total_bytes)}",
         ]
         for fs in host.filesystems[:8]:
             used = fs.used_bytes / fs.size_bytes if fs.size_bytes else None
             lines.append(
-                f"  {fs.mountpoint[:40]:<40} {_fmt_ratio(used):>5} of {_fmt_bytes(fs.size_bytes)}"
+                f"  {fs.mountpoint[:40]:<40} {percent(used):>5} of {short_gib(fs.size_bytes)}"
             )
     if snapshot.insights:
         lines += ["", f"insights ({len(snapshot.insights)} active):"]
