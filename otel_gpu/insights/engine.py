@@ -180,6 +180,27 @@ class Thresholds:
         unknown = sorted(set(self.disabled_rules) - set(RULE_IDS))
         if unknown:
             raise ValueError(f"disabled_rules: unknown rule {unknown[0]!r}")
+        for clear, fire, fires_above in _HYSTERESIS:
+            low, high = (clear, fire) if fires_above else (fire, clear)
+            if getattr(self, low) > getattr(self, high):
+                side, other = ("above", "below") if fires_above else ("below", "above")
+                raise ValueError(
+                    f"{clear}: {getattr(self, clear)!r} is {side} {fire} "
+                    f"({getattr(self, fire)!r}): the insight fires {side} {fire} and clears "
+                    f"{other} {clear}, so {clear} must be at or {other} it (set both)"
+                )
+
+
+def _hysteresis_pairs() -> tuple[tuple[str, str, bool], ...]:
+    """(clear field, fire field, whether the rule fires above it) for every clear threshold:
+    ``x_clear`` or ``x_clear_unit`` clears ``x`` or ``x_unit``; the defaults give the side."""
+    names = {item.name: item.default for item in fields(Thresholds)}
+    pairs = []
+    for name, default in names.items():
+        fire = name.replace("_clear", "", 1)
+        if fire != name and fire in names:
+            pairs.append((name, fire, default < names[fire]))
+    return tuple(pairs)
 
 
 # -- reading thresholds from a file ---------------------------------------------------------------
@@ -237,7 +258,13 @@ def thresholds_from_mapping(raw: Any, path: str = "<thresholds>") -> Thresholds:
         if not isinstance(key, str) or key not in types:
             raise ThresholdsError(f"{path}: {key}: unknown threshold")
         values[key] = _coerce(path, key, types[key], value)
-    return Thresholds(**values)
+    try:
+        return Thresholds(**values)
+    except ValueError as err:
+        raise ThresholdsError(f"{path}: {err}") from None
+
+
+_HYSTERESIS = _hysteresis_pairs()
 
 
 def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
@@ -250,12 +277,17 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
             text = handle.read()
     except OSError as err:
         raise ThresholdsError(f"{name}: cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        why = f"{err.reason} at byte {err.start}"
+        raise ThresholdsError(f"{name}: not UTF-8 text ({why})") from None
     import yaml
 
     try:
         raw = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
         raise ThresholdsError(f"{name}: not valid YAML or JSON: {err}") from err
+    except RecursionError:
+        raise ThresholdsError(f"{name}: nested too deeply to be a thresholds file") from None
     return thresholds_from_mapping(raw, name)
 
 
