@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
-from otel_gpu.cli.terminal import percent, short_gib, whole
+from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
 from otel_gpu.insights.engine import load_thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
@@ -72,7 +73,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
             json.dump(snapshot_document(data, insights), sys.stdout, indent=1, sort_keys=False)
             sys.stdout.write("\n")
         else:
-            sys.stdout.write(snapshot_table(snapshot))
+            sys.stdout.write(snapshot_table(snapshot, simulated=args.simulate is not None))
     finally:
         pipeline.shutdown()
     return EXIT_OK
@@ -145,11 +146,12 @@ def snapshot_document(
     return {"resource": resource, "points": points, "insights": insights or []}
 
 
-def snapshot_table(snapshot: Snapshot) -> str:
-    """A terminal view of one Snapshot, 80 columns wide."""
+def snapshot_table(snapshot: Snapshot, simulated: bool = False) -> str:
+    """A terminal view of one Snapshot, 80 columns wide: the devices, who uses them, the host,
+    the insights, and what could not be read."""
     header = (
         f"{'device':<11} {'model / profile':<22} {'util':>5} {'memory':>13} {'power':>6} "
-        f"{'temp':>5} {'procs':>5} {'state':<6}"
+        f"{'temp':>5} {'procs':>5} {'state'}"
     )
     lines = [header, "-" * len(header)]
     for gpu in snapshot.gpus:
@@ -176,14 +178,21 @@ def snapshot_table(snapshot: Snapshot) -> str:
             )
     if not snapshot.gpus:
         lines.append("no GPUs" if snapshot.driver_available else "no NVIDIA driver: host only")
+    lines += _holders(snapshot)
     host = snapshot.host
     if host is not None:
         busy = 1.0 - host.cpu_utilization["idle"] if "idle" in host.cpu_utilization else None
+        if busy is not None:
+            cpu = f"cpu busy {percent(busy)}"
+        elif simulated:
+            cpu = "cpu busy not measured in simulated time"
+        else:
+            cpu = "cpu busy - (needs a second cycle)"
         lines += [
             "",
-            f"host: {host.cpu_logical_count or '?'} CPUs, cpu busy {percent(busy)}, "
-            f"memory used {percent(host.memory_used_ratio)} of "
-            f"{short_gib(host.memory_total_bytes)}",
+            *wrap(f"host: {host.cpu_logical_count or '?'} CPUs, {cpu}, "
+                  f"memory used {percent(host.memory_used_ratio)} of "
+                  f"{short_gib(host.memory_total_bytes)}", ""),
         ]
         for fs in host.filesystems[:8]:
             used = fs.used_bytes / fs.size_bytes if fs.size_bytes else None
@@ -195,13 +204,86 @@ def snapshot_table(snapshot: Snapshot) -> str:
         for insight in snapshot.insights:
             lines += textwrap.wrap(
                 f"{insight.severity.upper():<8} {insight.rule}: {insight.message}",
-                80, initial_indent="  ", subsequent_indent=" " * 11,
+                80, initial_indent="  ", subsequent_indent=" " * 11, break_on_hyphens=False,
             )
             lines += textwrap.wrap(
                 f"remedy: {insight.remedy}", 80, initial_indent=" " * 11,
-                subsequent_indent=" " * 11,
+                subsequent_indent=" " * 11, break_on_hyphens=False,
             )
-    if snapshot.errors:
-        kinds = sorted({f"{e.source}:{e.error_type}" for e in snapshot.errors})
-        lines += ["", f"read errors this cycle: {len(snapshot.errors)} ({', '.join(kinds)[:60]})"]
+    lines += _read_problems(snapshot)
     return "\n".join(lines) + "\n"
+
+
+def _holder(attributes: dict[str, str]) -> str:
+    pod = attributes.get("k8s.pod.name")
+    if pod:
+        where = f"pod {attributes.get('k8s.namespace.name', '?')}/{pod}"
+        container = attributes.get("k8s.container.name")
+        return f"{where} {container}" if container else where
+    name = attributes.get("container.name") or attributes.get("container.id", "")[:12]
+    return f"container {name}" if name else "no container"
+
+
+def _holders(snapshot: Snapshot) -> list[str]:
+    """Who holds which GPU or MIG device: the users and containers of its processes, and the
+    containers and pods it was given to that run nothing on it."""
+    names: dict[str, str] = {}
+    for gpu in snapshot.gpus:
+        names[gpu.uuid] = gpu.name
+        names.update({mig.uuid: mig.name for mig in gpu.mig_devices})
+    order = {uuid: i for i, uuid in enumerate(names)}
+    rows: list[tuple[int, str, str, str, str]] = []
+    busy: set[tuple[str, str]] = set()
+    for w in snapshot.workloads:
+        holder = _holder(w.attributes)
+        busy.add((w.device_uuid, holder))
+        procs = f"{w.processes} process{'' if w.processes == 1 else 'es'}"
+        memory = f"{procs}, {short_gib(w.memory_bytes)}" if w.memory_bytes is not None else procs
+        rows.append((order.get(w.device_uuid, len(order)), names.get(w.device_uuid, "?"),
+                     w.attributes.get("process.owner", "?"), holder, memory))
+    for a in snapshot.assignments:
+        holder = _holder(a.attributes)
+        if (a.device_uuid, holder) not in busy:
+            busy.add((a.device_uuid, holder))
+            rows.append((order.get(a.device_uuid, len(order)), names.get(a.device_uuid, "?"),
+                         "-", holder, "given, runs nothing"))
+    if not rows:
+        return []
+    lines = ["", "who uses what (device, user, container or pod, its processes there):"]
+    for _, device, user, holder, what in sorted(rows):
+        lines.append(f"  {device:<9} {user[:10]:<10} {holder[:36]:<36} {what}"[:WIDTH])
+    return lines
+
+
+def _reading(call: str) -> str:
+    """``nvmlDeviceGetFanSpeed`` -> ``fan speed``."""
+    name = call.removeprefix("nvmlDeviceGet").removeprefix("nvml")
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower() or call
+
+
+def _devices_text(devices: list[str]) -> str:
+    return ", ".join(devices) if len(devices) <= 3 else f"{devices[0]} to {devices[-1]}"
+
+
+def _read_problems(snapshot: Snapshot) -> list[str]:
+    """Values the hardware does not offer (NVML's NOT_SUPPORTED: a board without a fan, a
+    feature of a later architecture), apart from reads that failed."""
+    unsupported: dict[str, list[str]] = {}
+    failed = []
+    for e in snapshot.errors:
+        if e.source == "nvml" and e.error_type == "NOT_SUPPORTED":
+            devices = unsupported.setdefault(_reading(e.call), [])
+            if e.device and e.device not in devices:
+                devices.append(e.device)
+        else:
+            failed.append(e)
+    lines: list[str] = []
+    if unsupported:
+        parts = [f"{what} ({_devices_text(devices)})" if devices else what
+                 for what, devices in sorted(unsupported.items())]
+        lines += ["", *wrap("not offered by this hardware (the driver answers NOT_SUPPORTED, "
+                            "normal for this model, not a fault): " + "; ".join(parts), "")]
+    if failed:
+        kinds = sorted({f"{e.source}:{e.error_type}" for e in failed})
+        lines += ["", *wrap(f"read errors this cycle: {len(failed)} ({', '.join(kinds)})", "")]
+    return lines

@@ -847,6 +847,7 @@ class _Loader:
             filesystems.append(FilesystemSpec(mountpoint, size, used))
         return HostSpec(
             memory_used_ratio=self.optional(raw, "host", "memory_used_ratio", self.ratio),
+            cpu_utilization=self.optional(raw, "host", "cpu_utilization", self.ratio),
             filesystems=tuple(filesystems),
         )
 

@@ -67,3 +67,31 @@ def test_a_signal_while_running_exports_the_state_at_shutdown(signum: int) -> No
         agent.send_signal(signum)
         _stopped_cleanly(agent)
         assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 2, timeout_s=10)
+
+
+def test_ctrl_c_interrupts_a_snapshot_quietly() -> None:
+    snapshot = subprocess.Popen([sys.executable, "-m", "otel_gpu.cli", "snapshot", "--cycles",
+                                 "100", "--interval", "30"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # Waiting between real cycles: the host reader has opened /proc/stat by then.
+    while time.monotonic() < deadline and "/proc/stat" not in _open_files(snapshot.pid):
+        time.sleep(0.05)
+    snapshot.send_signal(signal.SIGINT)
+    _, err = snapshot.communicate(timeout=60)
+    assert snapshot.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def _open_files(pid: int) -> set[str]:
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    return found

@@ -190,6 +190,20 @@ def test_list_values_become_sequences(tmp_path: Path) -> None:
     assert server.host_overrides(3).filesystems == (("/", 1000, 990),)
 
 
+def test_host_cpu_figures_per_cycle(tmp_path: Path) -> None:
+    path = write(tmp_path, "gpus: []\nhost: {cpu_utilization: [0.25, 0.5]}\n")
+    server = SimulatedServer(load_scenario(path))
+    assert server.host_overrides(0).cpu_utilization == pytest.approx(
+        {"user": 0.2, "system": 0.05, "idle": 0.75})
+    assert server.host_overrides(9).cpu_utilization["idle"] == pytest.approx(0.5)
+    assert server.host_overrides(0).memory_used_ratio is None
+    without = write(tmp_path, "gpus: []\nhost: {memory_used_ratio: 0.5}\n", "other.yaml")
+    assert SimulatedServer(load_scenario(without)).host_overrides(0).cpu_utilization is None
+    bad = write(tmp_path, "gpus: []\nhost: {cpu_utilization: 1.5}\n", "bad.yaml")
+    with pytest.raises(ScenarioError, match=r"host\.cpu_utilization: must be at most 1"):
+        load_scenario(bad)
+
+
 def test_host_overrides_absent_without_host_block() -> None:
     assert SimulatedServer(load_scenario("h200")).host_overrides(0) is None
 
