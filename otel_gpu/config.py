@@ -75,7 +75,8 @@ def otlp_protocol(signal: str = "metrics", environ: Mapping[str, str] | None = N
 
 
 class OtlpTarget(NamedTuple):
-    """Where the OTLP exporter of one signal sends."""
+    """Where the OTLP exporter of one signal sends; a Unix socket's path is its ``host``, with
+    port 0."""
 
     protocol: str
     url: str
@@ -97,13 +98,19 @@ def otlp_target(environ: Mapping[str, str] | None = None, signal: str = "metrics
     else:
         base = general or _DEFAULT_OTLP_ENDPOINT[protocol]
         url = base.rstrip("/") + _HTTP_PATHS[signal]
-    parts = urlsplit(url if "://" in url else "http://" + url)
+    if protocol == "grpc" and url.startswith("unix:"):
+        # gRPC's unix:PATH and unix:///PATH targets (grpc/doc/naming.md): a socket, no port.
+        path = url.removeprefix("unix:").removeprefix("//")
+        if not path:
+            raise ConfigError(f"{name}: {url!r} names no socket")
+        return OtlpTarget(protocol, url, path, 0)
     # gRPC targets without a port use 443, whatever the scheme says.
-    default = 443 if parts.scheme == "https" or protocol == "grpc" else 80
     try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        default = 443 if parts.scheme == "https" or protocol == "grpc" else 80
         port = parts.port or default
     except ValueError as err:
-        raise ConfigError(f"{name}: {url!r}: {err}") from err
+        raise ConfigError(f"{name}: {url!r}: {err}") from None
     if not parts.hostname:
         raise ConfigError(f"{name}: {url!r} names no host")
     return OtlpTarget(protocol, url, parts.hostname, port)

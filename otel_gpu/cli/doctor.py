@@ -364,17 +364,23 @@ def check_otlp(environ: Mapping[str, str] | None = None, timeout_s: float = 2.0)
         return [Check(name, FAIL, str(err), "fix OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT / "
                                             "_PROTOCOL")]
 
+    where = host if port == 0 else f"{host}:{port}"
+
     def connect() -> list[Check]:
         try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                pass
+            if port == 0:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+                    unix.settimeout(timeout_s)
+                    unix.connect(host)
+            else:
+                with socket.create_connection((host, port), timeout=timeout_s):
+                    pass
         except OSError as err:
             why = "timed out" if isinstance(err, TimeoutError) else type(err).__name__
-            return [Check(name, FAIL, f"{url} ({protocol}): cannot connect to {host}:{port} "
-                                      f"({why})",
+            return [Check(name, FAIL, f"{url} ({protocol}): cannot connect to {where} ({why})",
                           "start the Collector there, or point OTEL_EXPORTER_OTLP_ENDPOINT "
                           "at one; a firewall may drop the port")]
-        return [Check(name, OK, f"{url} ({protocol}): {host}:{port} accepts connections")]
+        return [Check(name, OK, f"{url} ({protocol}): {where} accepts connections")]
 
     return _with_deadline(name, timeout_s + 1.0, connect)
 

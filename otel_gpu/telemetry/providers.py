@@ -24,7 +24,7 @@ from otel_gpu.config import (
     AGENT_EXPORTERS,
     ConfigError,
     export_interval_ms,
-    otlp_protocol,
+    otlp_target,
     prometheus_address,
     signal_exporters,
 )
@@ -80,7 +80,7 @@ _OTLP_CLASSES = {
 def otlp_exporter(signal: str = "metrics") -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
     itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
-    module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
+    module, name = _OTLP_CLASSES[(signal, otlp_target(signal=signal).protocol)]
     return getattr(importlib.import_module(module), name)()
 
 

@@ -71,3 +71,16 @@ def test_consistent_hysteresis_is_accepted(tmp_path: Path) -> None:
                     "device_idle_activity: 0.02\ndevice_idle_activity_clear: 0.5\n")
     result = run_cli("snapshot", "--simulate", "h200", "--thresholds", str(path))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://collector:99999", "http://:4317"])
+def test_bad_otlp_endpoint_exits_2_naming_the_variable(endpoint: str) -> None:
+    result = run_cli("snapshot", "--simulate", "h200", "--exporter", "otlp",
+                     env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    _one_line_exit_2(result, "OTEL_EXPORTER_OTLP_ENDPOINT: ")
+
+
+def test_prometheus_port_out_of_range_exits_2() -> None:
+    result = run_cli("snapshot", "--simulate", "h200", "--exporter", "prometheus",
+                     env={"OTEL_EXPORTER_PROMETHEUS_PORT": "99999"})
+    _one_line_exit_2(result, "OTEL_EXPORTER_PROMETHEUS_PORT: '99999'")
