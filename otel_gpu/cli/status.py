@@ -417,7 +417,7 @@ def collect_view(
             if not me.attribution:
                 own_before, own_now = own_now, _own_cgroup()
         assert snapshot is not None
-        world = getattr(collector.simulation, "scenario", None)
+        world = getattr(getattr(collector.sources, "simulation", None), "scenario", None)
         host = str(getattr(world, "name", None) or simulate) if simulate is not None \
             else socket.gethostname()
         view = build_view(snapshot, me, previous=previous, own_resources=(own_now, own_before),

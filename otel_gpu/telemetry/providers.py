@@ -8,7 +8,7 @@ import math
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -28,7 +28,9 @@ from otel_gpu.config import (
     prometheus_address,
     signal_exporters,
 )
-from otel_gpu.sources.identity import SelfInfo
+
+if TYPE_CHECKING:  # the training process needs no source to build its providers
+    from otel_gpu.sources.identity import SelfInfo
 
 log = logging.getLogger("otel_gpu")
 

@@ -74,7 +74,7 @@ def run_timeline(
 
     collector.add_insight_listener(listen)
     if training is not None:
-        collector.add_training_source(lambda: training(collector.cycles - 1))
+        collector.add_training_source(lambda: training(collector.sources.cycles - 1))
     collector.start()
     snapshots = []
     try:
