@@ -11,7 +11,9 @@ import pytest
 from runner import ROOT, run_cli, snapshot_json
 
 from otel_gpu import __version__
+from otel_gpu.cli.agent import snapshot_table
 from otel_gpu.insights.engine import USER_RULES
+from otel_gpu.snapshot import Snapshot, SourceError
 
 
 def _readme_first_command() -> list[str]:
@@ -49,11 +51,25 @@ def test_the_first_command_measures_the_host_cpu(first_screen: str) -> None:
     assert re.search(r"cpu busy \d+%", host), host
 
 
-def test_unsupported_readings_are_not_read_errors(first_screen: str) -> None:
-    assert "read errors" not in first_screen
-    assert "not offered by this hardware" in first_screen
-    assert "fan speed (gpu0 to gpu7)" in " ".join(first_screen.split())
+def test_the_first_screen_shows_no_fault(first_screen: str) -> None:
+    assert "read errors" not in first_screen and "NOT_SUPPORTED" not in first_screen
     assert all(len(line) <= 80 for line in first_screen.splitlines())
+
+
+def test_unsupported_readings_are_told_apart_from_failed_reads() -> None:
+    fan = [SourceError("nvml", "nvmlDeviceGetFanSpeed", "NOT_SUPPORTED", f"gpu{i}")
+           for i in range(8)]
+    errors = (*fan, SourceError("nvml", "nvmlDeviceGetPowerUsage", "UNKNOWN", "gpu1"),
+              SourceError("nvml", "nvmlDeviceGetTotalEnergyConsumption", "NOT_SUPPORTED", "gpu2"))
+    table = snapshot_table(Snapshot(cycle=0, timestamp=0.0, driver_available=True,
+                                    errors=errors))
+    text = " ".join(table.split())
+    assert "not offered by this hardware" in text and "not a fault" in text
+    assert "fan speed (gpu0 to gpu7); total energy consumption (gpu2)" in text
+    assert "read errors this cycle: 1 (nvml:UNKNOWN)" in text
+    assert all(len(line) <= 80 for line in table.splitlines())
+    healthy = snapshot_table(Snapshot(cycle=0, timestamp=0.0, driver_available=True))
+    assert "not offered" not in healthy and "read errors" not in healthy
 
 
 def test_a_failed_read_is_still_a_read_error(tmp_path: Path) -> None:
