@@ -171,7 +171,7 @@ class StopSignals:
 def run_status(args: argparse.Namespace) -> int:
     from otel_gpu.cli.status import collect_view
     from otel_gpu.cli.status_render import print_status
-    from otel_gpu.insights.engine import load_thresholds
+    from otel_gpu.insights.thresholds_file import load_thresholds
 
     options = {"thresholds": load_thresholds(args.thresholds)}
     view, message = collect_view(simulate=args.simulate, interval_s=args.interval,

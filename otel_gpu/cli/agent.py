@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
 from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
-from otel_gpu.insights.engine import load_thresholds
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 

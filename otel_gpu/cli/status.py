@@ -23,10 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_gpu.snapshot import ContainerResources, Gpu, MigDevice, Snapshot, Workload
+from otel_gpu.snapshot import (
+    SEVERITY_RANK,
+    ContainerResources,
+    Gpu,
+    Insight,
+    MigDevice,
+    Snapshot,
+    Workload,
+    cpu_rates,
+    each_device,
+)
 from otel_gpu.sources.identity import SelfInfo, detect_self
 
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 _WORKLOAD_KEYS = ("container.id", "k8s.pod.uid", "k8s.pod.name", "process.owner")
 _MIG_ACTIVITY_NOTE = "not reported: MIG without GPM (Hopper and later)"
 
@@ -118,7 +127,7 @@ class GroupView:
     resources: ContainerResources | None = None
     cpu_used: float | None = None  # CPUs, over the last cycle
     cpu_throttled_ratio: float | None = None
-    insights: list[Any] = field(default_factory=list)
+    insights: list[Insight] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -134,16 +143,11 @@ class StatusView:
     cycles: int
     interval_s: float
     groups: list[GroupView]
-    other_insights: list[Any]  # about the host or my devices, not a workload
+    other_insights: list[Insight]  # about the host or my devices, not a workload
 
 
 def _devices(snapshot: Snapshot) -> dict[str, tuple[Gpu, MigDevice | None]]:
-    found: dict[str, tuple[Gpu, MigDevice | None]] = {}
-    for gpu in snapshot.gpus:
-        found[gpu.uuid] = (gpu, None)
-        for mig in gpu.mig_devices:
-            found[mig.uuid] = (gpu, mig)
-    return found
+    return {(mig or gpu).uuid: (gpu, mig) for gpu, mig in each_device(snapshot.gpus)}
 
 
 def _device_view(gpu: Gpu, mig: MigDevice | None, given: bool) -> DeviceView:
@@ -182,31 +186,6 @@ def _add_workload(view: DeviceView, workload: Workload) -> None:
 
 def _container_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in attributes.items() if k != "process.owner"}
-
-
-def _cpu_rates(
-    now: ContainerResources | None, before: ContainerResources | None, seconds: float
-) -> tuple[float | None, float | None]:
-    if now is None or before is None or seconds <= 0:
-        return None, None
-    used = throttled = None
-    parts = (now.cpu_user_s, now.cpu_system_s, before.cpu_user_s, before.cpu_system_s)
-    if all(p is not None for p in parts):
-        delta = (now.cpu_user_s or 0) + (now.cpu_system_s or 0)
-        delta -= (before.cpu_user_s or 0) + (before.cpu_system_s or 0)
-        used = max(0.0, delta / seconds)
-    if None not in (now.cpu_periods, before.cpu_periods, now.cpu_throttled_periods,
-                    before.cpu_throttled_periods):
-        periods = (now.cpu_periods or 0) - (before.cpu_periods or 0)
-        if periods > 0:
-            hit = (now.cpu_throttled_periods or 0) - (before.cpu_throttled_periods or 0)
-            throttled = min(1.0, max(0.0, hit / periods))
-    return used, throttled
-
-
-def insight_attributes(insight: Any) -> Mapping[str, str]:
-    attributes = getattr(insight, "attributes", None)
-    return attributes if isinstance(attributes, Mapping) else {}
 
 
 def _matches_group(attributes: Mapping[str, str], group: GroupView) -> bool:
@@ -290,8 +269,8 @@ def build_view(
             if cid in groups:
                 group = groups[cid]
                 group.resources = usage.resources
-                group.cpu_used, group.cpu_throttled_ratio = _cpu_rates(
-                    usage.resources, before.get(cid), seconds
+                group.cpu_used, group.cpu_throttled_ratio = cpu_rates(
+                    before.get(cid), usage.resources, seconds
                 )
     else:
         attrs: dict[str, str] = {}
@@ -317,7 +296,7 @@ def build_view(
         now, before_self = own_resources
         group.resources = now
         seconds = snapshot.timestamp - previous.timestamp if previous is not None else 0.0
-        group.cpu_used, group.cpu_throttled_ratio = _cpu_rates(now, before_self, seconds)
+        group.cpu_used, group.cpu_throttled_ratio = cpu_rates(before_self, now, seconds)
 
     ordered = sorted(groups.values(), key=_group_order)
     mine = {d.uuid for g in ordered for d in g.devices} | {
@@ -325,7 +304,7 @@ def build_view(
     }
     other = []
     for insight in sorted(getattr(snapshot, "insights", ()) or (), key=_insight_order):
-        attributes = insight_attributes(insight)
+        attributes = insight.attributes
         placed = False
         for group in ordered:
             if _matches_group(attributes, group):
@@ -346,9 +325,8 @@ def _group_order(group: GroupView) -> tuple[int, str]:
     return (0 if group.owners else 1, name)
 
 
-def _insight_order(insight: Any) -> tuple[int, str]:
-    return (SEVERITY_ORDER.get(str(getattr(insight, "severity", "")), 3),
-            str(getattr(insight, "rule", "")))
+def _insight_order(insight: Insight) -> tuple[int, str]:
+    return (-SEVERITY_RANK.get(insight.severity, -1), insight.rule)
 
 
 def short_id(cid: str | None) -> str:

@@ -11,23 +11,11 @@ from otel_gpu.cli.status import (
     GroupView,
     StatusView,
     group_title,
-    insight_attributes,
     short_id,
 )
 from otel_gpu.cli.terminal import WIDTH, Style, bar, cpus, emit, gib, visible, wrap
 
 SCHEMA = "otel-gpu.status/1"
-
-
-def insight_document(insight: Any) -> dict[str, Any]:
-    return {
-        "rule": getattr(insight, "rule", None),
-        "severity": getattr(insight, "severity", None),
-        "message": getattr(insight, "message", None),
-        "remedy": getattr(insight, "remedy", None),
-        "attributes": dict(insight_attributes(insight)),
-        "since": getattr(insight, "since", None),
-    }
 
 
 def _ratio(part: float | None, whole: float | None) -> float | None:
@@ -79,7 +67,7 @@ def status_document(view: StatusView) -> dict[str, Any]:
                                 res.memory_limit_bytes if res else None),
                 "oom_kills": res.oom_kills if res else None,
             },
-            "insights": [insight_document(i) for i in group.insights],
+            "insights": [i.to_dict() for i in group.insights],
         })
     return {
         "schema": SCHEMA,
@@ -106,7 +94,7 @@ def status_document(view: StatusView) -> dict[str, Any]:
             "note": me.note,
         },
         "workloads": groups,
-        "insights": [insight_document(i) for i in view.other_insights],
+        "insights": [i.to_dict() for i in view.other_insights],
     }
 
 

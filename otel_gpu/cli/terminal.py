@@ -11,6 +11,8 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from otel_gpu.snapshot import format_gib
+
 WIDTH = 80
 BAR_WIDTH = 20
 _ESCAPE = re.compile(r"\033\[[0-9;]*m")
@@ -65,11 +67,11 @@ def wrap(text: str, indent: str, width: int = WIDTH) -> list[str]:
 
 
 def gib(value: int | None) -> str:
-    return "?" if value is None else f"{value / 2**30:.1f} GiB"
+    return "?" if value is None else format_gib(value)
 
 
 def short_gib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**30:.1f}G"
+    return "-" if value is None else format_gib(value, unit="G")
 
 
 def percent(value: float | None) -> str:

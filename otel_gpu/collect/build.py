@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.collect.collector import Collector, LocalSources
-from otel_gpu.insights.engine import InsightEngine, Thresholds
+from otel_gpu.insights.engine import InsightEngine
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.simulate.world import SimulatedWorld
 from otel_gpu.sources.cgroup import CgroupReader

@@ -20,7 +20,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
-from otel_gpu.insights.engine import load_thresholds
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.session.child import ChildError, CollectorChild
 from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
 from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task

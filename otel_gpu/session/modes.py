@@ -12,7 +12,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
-from otel_gpu.insights.engine import Thresholds
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.session.providers import app_logger_provider, app_meter_provider
 
 

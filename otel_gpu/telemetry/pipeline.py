@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
-from otel_gpu.insights.engine import Thresholds
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.telemetry.instruments import SnapshotSource, register_catalog

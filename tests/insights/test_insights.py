@@ -25,10 +25,9 @@ from otel_gpu.insights.engine import (
     USER_RULES,
     InsightEngine,
     InsightUpdate,
-    Thresholds,
-    ThresholdsError,
-    load_thresholds,
 )
+from otel_gpu.insights.thresholds import Thresholds, ThresholdsError
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Gpu, Snapshot, TrainingSignals
 
 SCENARIOS = ROOT / "tests" / "scenarios" / "insights"

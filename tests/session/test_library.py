@@ -549,7 +549,7 @@ def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(
 
 def test_a_bad_thresholds_file_is_a_clear_error(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from otel_gpu.insights.engine import ThresholdsError
+    from otel_gpu.insights.thresholds import ThresholdsError
     from otel_gpu.session.api import session, start
 
     bad = tmp_path / "thresholds.yaml"
