@@ -73,6 +73,16 @@ from otel_gpu.simulate.spec import (
 )
 from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS, gpm_metric_ids
 
+# Per-link NVLink error counters as field values (NVML_FI_DEV_NVLINK_<kind>_ERROR_COUNT_L<n>):
+# field id -> (link, NvLinkSpec attribute), for the ids this pynvml defines.
+_NVLINK_ERROR_FIELDS: dict[int, tuple[int, str]] = {
+    getattr(pynvml, f"NVML_FI_DEV_NVLINK_{kind}_ERROR_COUNT_L{link}"): (link, attr)
+    for kind, attr in (("CRC_FLIT", "crc_flit_errors"), ("CRC_DATA", "crc_data_errors"),
+                       ("REPLAY", "replay_errors"), ("RECOVERY", "recovery_errors"))
+    for link in range(pynvml.NVML_NVLINK_MAX_LINKS)
+    if hasattr(pynvml, f"NVML_FI_DEV_NVLINK_{kind}_ERROR_COUNT_L{link}")
+}
+
 SIMULATION_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the simulated clock at cycle 0
 
 _NO_ID = 0xFFFFFFFF
@@ -540,6 +550,14 @@ class FakeNvml:
             elif field_id in throughput and link is not None:
                 value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
                 value.value.ullVal = self._nvlink_kib(getattr(link, throughput[field_id]))
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+            elif field_id in _NVLINK_ERROR_FIELDS and (
+                counted := next((n for n in gpu.nvlinks
+                                 if n.link == _NVLINK_ERROR_FIELDS[field_id][0]), None)
+            ) is not None:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                count = getattr(counted, _NVLINK_ERROR_FIELDS[field_id][1])
+                value.value.ullVal = int(at_cycle(count, self.cycle))
                 value.nvmlReturn = pynvml.NVML_SUCCESS
             else:
                 value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
