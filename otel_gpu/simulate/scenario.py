@@ -224,7 +224,6 @@ _DCGM_FAULT_KEYS = _keys(DcgmFault)
 _NVLINK_KEYS = _keys(NvLinkSpec)
 _MIG_KEYS = frozenset({"instances", "reconfigure"})  # MigSpec holds the resulting layouts
 _HEX = frozenset("0123456789abcdef")
-_NVLINK_MAX_LINKS = 18  # NVLink 4 (H100) has the most links per GPU
 
 
 class _Loader:
@@ -411,14 +410,15 @@ class _Loader:
             for name in raw
         })
 
-    def nvlinks(self, value: Any, key: str) -> tuple[NvLinkSpec, ...]:
+    def nvlinks(self, value: Any, key: str, model: GpuModel) -> tuple[NvLinkSpec, ...]:
         links: list[NvLinkSpec] = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
             raw = self.mapping(item, item_key, _NVLINK_KEYS, ("link",))
             link = self.integer(raw["link"], f"{item_key}.link")
-            if link >= _NVLINK_MAX_LINKS:
-                raise self.error(f"{item_key}.link", f"must be below {_NVLINK_MAX_LINKS}")
+            if link >= model.nvlinks:
+                raise self.error(f"{item_key}.link",
+                                 f"{model.key} has {model.nvlinks} NVLinks (0-{model.nvlinks - 1})")
             if any(other.link == link for other in links):
                 raise self.error(f"{item_key}.link", f"link {link} is listed twice")
             values: dict[str, Any] = {}
@@ -525,7 +525,7 @@ class _Loader:
             mig=mig,
             gpm=self.gpm(raw["gpm"], f"{key}.gpm") if "gpm" in raw else None,
             dcgm=self.dcgm_values(raw["dcgm"], f"{key}.dcgm") if "dcgm" in raw else None,
-            nvlinks=self.nvlinks(raw.get("nvlinks", []), f"{key}.nvlinks"),
+            nvlinks=self.nvlinks(raw.get("nvlinks", []), f"{key}.nvlinks", model),
             pcie_replays=self.optional(raw, key, "pcie_replays", self.integer) or 0,
             processes=processes,
         )

@@ -62,7 +62,7 @@ def test_nvlinks_and_pcie_replays(tmp_path: Path) -> None:
      "dcgm.faults[0].error"),
     ({}, {"dcgm": {"hostengine": "yes"}}, "dcgm.hostengine"),
     ({"nvlinks": [{"link": 1}, {"link": 1}]}, {}, "gpus[0].nvlinks[1].link"),
-    ({"nvlinks": [{"link": 40}]}, {}, "gpus[0].nvlinks[0].link"),
+    ({"nvlinks": [{"link": 12}]}, {}, "gpus[0].nvlinks[0].link"),  # an A100 has 12
     ({"nvlinks": [{"link": 0, "replay_errors": -1}]}, {}, "gpus[0].nvlinks[0].replay_errors"),
     ({"pcie_replays": 1.5}, {}, "gpus[0].pcie_replays"),
 ])
