@@ -180,6 +180,8 @@ class NvmlSource:
         if failure is None:
             return True
         self._init_retrying = failure not in _NO_RETRY
+        if self._init_retrying:
+            self.unavailable_reason = f"{self.unavailable_reason}; {INIT_RETRY_NOTE}"
         return False
 
     def _init(self) -> str | None:
