@@ -92,7 +92,7 @@ class RelayWorker:
     def __init__(self, resource: Any, schema_url: str,
                  on_drop: Callable[[Kind], None] = lambda kind: None,
                  backend: Backend | None = None) -> None:
-        from otel_gpu.telemetry.providers import env_list
+        from otel_gpu.config import env_list
 
         backend = backend if backend is not None else Backend()
         self._on_drop = on_drop

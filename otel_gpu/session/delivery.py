@@ -22,7 +22,8 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_gpu.telemetry.providers import otlp_exporter, otlp_protocol
+from otel_gpu.config import otlp_protocol
+from otel_gpu.telemetry.providers import otlp_exporter
 
 log = logging.getLogger("otel_gpu")
 

@@ -286,6 +286,7 @@ class FilesystemSpec:
 @dataclass(frozen=True)
 class HostSpec:
     memory_used_ratio: Varying = None
+    cpu_utilization: Varying = None  # the busy share of all the host's CPUs, 0..1
     filesystems: tuple[FilesystemSpec, ...] = ()
 
 

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import psutil
@@ -78,6 +78,7 @@ class HostOverrides(Protocol):
 
     memory_used_ratio: float | None
     filesystems: Sequence[tuple[str, int, int]]  # (mountpoint, size_bytes, used_bytes)
+    cpu_utilization: Mapping[str, float] | None  # share of CPU time by mode
 
 
 class _Partition(NamedTuple):
@@ -170,6 +171,9 @@ class HostSource:
                 memory_available = memory_total - used
             simulated = getattr(overrides, "filesystems", None) or ()
             filesystems = _with_simulated(filesystems, simulated)
+            cpu = getattr(overrides, "cpu_utilization", None)
+            if cpu is not None:
+                cpu_utilization = dict(cpu)
 
         snapshot = HostSnapshot(
             cpu_time_s=cpu_time_s,
