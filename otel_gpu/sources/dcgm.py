@@ -150,6 +150,7 @@ class DcgmSource:
         self._field_group: Any = None
         self._field_ids: dict[int, str] = {}
         self._entities: dict[tuple[int, int], EntityKey] = {}
+        self._gpu_uuids: dict[int, str] = {}
         self.route: str | None = None
         self.unavailable_reason: str | None = "not started"
         self._next_try = 0.0
@@ -223,6 +224,7 @@ class DcgmSource:
         handle, self._handle = self._handle, None
         self._group = self._field_group = None
         self._entities = {}
+        self._gpu_uuids = {}
         if handle is not None:
             with contextlib.suppress(Exception):
                 handle.Shutdown()
@@ -306,8 +308,11 @@ class DcgmSource:
         entities: dict[tuple[int, int], EntityKey] = {}
         gpu_ids = self._call(errors, "GetAllSupportedGpuIds", discovery.GetAllSupportedGpuIds)
         for gpu_id in gpu_ids:
-            attrs = self._call(errors, "GetGpuAttributes", discovery.GetGpuAttributes, gpu_id)
-            entities[(fields.DCGM_FE_GPU, gpu_id)] = (_text(attrs.identifiers.uuid), None, None)
+            uuid = self._gpu_uuids.get(gpu_id)
+            if uuid is None:  # a GPU's UUID does not change while we are connected
+                attrs = self._call(errors, "GetGpuAttributes", discovery.GetGpuAttributes, gpu_id)
+                uuid = self._gpu_uuids[gpu_id] = _text(attrs.identifiers.uuid)
+            entities[(fields.DCGM_FE_GPU, gpu_id)] = (uuid, None, None)
         hierarchy = self._call(errors, "dcgmGetGpuInstanceHierarchy",
                                b.dcgm_agent.dcgmGetGpuInstanceHierarchy, self._handle.handle)
         for i in range(hierarchy.count):
