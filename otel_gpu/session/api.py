@@ -29,13 +29,17 @@ from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
 from otel_gpu.session.steps import StepBuffer
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog
-from otel_gpu.telemetry.providers import build_resource, env_export_interval_ms, env_exporters
+from otel_gpu.telemetry.providers import (
+    DEFAULT_EXPORT_INTERVAL_MS,
+    build_resource,
+    env_export_interval_ms,
+    unknown_exporters,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("otel_gpu")
 
 DEFAULT_SERVICE_NAME = "otel-gpu-training"
-DEFAULT_EXPORT_INTERVAL_MS = 60_000.0
 
 
 class Session:
@@ -166,8 +170,8 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(os.environ.get("OTEL_GPU_THRESHOLDS") or None)
-    for signal in ("metrics", "traces", "logs"):  # a misspelt exporter fails before anything
-        env_exporters(signal, console=lambda: None, otlp=lambda: None)
+    for note in unknown_exporters():  # said once here; the collector process skips them too
+        log.warning("otel-gpu: %s", note)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(
@@ -221,7 +225,7 @@ def _start_export_child(request: Request) -> Session:
             request.interval_ms, resource,
             otlp_metrics=lambda: RelayMetricExporter(child.send, ready.temporality,
                                                      ready.aggregation),
-            otlp_spans=lambda: RelaySpanExporter(child.send))
+            otlp_spans=lambda: RelaySpanExporter(child.send), pull=False)
     except BaseException:
         child.close(timeout_s=5.0)
         raise

@@ -79,16 +79,17 @@ class RelayWorker:
 
     def __init__(self, resource: Any, schema_url: str,
                  on_drop: Callable[[Kind], None] = lambda kind: None) -> None:
-        from otel_gpu.telemetry.providers import env_list, otlp_exporter
+        from otel_gpu.telemetry.providers import OTLP_NAMES, exporter_names, otlp_exporter
 
         self._on_drop = on_drop
         self._resource = resource
         self._schema_url = schema_url
         self._exporters: dict[Kind, Any] = {}
-        if "otlp" in env_list("OTEL_METRICS_EXPORTER", "otlp"):
-            self._exporters[Kind.METRICS] = otlp_exporter("metrics")
-        if "otlp" in env_list("OTEL_TRACES_EXPORTER", "otlp"):
-            self._exporters[Kind.SPANS] = otlp_exporter("traces")
+        for kind, signal in ((Kind.METRICS, "metrics"), (Kind.SPANS, "traces")):
+            # The relay stands for the OTLP exporter the training process was asked for.
+            otlp = next((n for n in exporter_names(signal) if n in OTLP_NAMES), None)
+            if otlp is not None:
+                self._exporters[kind] = otlp_exporter(signal, otlp)
         self._queue: queue.Queue[tuple[Kind, Any] | None] = queue.Queue(self.QUEUE_SIZE)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="otel-gpu-relay", daemon=True)
@@ -209,7 +210,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
     from otel_gpu.telemetry.insight_log import build_logger_provider
     from otel_gpu.telemetry.instruments import TrainingInstruments
     from otel_gpu.telemetry.pipeline import assemble_pipeline
-    from otel_gpu.telemetry.providers import env_exporters, self_resource
+    from otel_gpu.telemetry.providers import env_exporters, metric_readers, self_resource
 
     pipeline = relay = None
     try:
@@ -229,9 +230,12 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         collector.add_training_source(feed.read)
         collector.add_error_source(feed.take_errors)
         log_exporters = env_exporters("logs", ConsoleLogRecordExporter)
-        readers = [PeriodicExportingMetricReader(e, export_interval_millis=settings.interval_s
-                                                 * 1e3)
-                   for e in env_exporters("metrics", ConsoleMetricExporter)]
+        # This process serves the Prometheus scrape endpoint when there is one: it holds the
+        # GPU, host and training instruments.
+        readers = metric_readers(
+            env_exporters("metrics", ConsoleMetricExporter),
+            lambda e: PeriodicExportingMetricReader(
+                e, export_interval_millis=settings.interval_s * 1e3))
         pipeline = assemble_pipeline(
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),

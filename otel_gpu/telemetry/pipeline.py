@@ -118,7 +118,7 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
-        logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
+        logger_provider = build_logger_provider([otlp_exporter("logs", strict=True)], resource)
     return assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
                              readers=readers, logger_provider=logger_provider,
                              in_memory=in_memory)

@@ -57,14 +57,27 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
     return resource
 
 
-def otlp_protocol(signal: str = "metrics") -> str:
-    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc."""
+#: The OTLP exporter names the SDK's configurator knows, and the protocol each one fixes.
+OTLP_NAMES: dict[str, str | None] = {"otlp": None, "otlp_proto_grpc": "grpc",
+                                     "otlp_proto_http": "http/protobuf"}
+_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def otlp_protocol(signal: str = "metrics", *, strict: bool = False) -> str:
+    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc.
+    Any other value raises ConfigError when ``strict`` (the command line), else is logged and
+    the default used (a misspelt protocol must not stop a training run)."""
     name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
-    raw = os.environ.get(name) or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    if not os.environ.get(name):
+        name = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    raw = os.environ.get(name) or "grpc"
     protocol = raw.strip().lower()
-    if protocol not in ("grpc", "http/protobuf"):
-        raise ConfigError(f"{name if os.environ.get(name) else 'OTEL_EXPORTER_OTLP_PROTOCOL'}: "
-                          f"{protocol!r} is not supported (use grpc or http/protobuf)")
+    if protocol not in _PROTOCOLS:
+        if strict:
+            raise ConfigError(f"{name}: {protocol!r} is not supported (use grpc or "
+                              "http/protobuf)")
+        _warn_once(f"{name}={raw!r} is not supported (grpc or http/protobuf); using grpc")
+        return "grpc"
     return protocol
 
 
@@ -84,11 +97,22 @@ _OTLP_CLASSES = {
 }
 
 
-def otlp_exporter(signal: str = "metrics") -> Any:
+def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool = False) -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
-    itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
-    module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
-    return getattr(importlib.import_module(module), name)()
+    itself (endpoint, headers, timeout, compression, TLS, temporality preference).
+    ``name``: ``otlp`` (the protocol variables choose), ``otlp_proto_grpc`` or ``..._http``."""
+    protocol = OTLP_NAMES.get(name) or otlp_protocol(signal, strict=strict)
+    module, cls = _OTLP_CLASSES[(signal, protocol)]
+    return getattr(importlib.import_module(module), cls)()
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("otel-gpu: %s", message)
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -96,37 +120,107 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip().lower() for item in raw.split(",") if item.strip()]
 
 
+def exporter_names(signal: str) -> list[str]:
+    """The names in ``OTEL_<SIGNAL>_EXPORTER`` (default otlp), without ``none``."""
+    return [n for n in dict.fromkeys(env_list(f"OTEL_{signal.upper()}_EXPORTER", "otlp"))
+            if n != "none"]
+
+
+def exporter_class(signal: str, name: str) -> type | None:
+    """What the entry point ``name`` of the group ``opentelemetry_<signal>_exporter`` names, as
+    the SDK's configurator resolves it; None when no installed package registers it."""
+    from importlib.metadata import entry_points
+
+    group = f"opentelemetry_{signal}_exporter"
+    for point in entry_points(group=group, name=name):
+        return point.load()  # type: ignore[no-any-return]
+    return None
+
+
+def unknown_exporters() -> list[str]:
+    """A line for each exporter name in the ``OTEL_*_EXPORTER`` variables that no installed
+    package registers (the SDK's configurator would refuse to start; a session goes on)."""
+    notes = []
+    for signal in ("metrics", "traces", "logs"):
+        variable = f"OTEL_{signal.upper()}_EXPORTER"
+        for name in exporter_names(signal):
+            if name in OTLP_NAMES or name in ("console", "prometheus"):
+                continue
+            try:
+                found = exporter_class(signal, name) is not None
+            except Exception as err:  # a broken package
+                notes.append(f"{variable}: {name!r} cannot be loaded ({err}); ignored")
+                continue
+            if not found:
+                notes.append(f"{variable}: no installed package provides the exporter {name!r} "
+                             f"(entry point group opentelemetry_{signal}_exporter); ignored")
+    return notes
+
+
 def env_exporters(signal: str, console: Callable[[], Any],
-                  otlp: Callable[[], Any] | None = None) -> list[Any]:
-    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none.
-    ``otlp`` makes the exporter that otlp names, instead of the SDK's."""
-    variable = f"OTEL_{signal.upper()}_EXPORTER"
+                  otlp: Callable[[], Any] | None = None, *, pull: bool = True) -> list[Any]:
+    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp), resolved as the SDK's
+    configurator resolves them: ``otlp`` (and ``otlp_proto_grpc``, ``otlp_proto_http``),
+    ``console``, ``none``, ``prometheus`` (metrics) and any name a package registers in the
+    ``opentelemetry_<signal>_exporter`` entry point group. For metrics the list may hold pull
+    readers (``MetricReader``) next to exporters; ``pull`` False leaves them out (another
+    process serves the scrape endpoint). ``otlp`` makes the exporter the OTLP names stand for,
+    instead of the SDK's. A name nothing provides, or an exporter that fails to start, is
+    skipped (``unknown_exporters`` says which, once)."""
     exporters: list[Any] = []
-    for name in env_list(variable, "otlp"):
-        if name == "otlp":
-            exporters.append(otlp() if otlp is not None else otlp_exporter(signal))
-        elif name == "console":
-            exporters.append(console())
-        elif name != "none":
-            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
+    for name in exporter_names(signal):
+        try:
+            if name in OTLP_NAMES:
+                exporters.append(otlp() if otlp is not None else otlp_exporter(signal, name))
+            elif name == "console":
+                exporters.append(console())
+            elif name == "prometheus" and signal == "metrics":
+                if pull:
+                    exporters.append(prometheus_reader(default_host="localhost", strict=False))
+            else:
+                cls = exporter_class(signal, name)
+                if cls is None:
+                    log.debug("otel-gpu: no exporter %r for %s", name, signal)
+                elif pull or not issubclass(cls, MetricReader):
+                    exporters.append(cls())
+        except Exception as err:
+            _warn_once(f"OTEL_{signal.upper()}_EXPORTER: the exporter {name!r} did not start "
+                       f"({err}); going on without it")
     return exporters
 
 
-def env_export_interval_ms(default_ms: float) -> float:
-    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, validated."""
+def metric_readers(exporters: Sequence[Any],
+                   periodic: Callable[[Any], MetricReader]) -> list[MetricReader]:
+    """``env_exporters("metrics", ...)``'s list as readers: pull readers as they are, each push
+    exporter in ``periodic(exporter)``."""
+    return [e if isinstance(e, MetricReader) else periodic(e) for e in exporters]
+
+
+DEFAULT_EXPORT_INTERVAL_MS = 60_000.0  # the SDK's default for OTEL_METRIC_EXPORT_INTERVAL
+
+
+def env_export_interval_ms(default_ms: float = DEFAULT_EXPORT_INTERVAL_MS) -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds. A value that is not a positive number is
+    logged and ``default_ms`` used, as the SDK's periodic reader does."""
     raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
-    if raw is None:
+    if raw is None or not raw.strip():
         return default_ms
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
+        value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
+        _warn_once(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r} is not a positive number of "
+                   f"milliseconds; using the default {default_ms:g}")
+        return default_ms
     return value
 
 
-def _prometheus_reader() -> MetricReader:
+def prometheus_reader(default_host: str = "0.0.0.0", *, strict: bool = True) -> MetricReader:
+    """The SDK's Prometheus reader, with its scrape endpoint on ``OTEL_EXPORTER_PROMETHEUS_HOST``
+    (default ``default_host``) and ``OTEL_EXPORTER_PROMETHEUS_PORT`` (default 9464); raises
+    ConfigError when it cannot serve there. Not ``strict``: a port that is not a number is
+    logged and the default used."""
     try:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
@@ -134,12 +228,16 @@ def _prometheus_reader() -> MetricReader:
         raise ConfigError(
             f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
         ) from err
-    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or default_host
     port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
     try:
         port = int(port_text)
     except ValueError as err:
-        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
+        if strict:
+            raise ConfigError(
+                f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
+        _warn_once(f"OTEL_EXPORTER_PROMETHEUS_PORT={port_text!r} is not a port; using 9464")
+        port = 9464
     try:
         start_http_server(port=port, addr=host)
     except OSError as err:
@@ -155,7 +253,7 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
         if name == "otlp":
             readers.append(
                 PeriodicExportingMetricReader(
-                    otlp_exporter("metrics"), export_interval_millis=millis
+                    otlp_exporter("metrics", strict=True), export_interval_millis=millis
                 )
             )
         elif name == "console":
@@ -165,7 +263,7 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
                 )
             )
         elif name == "prometheus":
-            readers.append(_prometheus_reader())
+            readers.append(prometheus_reader())
         elif name != "none":
             raise ConfigError(
                 f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
