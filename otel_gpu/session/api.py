@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -27,6 +28,7 @@ from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task
 from otel_gpu.session.providers import retired, session_providers
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
 from otel_gpu.session.steps import StepBuffer
+from otel_gpu.session.summary import LoopFigures, render, summary_enabled
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog
 from otel_gpu.telemetry.providers import (
@@ -49,13 +51,17 @@ class Session:
                  owns_meter_provider: bool = False, owns_tracer_provider: bool = False,
                  mode: Mode | None = None, driver_message: str | None = None,
                  child: CollectorChild | None = None, pipeline: Any = None,
-                 view: Any = None) -> None:
+                 view: Any = None, recorder: Any = None,
+                 summary: bool = False) -> None:
         self.mode = mode
         #: the export role's collector process (``Mode.EXPORT_CHILD``)
         self.child = child
         #: collection through this process's providers (the other modes)
         self.pipeline = pipeline
         self._view = view
+        self._recorder = recorder
+        #: write the end-of-run summary on stderr at ``stop()`` (``OTEL_GPU_SUMMARY``)
+        self.summary = summary
         self.tracker = tracker
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
@@ -110,6 +116,19 @@ class Session:
                 log.warning("otel-gpu: flush failed", exc_info=True)
             if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:
                 retired.add(self.pipeline.logger_provider)
+        if self.summary:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        try:
+            steps, samples, step_ns, wait_ns = self.tracker.totals
+            figures = self.child.figures if self.child is not None else \
+                self._recorder.figures() if self._recorder is not None else None
+            lines = render(LoopFigures(steps, samples, step_ns / 1e9, wait_ns / 1e9), figures)
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            log.debug("otel-gpu: no run summary", exc_info=True)
 
     def __enter__(self) -> Session:
         return self
@@ -178,7 +197,7 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
             Resource({"process.pid": os.getpid()}))
     return Request(simulate or os.environ.get("OTEL_GPU_SIMULATE") or None, interval_ms,
                    thresholds, resource, detect, dict(attributes or {}), meter_provider,
-                   tracer_provider, metric_exporters)
+                   tracer_provider, metric_exporters, summary=summary_enabled())
 
 
 def _start(request: Request, modes: list[Mode]) -> Session:
@@ -194,7 +213,8 @@ def _start(request: Request, modes: list[Mode]) -> Session:
                            owns_meter_provider=started.providers.owns_meter,
                            owns_tracer_provider=started.providers.owns_tracer, mode=mode,
                            driver_message=started.pipeline.driver_message,
-                           pipeline=started.pipeline, view=started.view)
+                           pipeline=started.pipeline, view=started.view,
+                           recorder=started.recorder, summary=request.summary)
         except (ChildError, OSError, TimeoutError) as err:
             if mode not in FALLBACK_NOTES:
                 raise
@@ -236,7 +256,7 @@ def _start_export_child(request: Request) -> Session:
     return Session(tracker=tracker, meter_provider=providers.meter,
                    tracer_provider=providers.tracer, owns_meter_provider=providers.owns_meter,
                    owns_tracer_provider=providers.owns_tracer, mode=Mode.EXPORT_CHILD,
-                   driver_message=child.message, child=child)
+                   driver_message=child.message, child=child, summary=request.summary)
 
 
 def stop() -> None:

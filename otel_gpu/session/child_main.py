@@ -31,6 +31,7 @@ from otel_gpu.session.protocol import (
     StepTotals,
     Task,
 )
+from otel_gpu.session.recorder import RunRecorder
 from otel_gpu.session.relay import metrics_from_wire, span_from_wire
 from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.steps import StepBatch, replay
@@ -227,6 +228,8 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         collector = build_collector(settings.simulate, settings.interval_s,
                                     attribution=attribution, thresholds=settings.thresholds)
         feed = TrainingFeed(None, settings.run_attributes, settings.carried)
+        recorder = RunRecorder(devices, host)
+        collector.add_insight_listener(recorder)
         collector.add_training_source(feed.read)
         collector.add_error_source(feed.take_errors)
         log_exporters = env_exporters("logs", ConsoleLogRecordExporter)
@@ -273,6 +276,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         except Exception:
             log.warning("otel-gpu: final export failed", exc_info=True)
         with contextlib.suppress(OSError, ValueError):
+            conn.send((Kind.SUMMARY, recorder.figures()))
             conn.send((Kind.CLOSED, None))
 
 

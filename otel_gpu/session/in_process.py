@@ -16,6 +16,7 @@ from otel_gpu.session.child import CollectorChild
 from otel_gpu.session.modes import Request
 from otel_gpu.session.protocol import Role, SourceSettings, Task
 from otel_gpu.session.providers import Providers, insight_logger_provider, session_providers
+from otel_gpu.session.recorder import RunRecorder
 from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import Snapshot, TrainingSignals
@@ -50,6 +51,7 @@ class InProcess:
     providers: Providers
     pipeline: Pipeline
     view: ScopedCache
+    recorder: RunRecorder
 
 
 def start_in_process(request: Request, *, child: bool) -> InProcess:
@@ -84,6 +86,8 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
             tracker.data_wait_ratio, tracker.steps, run_attributes))
         logger_provider, owns_logger = insight_logger_provider(resource)
         devices, host = rank_devices()
+        recorder = RunRecorder(devices, host)
+        collector.add_insight_listener(recorder)
         views: list[ScopedCache] = []
 
         def view(cache: object) -> ScopedCache:
@@ -101,4 +105,4 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         raise
     if pipeline.driver_message:
         log.warning("otel-gpu: %s; reporting host metrics only", pipeline.driver_message)
-    return InProcess(tracker, providers, pipeline, views[0])
+    return InProcess(tracker, providers, pipeline, views[0], recorder)
