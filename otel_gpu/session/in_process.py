@@ -23,6 +23,7 @@ from otel_gpu.snapshot import Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
 from otel_gpu.telemetry.pipeline import Pipeline, assemble_pipeline
 from otel_gpu.telemetry.providers import self_resource
+from otel_gpu.telemetry.system_metrics import StandDown
 
 log = logging.getLogger("otel_gpu")
 
@@ -96,7 +97,8 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
 
         pipeline = assemble_pipeline(collector, cache_max_age_s=min(1.0, interval_s / 2),
                                      provider=providers.meter, logger_provider=logger_provider,
-                                     owns_logger_provider=owns_logger, view=view)
+                                     owns_logger_provider=owns_logger, view=view,
+                                     stand_down=StandDown())
     except BaseException:
         # Nothing half-started stays behind: not our providers as the globals of a later start.
         if providers is not None:
