@@ -253,13 +253,9 @@ def _time_to_full(window: Sequence[Sample], mountpoint: str, min_span_s: float) 
     """Seconds until free space reaches 0 by a least-squares line through the window."""
     points = []
     for sample in window:
-        host = sample.snapshot.host
-        if host is None:
-            continue
-        for fs in host.filesystems:
-            if fs.mountpoint == mountpoint:
-                points.append((sample.snapshot.timestamp, float(fs.free_bytes)))
-                break
+        fs = sample.filesystems.get(mountpoint)
+        if fs is not None:
+            points.append((sample.snapshot.timestamp, float(fs.free_bytes)))
     if len(points) < 3 or points[-1][0] - points[0][0] < min_span_s:
         return None
     n = len(points)

@@ -8,6 +8,7 @@ collector nor exports what its parent recorded.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -180,6 +181,7 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
                            export_interval_s, attributes, resource)
         _session = _start(request, choose_mode(meter_provider=meter_provider,
                                                metric_exporters=metric_exporters))
+        _stop_at_exit.register()
         return _session
 
 
@@ -243,9 +245,9 @@ def _start_export_child(request: Request) -> Session:
         providers = session_providers(
             request.meter_provider, request.tracer_provider, request.metric_exporters,
             request.interval_ms, resource,
-            otlp_metrics=lambda: RelayMetricExporter(child.send, ready.temporality,
+            otlp_metrics=lambda name: RelayMetricExporter(child.send, ready.temporality,
                                                      ready.aggregation),
-            otlp_spans=lambda: RelaySpanExporter(child.send), pull=False)
+            otlp_spans=lambda name: RelaySpanExporter(child.send), pull=False)
     except BaseException:
         child.close(timeout_s=5.0)
         raise
@@ -266,6 +268,31 @@ def stop() -> None:
         session, _session = _session, None
     if session is not None:
         session.stop()
+
+
+class _AtExit:
+    """``stop()`` when the interpreter exits, for a script that never calls it: every step
+    written is exported. Registered once per process, after the session's providers, so that
+    it runs before their own exit handlers."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+
+    def register(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            atexit.register(self._run)
+
+    def _run(self) -> None:
+        current = _session
+        try:
+            stop()
+        except KeyboardInterrupt:  # a second Ctrl-C while flushing: give up quietly
+            if current is not None and current.child is not None:
+                current.child.kill()
+
+
+_stop_at_exit = _AtExit()
 
 
 def session() -> Session | None:

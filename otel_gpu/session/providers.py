@@ -95,11 +95,11 @@ class Providers:
 
 def session_providers(meter_provider: Any, tracer_provider: Any,
                       metric_exporters: Sequence[MetricExporter] | None, interval_ms: float,
-                      resource: Resource, *, otlp_metrics: Callable[[], Any] | None = None,
-                      otlp_spans: Callable[[], Any] | None = None,
+                      resource: Resource, *, otlp_metrics: Callable[[str], Any] | None = None,
+                      otlp_spans: Callable[[str], Any] | None = None,
                       pull: bool = True) -> Providers:
     """The providers given, else the application's globals, else new ones (set as the globals).
-    ``otlp_metrics`` and ``otlp_spans`` make the exporter that ``otlp`` names (the relays);
+    ``otlp_metrics`` and ``otlp_spans`` make the exporter an OTLP name stands for (the relays);
     ``pull`` False: a Prometheus scrape endpoint is served by the collector process, not here."""
     owns_meter = owns_tracer = False
     if meter_provider is None:

@@ -158,20 +158,20 @@ def unknown_exporters() -> list[str]:
 
 
 def env_exporters(signal: str, console: Callable[[], Any],
-                  otlp: Callable[[], Any] | None = None, *, pull: bool = True) -> list[Any]:
+                  otlp: Callable[[str], Any] | None = None, *, pull: bool = True) -> list[Any]:
     """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp), resolved as the SDK's
     configurator resolves them: ``otlp`` (and ``otlp_proto_grpc``, ``otlp_proto_http``),
     ``console``, ``none``, ``prometheus`` (metrics) and any name a package registers in the
     ``opentelemetry_<signal>_exporter`` entry point group. For metrics the list may hold pull
     readers (``MetricReader``) next to exporters; ``pull`` False leaves them out (another
-    process serves the scrape endpoint). ``otlp`` makes the exporter the OTLP names stand for,
-    instead of the SDK's. A name nothing provides, or an exporter that fails to start, is
+    process serves the scrape endpoint). ``otlp(name)`` makes the exporter an OTLP name stands
+    for, instead of the SDK's. A name nothing provides, or an exporter that fails to start, is
     skipped (``unknown_exporters`` says which, once)."""
     exporters: list[Any] = []
     for name in exporter_names(signal):
         try:
             if name in OTLP_NAMES:
-                exporters.append(otlp() if otlp is not None else otlp_exporter(signal, name))
+                exporters.append(otlp(name) if otlp is not None else otlp_exporter(signal, name))
             elif name == "console":
                 exporters.append(console())
             elif name == "prometheus" and signal == "metrics":

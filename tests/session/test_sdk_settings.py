@@ -129,7 +129,7 @@ def test_unknown_exporters_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
     notes = unknown_exporters()
     assert len(notes) == 1 and notes[0].startswith("OTEL_TRACES_EXPORTER: ")
-    assert env_exporters("traces", console=lambda: None, otlp=lambda: "relay") == ["relay"]
+    assert env_exporters("traces", console=lambda: None, otlp=lambda name: "relay") == ["relay"]
 
 
 def _entry_point_package(root: Path) -> None:
