@@ -52,7 +52,7 @@ class Session:
                  owns_meter_provider: bool = False, owns_tracer_provider: bool = False,
                  mode: Mode | None = None, driver_message: str | None = None,
                  child: CollectorChild | None = None, pipeline: Any = None,
-                 view: Any = None, recorder: Any = None,
+                 view: Any = None, recorder: Any = None, drain: Any = None,
                  summary: bool = False) -> None:
         self.mode = mode
         #: the export role's collector process (``Mode.EXPORT_CHILD``)
@@ -61,6 +61,8 @@ class Session:
         self.pipeline = pipeline
         self._view = view
         self._recorder = recorder
+        #: replays the tracker's steps into the instruments (the in-process modes)
+        self._drain = drain
         #: write the end-of-run summary on stderr at ``stop()`` (``OTEL_GPU_SUMMARY``)
         self.summary = summary
         self.tracker = tracker
@@ -93,6 +95,8 @@ class Session:
         if self.stopped or self.pid != os.getpid():
             return
         self.stopped = True
+        if self._drain is not None:
+            self._drain.close()  # the last steps, before the providers' last export
         # A provider this session made exports one last time as it shuts down; one the
         # application owns is flushed and left running.
         for provider, owned in ((self.meter_provider, self._owns_meter),
@@ -216,7 +220,8 @@ def _start(request: Request, modes: list[Mode]) -> Session:
                            owns_tracer_provider=started.providers.owns_tracer, mode=mode,
                            driver_message=started.pipeline.driver_message,
                            pipeline=started.pipeline, view=started.view,
-                           recorder=started.recorder, summary=request.summary)
+                           recorder=started.recorder, drain=started.drain,
+                           summary=request.summary)
         except (ChildError, OSError, TimeoutError) as err:
             if mode not in FALLBACK_NOTES:
                 raise

@@ -11,9 +11,9 @@ Traces: one ``otel_gpu.training.epoch`` span per epoch, and every ``span_every``
 counted from 0, so the first step is always traced) an ``otel_gpu.training.step`` span under the
 epoch with ``otel_gpu.training.data_wait`` and ``otel_gpu.training.compute`` children carrying the
 measured start and end times. That step's measurements are recorded in the step span's context, so
-the SDK's ``trace_based`` exemplar filter links them to the trace. With a ``buffer`` (a session
-whose collector process exports) the tracker only writes each step into it, and that process
-records the measurements (see ``otel_gpu.session``).
+the SDK's ``trace_based`` exemplar filter links them to the trace. With a ``buffer`` (every
+session's tracker) the tracker only writes each step into it, and the session's collector
+process or its drain thread records the measurements (see ``otel_gpu.session``).
 
 Three ways to drive a tracker, one at a time per tracker (it is not meant to be shared between
 threads or concurrent loops):
