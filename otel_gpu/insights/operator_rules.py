@@ -176,13 +176,12 @@ def high_temperature(window: Sequence[Sample], t: Thresholds) -> Iterator[Findin
 
 def gpu_lost(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     for gpu in window[-1].snapshot.gpus:
-        if not gpu.lost:
-            continue
+        # A GPU that answers again clears the insight in that cycle, not after the grace period.
         ident = gpu_identity(gpu)
         yield condition(
             (gpu.uuid,),
             ident,
-            flag(True, CRITICAL),
+            flag(gpu.lost, CRITICAL),
             f"{device_label(ident)} is lost: the driver no longer reaches it.",
             "Drain the node and reboot it; look for Xid 79 in the kernel log, check "
             "PCIe, power and cooling, and replace the GPU if it recurs.",

@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
+from otel_gpu.config import env_flag, simulated_scenario, thresholds_file
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.session.child import ChildError, CollectorChild
 from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
@@ -179,7 +180,7 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
             return _session
         inherited = _session is not None and _session.pid != os.getpid()
         if inherited or _in_worker_process() or \
-                os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+                env_flag("OTEL_SDK_DISABLED"):
             return _worker_session()
         request = _request(simulate, meter_provider, tracer_provider, metric_exporters,
                            export_interval_s, attributes, resource)
@@ -194,14 +195,14 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
              attributes: Mapping[str, str] | None, resource: Resource | None) -> Request:
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
-    thresholds = load_thresholds(os.environ.get("OTEL_GPU_THRESHOLDS") or None)
+    thresholds = load_thresholds(thresholds_file())
     for note in unknown_exporters():  # said once here; the collector process skips them too
         log.warning("otel-gpu: %s", note)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(
             Resource({"process.pid": os.getpid()}))
-    return Request(simulate or os.environ.get("OTEL_GPU_SIMULATE") or None, interval_ms,
+    return Request(simulate or simulated_scenario(), interval_ms,
                    thresholds, resource, detect, dict(attributes or {}), meter_provider,
                    tracer_provider, metric_exporters, summary=summary_enabled())
 

@@ -7,26 +7,17 @@ a child collects). ``OTEL_GPU_SUMMARY=false`` turns the summary off.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from otel_gpu.config import ConfigError
+from otel_gpu.config import run_summary
 from otel_gpu.session.protocol import RunFigures
 from otel_gpu.snapshot import format_gib
 
-VARIABLE = "OTEL_GPU_SUMMARY"
-
 
 def summary_enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """``OTEL_GPU_SUMMARY``: true (the default) or false; anything else is refused."""
-    env = os.environ if environ is None else environ
-    raw = env.get(VARIABLE, "").strip().lower()
-    if raw in ("", "true", "1", "yes", "on"):
-        return True
-    if raw in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"{VARIABLE}: {env.get(VARIABLE)!r} is not true or false")
+    """``OTEL_GPU_SUMMARY`` (``config.run_summary``): true (the default) or false."""
+    return run_summary(environ)
 
 
 @dataclass(frozen=True)

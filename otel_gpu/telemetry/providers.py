@@ -20,15 +20,16 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
+from otel_gpu import config
 from otel_gpu._version import __version__
-from otel_gpu.config import ConfigError
+from otel_gpu.config import AGENT_EXPORTERS, ConfigError, env_list
 
 if TYPE_CHECKING:  # the training process needs no source to build its providers
     from otel_gpu.sources.identity import SelfInfo
 
 log = logging.getLogger("otel_gpu")
 
-EXPORTERS = ("otlp", "console", "prometheus", "none")
+EXPORTERS = AGENT_EXPORTERS
 METER_NAME = "otel_gpu"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 
@@ -60,25 +61,23 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
 #: The OTLP exporter names the SDK's configurator knows, and the protocol each one fixes.
 OTLP_NAMES: dict[str, str | None] = {"otlp": None, "otlp_proto_grpc": "grpc",
                                      "otlp_proto_http": "http/protobuf"}
-_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+# The command line refuses a bad setting (``otel_gpu.config``'s readers); a training session
+# reads the same settings leniently, as the SDK does: a warning and the default.
 
 
 def otlp_protocol(signal: str = "metrics", *, strict: bool = False) -> str:
-    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc.
-    Any other value raises ConfigError when ``strict`` (the command line), else is logged and
-    the default used (a misspelt protocol must not stop a training run)."""
-    name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
-    if not os.environ.get(name):
-        name = "OTEL_EXPORTER_OTLP_PROTOCOL"
-    raw = os.environ.get(name) or "grpc"
-    protocol = raw.strip().lower()
-    if protocol not in _PROTOCOLS:
+    """``grpc`` or ``http/protobuf`` (``config.otlp_protocol``). Any other value raises
+    ConfigError when ``strict`` (the command line), else is logged and grpc used (a misspelt
+    protocol must not stop a training run)."""
+    try:
+        return config.otlp_protocol(signal)
+    except ConfigError as err:
         if strict:
-            raise ConfigError(f"{name}: {protocol!r} is not supported (use grpc or "
-                              "http/protobuf)")
-        _warn_once(f"{name}={raw!r} is not supported (grpc or http/protobuf); using grpc")
+            raise
+        _warn_once(f"{err}; using grpc")
         return "grpc"
-    return protocol
 
 
 _OTLP_CLASSES = {
@@ -101,8 +100,11 @@ def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool =
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
     itself (endpoint, headers, timeout, compression, TLS, temporality preference).
     ``name``: ``otlp`` (the protocol variables choose), ``otlp_proto_grpc`` or ``..._http``."""
-    protocol = OTLP_NAMES.get(name) or otlp_protocol(signal, strict=strict)
-    module, cls = _OTLP_CLASSES[(signal, protocol)]
+    if strict:
+        protocol = config.otlp_target(signal=signal).protocol  # a bad endpoint refused too
+    else:
+        protocol = OTLP_NAMES.get(name) or otlp_protocol(signal)
+    module, cls = _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or protocol)]
     return getattr(importlib.import_module(module), cls)()
 
 
@@ -113,11 +115,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning("otel-gpu: %s", message)
-
-
-def env_list(name: str, default: str) -> list[str]:
-    raw = os.environ.get(name, default)
-    return [item.strip().lower() for item in raw.split(",") if item.strip()]
 
 
 def exporter_names(signal: str) -> list[str]:
@@ -200,27 +197,22 @@ DEFAULT_EXPORT_INTERVAL_MS = 60_000.0  # the SDK's default for OTEL_METRIC_EXPOR
 
 
 def env_export_interval_ms(default_ms: float = DEFAULT_EXPORT_INTERVAL_MS) -> float:
-    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds. A value that is not a positive number is
-    logged and ``default_ms`` used, as the SDK's periodic reader does."""
-    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
-    if raw is None or not raw.strip():
-        return default_ms
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds (``config.export_interval_ms``). A value
+    that is not a positive number is logged and ``default_ms`` used, as the SDK's periodic
+    reader does."""
     try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        _warn_once(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r} is not a positive number of "
-                   f"milliseconds; using the default {default_ms:g}")
+        return config.export_interval_ms(default_ms)
+    except ConfigError as err:
+        _warn_once(f"{err}; using the default {default_ms:g} ms")
         return default_ms
-    return value
 
 
-def prometheus_reader(default_host: str = "0.0.0.0", *, strict: bool = True) -> MetricReader:
-    """The SDK's Prometheus reader, with its scrape endpoint on ``OTEL_EXPORTER_PROMETHEUS_HOST``
-    (default ``default_host``) and ``OTEL_EXPORTER_PROMETHEUS_PORT`` (default 9464); raises
-    ConfigError when it cannot serve there. Not ``strict``: a port that is not a number is
-    logged and the default used."""
+def prometheus_reader(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
+                      strict: bool = True) -> MetricReader:
+    """The SDK's Prometheus reader, with its scrape endpoint where ``config.prometheus_address``
+    says (``OTEL_EXPORTER_PROMETHEUS_HOST``, default ``default_host``, and
+    ``OTEL_EXPORTER_PROMETHEUS_PORT``, default 9464); raises ConfigError when it cannot serve
+    there. Not ``strict``: a port that is not a port is logged and the default used."""
     try:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
@@ -229,15 +221,13 @@ def prometheus_reader(default_host: str = "0.0.0.0", *, strict: bool = True) -> 
             f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
         ) from err
     host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or default_host
-    port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
     try:
-        port = int(port_text)
-    except ValueError as err:
+        port = config.prometheus_address().port
+    except ConfigError as err:
         if strict:
-            raise ConfigError(
-                f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
-        _warn_once(f"OTEL_EXPORTER_PROMETHEUS_PORT={port_text!r} is not a port; using 9464")
-        port = 9464
+            raise
+        _warn_once(f"{err}; using {config.DEFAULT_PROMETHEUS_PORT}")
+        port = config.DEFAULT_PROMETHEUS_PORT
     try:
         start_http_server(port=port, addr=host)
     except OSError as err:
