@@ -54,6 +54,7 @@ class Session:
                  mode: Mode | None = None, driver_message: str | None = None,
                  child: CollectorChild | None = None, pipeline: Any = None,
                  view: Any = None, recorder: Any = None, drain: Any = None,
+                 beacon: Any = None,
                  summary: bool = False) -> None:
         self.mode = mode
         #: the export role's collector process (``Mode.EXPORT_CHILD``)
@@ -64,6 +65,7 @@ class Session:
         self._recorder = recorder
         #: replays the tracker's steps into the instruments (the in-process modes)
         self._drain = drain
+        self._beacon = beacon  # this session's file for ``otel-gpu status --watch``
         #: write the end-of-run summary on stderr at ``stop()`` (``OTEL_GPU_SUMMARY``)
         self.summary = summary
         self.tracker = tracker
@@ -122,6 +124,8 @@ class Session:
                 log.warning("otel-gpu: flush failed", exc_info=True)
             if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:
                 retired.add(self.pipeline.logger_provider)
+        if self._beacon is not None:
+            self._beacon.remove()
         if self.summary:
             self._write_summary()
 
@@ -222,6 +226,7 @@ def _start(request: Request, modes: list[Mode]) -> Session:
                            driver_message=started.pipeline.driver_message,
                            pipeline=started.pipeline, view=started.view,
                            recorder=started.recorder, drain=started.drain,
+                           beacon=started.beacon,
                            summary=request.summary)
         except (ChildError, OSError, TimeoutError) as err:
             if mode not in FALLBACK_NOTES:

@@ -38,6 +38,7 @@ from otel_gpu.session.relay import metrics_from_wire, span_from_wire
 from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.steps import StepBatch, replay
 from otel_gpu.snapshot import SourceError, TrainingSignals
+from otel_gpu.sources.sessions import SessionBeacon
 
 log = logging.getLogger("otel_gpu")
 
@@ -198,6 +199,10 @@ class TrainingFeed:
         return errors
 
 
+def _beacon(beacon: SessionBeacon, signals: TrainingSignals) -> None:
+    beacon.write(signals.steps, signals.data_wait_ratio)
+
+
 def _otlp_preferences() -> tuple[dict[type, Any], dict[type, Any]]:
     """The temporality and histogram aggregation the SDK's OTLP metric exporter asks for, read
     from the environment by the exporter's own code."""
@@ -244,6 +249,9 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         feed = TrainingFeed(None, settings.run_attributes, settings.carried)
         recorder = RunRecorder(devices, host)
         collector.add_insight_listener(recorder)
+        # For ``otel-gpu status --watch``: the training process is our parent.
+        beacon = SessionBeacon(os.getppid(), str(resource.attributes.get("service.name", "")))
+        collector.add_insight_listener(lambda update, snapshot: _beacon(beacon, feed.read()))
         collector.add_training_source(feed.read)
         collector.add_error_source(feed.take_errors)
         backend = Backend()  # one line on stderr, whichever export finds no collector first
@@ -297,6 +305,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
             pipeline.shutdown()
         except Exception:
             log.warning("otel-gpu: final export failed", exc_info=True)
+        beacon.remove()  # after the last collection, which writes it once more
         with contextlib.suppress(OSError, ValueError):
             conn.send((Kind.SUMMARY, recorder.figures()))
             conn.send((Kind.CLOSED, None))

@@ -7,6 +7,7 @@ program are the two doors into the collection side.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from otel_gpu.collect.build import build_collector
@@ -22,6 +23,7 @@ from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog, Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
+from otel_gpu.sources.sessions import SessionBeacon
 from otel_gpu.telemetry.instruments import TrainingInstruments
 from otel_gpu.telemetry.pipeline import Pipeline, assemble_pipeline
 from otel_gpu.telemetry.providers import self_resource
@@ -56,6 +58,7 @@ class InProcess:
     view: ScopedCache
     recorder: RunRecorder
     drain: StepDrain
+    beacon: SessionBeacon
 
 
 def start_in_process(request: Request, *, child: bool) -> InProcess:
@@ -95,6 +98,9 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         devices, host = rank_devices()
         recorder = RunRecorder(devices, host)
         collector.add_insight_listener(recorder)
+        beacon = SessionBeacon(os.getpid(), str(resource.attributes.get("service.name", "")))
+        collector.add_insight_listener(lambda update, snapshot: beacon.write(
+            tracker.steps, tracker.data_wait_ratio))
         views: list[ScopedCache] = []
 
         def view(cache: object) -> ScopedCache:
@@ -115,4 +121,4 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         raise
     if pipeline.driver_message:
         log.warning("otel-gpu: %s; reporting host metrics only", pipeline.driver_message)
-    return InProcess(tracker, providers, pipeline, views[0], recorder, drain)
+    return InProcess(tracker, providers, pipeline, views[0], recorder, drain, beacon)
