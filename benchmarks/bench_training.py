@@ -230,10 +230,10 @@ def busy_neighbour() -> Iterator[None]:
 
 def step_overhead(work: int, steps: int = 200) -> dict[str, float]:
     """Median microseconds from the end of one step's work to the start of the next: a plain
-    iteration, a tracker that writes each step into its buffer (a session whose collector
-    process exports), and one that records through the SDK's instruments on this thread (the
-    application's own providers). Measured right after a step, as in a training loop, where the
-    caches hold the step's code and data rather than ours."""
+    iteration, a tracker that writes each step into its buffer (as in every session), and one
+    that records through the SDK's instruments on this thread (what the modes on the
+    application's own providers did before they deferred). Measured right after a step, as in
+    a training loop, where the caches hold the step's code and data rather than ours."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otel_gpu.config import runtime_dir
+
 
 def sessions_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
+    runtime = runtime_dir(environ)
+    if runtime is not None:
         return Path(runtime) / "otel-gpu" / "sessions"
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return Path(tempfile.gettempdir()) / f"otel-gpu-{uid}" / "sessions"

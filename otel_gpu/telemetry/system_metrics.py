@@ -17,10 +17,11 @@ report again).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from otel_gpu.config import disabled_instrumentations
 
 CONTRIB_MODULE = "opentelemetry.instrumentation.system_metrics"
 ENTRY_POINT = "system_metrics"  # in the opentelemetry_instrumentor group
@@ -42,13 +43,12 @@ def contrib_system_metrics() -> frozenset[str]:
     return frozenset(name for name in config if name.startswith("system."))
 
 
-def contrib_expected(environ: dict[str, str] | None = None) -> bool:
+def contrib_expected(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``opentelemetry-instrument`` is running here and will instrument the contrib
     system-metrics instrumentation (installed and not disabled)."""
-    env = os.environ if environ is None else environ
     if AUTO_MODULE not in sys.modules:
         return False
-    disabled = {n.strip() for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    disabled = disabled_instrumentations(environ)
     if ENTRY_POINT in disabled or "*" in disabled:
         return False
     from importlib.metadata import entry_points
