@@ -52,7 +52,7 @@ def test_summary_gives_steps_throughput_data_wait_and_the_device(
     rate = float(head.split("; ")[1].removesuffix(" samples/s").replace(",", ""))
     assert 0 < rate < 8 / 0.03 * 1.05  # never above the 8 samples per 30 ms the loop allows
     share = int(head.split("data wait ")[1].split("%")[0])
-    assert 50 <= share <= 80  # 20 of every 30 ms
+    assert 30 <= share <= 90  # 20 of every 30 ms, give or take a loaded machine's sleeps
     assert "(input_bound, warning)" in head
     device = lines[lines.index(head) + 1]
     assert device.startswith("otel-gpu:   gpu0 NVIDIA H200: activity ")
