@@ -56,6 +56,7 @@ from otel_gpu.telemetry.providers import (
     env_export_interval_ms,
     env_exporters,
     get_meter,
+    observable_views,
     self_resource,
 )
 
@@ -260,7 +261,8 @@ def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
             "metrics", ConsoleMetricExporter,
             otlp=None if relay is None else lambda: RelayMetricExporter(relay))
         readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource,
+                                       views=observable_views())
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
         owns_meter = True
     if tracer_provider is None and _is_sdk_tracer_provider(trace.get_tracer_provider()):

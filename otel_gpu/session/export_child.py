@@ -306,7 +306,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
     from otel_gpu.session.scope import ScopedCache
     from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
     from otel_gpu.telemetry.instruments import register_catalog
-    from otel_gpu.telemetry.providers import env_exporters, get_meter
+    from otel_gpu.telemetry.providers import env_exporters, get_meter, observable_views
 
     box = _SignalBox()
     try:
@@ -332,7 +332,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
                                                  * 1e3)
                    for e in env_exporters("metrics", ConsoleMetricExporter)]
         meter_provider = MeterProvider(metric_readers=readers, resource=resource,
-                                       shutdown_on_exit=False)
+                                       shutdown_on_exit=False, views=observable_views())
         cache = ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, settings.interval_s / 2)),
                             settings.devices, settings.report_host)
         register_catalog(get_meter(meter_provider), cache)
