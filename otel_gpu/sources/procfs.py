@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources.files import read_bytes
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -104,8 +105,7 @@ class ProcfsReader(ErrorLog):
     def _file(self, pid: int, name: str) -> str | None:
         path = os.path.join(self.root, str(pid), name)
         try:
-            with open(path, "rb") as f:
-                data = f.read(_MAX_FILE_BYTES)
+            data = read_bytes(path, _MAX_FILE_BYTES)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise _Gone from e
         except OSError as e:
