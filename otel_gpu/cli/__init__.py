@@ -211,9 +211,13 @@ def run_doctor(args: argparse.Namespace) -> int:
     return print_report(results, args.format)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from otel_gpu.simulate import ScenarioError
+def _is_scenario_error(err: Exception) -> bool:
+    # A ScenarioError can only come from a loaded simulator; a real run never loads it.
+    scenario = sys.modules.get("otel_gpu.simulate.scenario")
+    return scenario is not None and isinstance(err, scenario.ScenarioError)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
     try:
@@ -224,12 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return run_doctor(args)
         return run_snapshot(args)
-    except (ScenarioError, ConfigError) as err:
+    except ConfigError as err:
         print(f"otel-gpu: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as err:
+        if _is_scenario_error(err):
+            print(f"otel-gpu: {err}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"otel-gpu: unexpected error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_UNEXPECTED
 

@@ -22,11 +22,9 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
-
-import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from otel_gpu.snapshot import ErrorLog
 from otel_gpu.sources.docker import clean_text
@@ -43,7 +41,12 @@ _CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
 
 
-def _build_messages() -> dict[str, Any]:
+@cache
+def _messages() -> dict[str, Any]:
+    """The message classes, built on first use: gRPC and protobuf are loaded only on a node
+    where the pod-resources API is asked."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     f = descriptor_pb2.FieldDescriptorProto
     one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
     messages: dict[str, list[tuple[str, int, int, int, str]]] = {
@@ -84,9 +87,10 @@ def _build_messages() -> dict[str, Any]:
     }
 
 
-_MESSAGES = _build_messages()
-ListPodResourcesRequest = _MESSAGES["ListPodResourcesRequest"]
-ListPodResourcesResponse = _MESSAGES["ListPodResourcesResponse"]
+def __getattr__(name: str) -> Any:
+    if name in ("ListPodResourcesRequest", "ListPodResourcesResponse"):
+        return _messages()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,10 @@ class PodResourcesClient(ErrorLog):
         now = self._clock()
         if self._cached is not None and self._cached[0] > now:
             return self._cached[1]
+        import grpc
+
         try:
-            response = self._call()
+            response = self._call(grpc)
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
             self.record("List", code.name if code is not None else type(e).__name__)
@@ -169,15 +175,16 @@ class PodResourcesClient(ErrorLog):
         self._cached = (now + self.ttl_s, devices)
         return devices
 
-    def _call(self) -> Any:
+    def _call(self, grpc: Any) -> Any:
+        messages = _messages()
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         with grpc.insecure_channel(f"unix://{self.socket_path}", options=options) as channel:
             method = channel.unary_unary(
                 LIST_METHOD,
                 request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=ListPodResourcesResponse.FromString,
+                response_deserializer=messages["ListPodResourcesResponse"].FromString,
             )
-            return method(ListPodResourcesRequest(), timeout=self.timeout_s)
+            return method(messages["ListPodResourcesRequest"](), timeout=self.timeout_s)
 
 
 @dataclass(frozen=True)

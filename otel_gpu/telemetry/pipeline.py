@@ -14,7 +14,6 @@ from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.insights.engine import Thresholds
 from otel_gpu.snapshot import Snapshot
-from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.telemetry.instruments import register_catalog
 from otel_gpu.telemetry.providers import (
     build_meter_provider,
@@ -71,6 +70,9 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
+        # The SDK's logs package is loaded only when insight log records are exported.
+        from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
+
         logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
     memory_reader = InMemoryMetricReader() if in_memory else None
