@@ -111,9 +111,10 @@ class Server:
 
     def _wrap(self) -> None:
         c = self.collector
-        a = c.attributor
+        sources = c.sources
+        a = sources.attributor
         assert a is not None and a.cgroup is not None
-        c.nvml.read = self._timed("nvml", c.nvml.read)  # type: ignore[method-assign]
+        sources.nvml.read = self._timed("nvml", sources.nvml.read)  # type: ignore[method-assign]
         a.attribute = self._timed("attribution", a.attribute)  # type: ignore[method-assign]
         a.procfs.read_many = self._timed("procfs", a.procfs.read_many)  # type: ignore[method-assign]
         a.cgroup.read = self._timed("cgroup", a.cgroup.read)  # type: ignore[method-assign]
@@ -124,10 +125,10 @@ class Server:
         ):
             for name in names if client is not None else ():
                 setattr(client, name, self._timed("clients", getattr(client, name)))
-        assert c.host is not None
-        c.host.read = self._timed("host", c.host.read)  # type: ignore[method-assign]
+        assert sources.host is not None
+        sources.host.read = self._timed("host", sources.host.read)  # type: ignore[method-assign]
         c.insights.update = self._timed("rules", c.insights.update)  # type: ignore[method-assign]
-        sim = c.simulation
+        sim = sources.simulation
         sim.begin_cycle = self._timed("simulation", sim.begin_cycle)  # type: ignore[union-attr]
 
     def cycle(self) -> MetricsData:

@@ -14,7 +14,6 @@ Nothing here reads or keeps a command line, an argument or an environment, and n
 
 from __future__ import annotations
 
-import pwd
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ from otel_gpu.snapshot import (
     GpuProcess,
     SourceError,
     Workload,
+    each_device,
 )
+from otel_gpu.sources._text import clean_value, passwd_name
 from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -55,10 +56,7 @@ _K8S_LABELS = (
 
 def passwd_user_name(uid: int) -> str | None:
     """The user name of ``uid`` in the passwd database, or None when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
+    return passwd_name(uid)
 
 
 @dataclass(frozen=True)
@@ -83,12 +81,13 @@ class _Devices:
     @classmethod
     def of(cls, gpus: Sequence[Gpu]) -> _Devices:
         devices = cls()
-        for gpu in gpus:
-            devices.mig[gpu.uuid] = False
-            devices.whole.append(gpu.uuid)
-            for ref in (gpu.uuid, str(gpu.index), gpu.name):
-                devices.refs[ref] = gpu.uuid
-            for mig in gpu.mig_devices:
+        for gpu, mig in each_device(gpus):
+            if mig is None:
+                devices.mig[gpu.uuid] = False
+                devices.whole.append(gpu.uuid)
+                for ref in (gpu.uuid, str(gpu.index), gpu.name):
+                    devices.refs[ref] = gpu.uuid
+            else:
                 devices.mig[mig.uuid] = True
                 for ref in (mig.uuid, f"{gpu.index}:{mig.index}", mig.name):
                     devices.refs[ref] = mig.uuid
@@ -166,7 +165,7 @@ class Attributor:
             name = self._user_name(uid)
         except Exception:  # an NSS backend (LDAP, sssd) that fails must not stop the cycle
             name = None
-        owner = name or str(uid)
+        owner = clean_value(name) or str(uid)  # any lookup's answer is outside text
         self._users[uid] = (now + self._user_ttl_s, owner)
         return owner
 

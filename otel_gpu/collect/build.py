@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from otel_gpu.collect.attribution import Attributor
-from otel_gpu.collect.collector import Collector
-from otel_gpu.insights.engine import InsightEngine, Thresholds
+from otel_gpu.collect.collector import Collector, LocalSources
+from otel_gpu.config import kubelet_insecure, kubelet_url
+from otel_gpu.insights.engine import InsightEngine
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.sources.cgroup import CgroupReader
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
@@ -38,7 +40,8 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(NvmlSource(), HostSource(), attributor=attributor, insights=engine)
+        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor),
+                         insights=engine)
 
     # The simulator (its driver, scenario parser and stand-in servers) loads only when asked for.
     from otel_gpu.simulate import SimulatedServer, load_scenario
@@ -47,13 +50,13 @@ def build_collector(
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
     # The world (a procfs and cgroup tree, Docker and kubelet stand-ins) exists for attribution.
     world = SimulatedWorld(server) if attribution else None
-    return Collector(
+    sources = LocalSources(
         NvmlSource(server.nvml, gpm_warmup_s=0.0),
         HostSource(),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
-        insights=engine,
     )
+    return Collector(sources, insights=engine)
 
 
 def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributor:
@@ -68,9 +71,9 @@ def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributo
     pod_list = None
     if env.get("KUBERNETES_SERVICE_HOST"):
         pod_list = PodListClient(
-            url=env.get("OTEL_GPU_KUBELET_URL") or None,
+            url=kubelet_url(env),
             node=env.get("NODE_NAME") or "localhost",
-            verify=env.get("OTEL_GPU_KUBELET_INSECURE", "").strip().lower() != "true",
+            verify=not kubelet_insecure(env),
         )
     return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list)
 

@@ -1,8 +1,12 @@
-"""The pipeline: Collector -> SnapshotCache -> instruments -> MeterProvider -> readers."""
+"""The pipeline: Collector -> SnapshotCache -> instruments -> MeterProvider -> readers.
+
+``assemble_pipeline`` is the one assembly, used by the agent (``build_pipeline``), by a training
+process that reports through its own providers and by a session's collector process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +16,9 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
-from otel_gpu.insights.engine import Thresholds
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
-from otel_gpu.telemetry.instruments import register_catalog
+from otel_gpu.telemetry.instruments import SnapshotSource, register_catalog
 from otel_gpu.telemetry.providers import (
     build_meter_provider,
     build_readers,
@@ -34,6 +38,10 @@ class Pipeline:
     driver_message: str | None = None
     instruments: list[Any] = field(default_factory=list)
     logger_provider: Any = None  # insight log records, when an exporter for them is set
+    #: whether ``shutdown`` shuts the providers down (else it flushes them: they belong to
+    #: the application)
+    owns_provider: bool = True
+    owns_logger_provider: bool = True
 
     def collect_and_export(self) -> Snapshot:
         """One cycle: read the world once, then let every reader collect and export it."""
@@ -42,12 +50,54 @@ class Pipeline:
         return snapshot
 
     def shutdown(self) -> None:
+        """The last export of the providers, then the sources."""
         try:
-            self.provider.shutdown()
-            if self.logger_provider is not None:
-                self.logger_provider.shutdown()
+            for provider, owned in ((self.provider, self.owns_provider),
+                                    (self.logger_provider, self.owns_logger_provider)):
+                if provider is None:
+                    continue
+                if owned:
+                    provider.shutdown()
+                else:
+                    provider.force_flush()
         finally:
             self.collector.close()
+
+
+def assemble_pipeline(
+    collector: Collector,
+    *,
+    cache_max_age_s: float,
+    resource: Resource | None = None,
+    readers: Sequence[MetricReader] = (),
+    provider: MeterProvider | None = None,
+    logger_provider: Any = None,
+    owns_logger_provider: bool = True,
+    view: Callable[[SnapshotCache], SnapshotSource] | None = None,
+    in_memory: bool = False,
+) -> Pipeline:
+    """Start ``collector`` and put the catalog's instruments over it.
+
+    The instruments go on ``provider`` when given (an application's, left running by
+    ``shutdown``), else on a new MeterProvider over ``readers`` and ``resource``. Each insight
+    that fires or clears goes to ``logger_provider`` as a log record, when there is one.
+    ``view`` narrows what the instruments see of each Snapshot (a training rank's devices).
+    """
+    memory_reader = InMemoryMetricReader() if in_memory else None
+    readers = [*readers, *([memory_reader] if memory_reader is not None else [])]
+    if logger_provider is not None:
+        # The SDK's logs package is loaded only when insight log records are exported.
+        from otel_gpu.telemetry.insight_log import InsightLogEmitter
+
+        collector.add_insight_listener(InsightLogEmitter(logger_provider))
+    message = collector.start()
+    cache = SnapshotCache(collector, max_age_s=cache_max_age_s)
+    owns_provider = provider is None
+    if provider is None:
+        provider = build_meter_provider(readers, resource or build_resource())
+    instruments = register_catalog(get_meter(provider), view(cache) if view else cache)
+    return Pipeline(collector, cache, provider, list(readers), memory_reader, message,
+                    instruments, logger_provider, owns_provider, owns_logger_provider)
 
 
 def build_pipeline(
@@ -70,19 +120,9 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
-        # The SDK's logs package is loaded only when insight log records are exported.
-        from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
+        from otel_gpu.telemetry.insight_log import build_logger_provider
 
         logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
-        collector.add_insight_listener(InsightLogEmitter(logger_provider))
-    memory_reader = InMemoryMetricReader() if in_memory else None
-    if memory_reader is not None:
-        readers.append(memory_reader)
-    message = collector.start()
-    cache = SnapshotCache(collector, max_age_s=1.5 * interval_s)
-    provider = build_meter_provider(readers, resource)
-    instruments = register_catalog(get_meter(provider), cache)
-    return Pipeline(
-        collector, cache, provider, readers, memory_reader, message, instruments, logger_provider
-    )
-
+    return assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
+                             readers=readers, logger_provider=logger_provider,
+                             in_memory=in_memory)
