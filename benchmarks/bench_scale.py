@@ -16,10 +16,12 @@ wrapping the readers' entry points: ``nvml`` (``NvmlSource.read``, the simulated
 included), ``procfs`` (``ProcfsReader.read_many``), ``cgroup`` (``CgroupReader.read``, summed
 over containers), ``clients`` (the Docker and kubelet clients), ``attribution`` (the whole
 ``Attributor.attribute``, the four before it included), ``host``, ``rules``
-(``InsightEngine.update``), ``sdk`` (``get_metrics_data``: callbacks, aggregation, points) and,
-apart, ``encode`` (the OTLP exporter's ``encode_metrics`` of that data, not part of the cycle).
+(``InsightEngine.update``), ``sdk`` (``get_metrics_data``: callbacks, aggregation, points),
+``gc`` (the garbage collector's passes during the cycle, already inside the stages) and, apart,
+``encode`` (the OTLP exporter's ``encode_metrics`` of that data, not part of the cycle).
 ``simulation`` (the simulator rewriting its trees, ``SimulatedWorld.begin_cycle``) is work the
-real agent does not do: it is reported and left out of the cycle figure.
+real agent does not do: it is reported and left out of the cycle figure. After start-up the
+script calls ``gc.freeze()``, as the agent does (``--no-freeze``: not).
 
     .venv/bin/python benchmarks/bench_scale.py              # 5 rounds x 3 cycles
     .venv/bin/python benchmarks/bench_scale.py --quick      # 100 and 1000, 2 rounds x 2
