@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otel_gpu.snapshot import ContainerResources, ErrorLog
+from otel_gpu.sources._files import read_bytes
 from otel_gpu.sources._text import FULL_CONTAINER_ID, INT64_MAX, parse_count, parse_signed
-from otel_gpu.sources.files import read_bytes
 
 __all__ = [
     "CgroupReader",

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._files import read_bytes
 from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
-from otel_gpu.sources.files import read_bytes
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16

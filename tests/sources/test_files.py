@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_gpu.sources.files import read_bytes
+from otel_gpu.sources._files import read_bytes
 
 
 def test_a_small_file_is_read_whole(tmp_path: Path) -> None:
