@@ -234,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.restore()
 
 
+def _is_scenario_error(err: Exception) -> bool:
+    # A ScenarioError can only come from a loaded simulator; a real run never loads it.
+    scenario = sys.modules.get("otel_gpu.simulate.scenario")
+    return scenario is not None and isinstance(err, scenario.ScenarioError)
+
+
 def _main(argv: Sequence[str] | None, stop: StopSignals) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -242,11 +248,14 @@ def _main(argv: Sequence[str] | None, stop: StopSignals) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
     try:
-        from otel_gpu.simulate.scenario import ScenarioError
-
         try:
             return _run(args, stop)
-        except (ScenarioError, ConfigError) as err:
+        except ConfigError as err:
+            print(f"otel-gpu: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as err:
+            if not _is_scenario_error(err):
+                raise
             print(f"otel-gpu: {err}", file=sys.stderr)
             return EXIT_USAGE
     except KeyboardInterrupt:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.collect.collector import Collector, LocalSources
 from otel_gpu.config import kubelet_insecure, kubelet_url
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.insights.thresholds import Thresholds
-from otel_gpu.simulate import SimulatedServer, load_scenario
-from otel_gpu.simulate.world import SimulatedWorld
 from otel_gpu.sources.cgroup import CgroupReader
 from otel_gpu.sources.dcgm import DcgmBindings, DcgmSource
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
@@ -21,6 +20,9 @@ from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
+
+if TYPE_CHECKING:
+    from otel_gpu.simulate.world import SimulatedWorld
 
 
 def build_collector(
@@ -42,6 +44,10 @@ def build_collector(
         return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor,
                                       dcgm=DcgmSource()),
                          insights=engine)
+
+    # The simulator (its driver, scenario parser and stand-in servers) loads only when asked for.
+    from otel_gpu.simulate import SimulatedServer, load_scenario
+    from otel_gpu.simulate.world import SimulatedWorld
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
     # The world (a procfs and cgroup tree, Docker and kubelet stand-ins) exists for attribution.

@@ -18,7 +18,6 @@ from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
-from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.telemetry.instruments import SnapshotSource, StandDown, register_catalog
 from otel_gpu.telemetry.providers import (
     build_meter_provider,
@@ -89,6 +88,9 @@ def assemble_pipeline(
     memory_reader = InMemoryMetricReader() if in_memory else None
     readers = [*readers, *([memory_reader] if memory_reader is not None else [])]
     if logger_provider is not None:
+        # The SDK's logs package is loaded only when insight log records are exported.
+        from otel_gpu.telemetry.insight_log import InsightLogEmitter
+
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
     message = collector.start()
     cache = SnapshotCache(collector, max_age_s=cache_max_age_s)
@@ -121,6 +123,8 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
+        from otel_gpu.telemetry.insight_log import build_logger_provider
+
         logger_provider = build_logger_provider([otlp_exporter("logs", strict=True)], resource)
     return assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
                              readers=readers, logger_provider=logger_provider,

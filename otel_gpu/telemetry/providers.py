@@ -11,13 +11,22 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    Exemplar,
+    ExemplarReservoir,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+)
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from otel_gpu import config
@@ -262,7 +271,39 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
 
 
 def build_meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
-    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False)
+    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False,
+                         views=observable_views())
+
+
+class _NoExemplars(ExemplarReservoir):
+    """A reservoir that keeps nothing: stateless, so one instance serves every point."""
+
+    def offer(self, value: float, time_unix_nano: int, attributes: Any, context: Context) -> None:
+        pass
+
+    def collect(self, point_attributes: Any) -> list[Exemplar]:
+        return []
+
+
+_NO_EXEMPLARS = _NoExemplars()
+
+
+def _no_exemplars(aggregation_type: type) -> Callable[..., ExemplarReservoir]:
+    return lambda **_: _NO_EXEMPLARS
+
+
+def observable_views() -> list[View]:
+    """Views that give observable instruments no exemplar reservoir.
+
+    Their callbacks run at collection time, outside any span, so an exemplar could only point
+    at the collection itself; yet the SDK's default keeps a reservoir per point and collects it
+    every cycle. Synchronous instruments (the training histograms, whose exemplars link to step
+    spans) keep the SDK's default reservoirs.
+    """
+    return [
+        View(instrument_type=kind, exemplar_reservoir_factory=_no_exemplars)
+        for kind in (ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    ]
 
 
 def get_meter(provider: Any) -> Meter:
