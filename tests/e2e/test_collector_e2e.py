@@ -34,6 +34,7 @@ from collector_stack import (
 
 from otel_gpu.session.tracker import EPOCH_SPAN, STEP_SPAN
 from otel_gpu.simulate import Scenario, at_cycle, load_scenario
+from otel_gpu.sources._text import passwd_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CYCLES = 4
@@ -290,6 +291,10 @@ def test_training_metrics_and_spans_arrive(e2e: E2E) -> None:
     steps = e2e.query(f'otel_gpu_training_steps_total{{job="{TRAINING_SERVICE}"}}')
     assert sum(_value(s) for s in steps) == TRAINING_STEPS
     assert e2e.query(f'otel_gpu_training_step_duration_seconds_count{{job="{TRAINING_SERVICE}"}}')
+    # The node Collector puts the script's user on its points: the tenants' dashboard filters
+    # training runs by it.
+    owners = {s["metric"].get("process_owner") for s in steps}
+    assert owners == {passwd_name(os.getuid()) or str(os.getuid())}
     spans = _spans(e2e.traces_file)
     assert (TRAINING_SERVICE, STEP_SPAN) in spans
     assert (TRAINING_SERVICE, EPOCH_SPAN) in spans
