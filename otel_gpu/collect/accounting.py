@@ -80,11 +80,14 @@ class Accountant:
 
     def _credit(self, previous: Snapshot, now: Snapshot, seconds: float) -> None:
         before = {gpu.uuid: gpu for gpu in previous.gpus}
+        by_device: dict[str, list[Workload]] = {}
+        for workload in now.workloads:
+            by_device.setdefault(workload.device_uuid, []).append(workload)
         for gpu in now.gpus:
             if gpu.lost:
                 continue
             energy = _energy(before.get(gpu.uuid), gpu, seconds)
-            for holding in holdings(gpu, now.workloads):
+            for holding in holdings(gpu, by_device):
                 account = self._accounts.get(holding.key) or WorkloadAccount(holding.attributes)
                 held = holding.weight * seconds
                 self._accounts[holding.key] = replace(
@@ -104,13 +107,14 @@ class Accountant:
             del self._accounts[key]
 
 
-def holdings(gpu: Gpu, workloads: tuple[Workload, ...]) -> list[_Holding]:
-    """The workloads holding ``gpu`` or its MIG devices, each with its weight and shares."""
+def holdings(gpu: Gpu, by_device: dict[str, list[Workload]]) -> list[_Holding]:
+    """The workloads holding ``gpu`` or its MIG devices (``by_device``: workloads by device
+    UUID), each with its weight and shares."""
     found: list[_Holding] = []
     if gpu.mig_enabled:
         total = gpu.mig_compute_slices_total or MIG_COMPUTE_SLICES
         for mig in gpu.mig_devices:
-            on_it = [w for w in workloads if w.device_uuid == mig.uuid]
+            on_it = by_device.get(mig.uuid, [])
             slices = mig_slices(mig)
             if not on_it or slices is None:
                 continue
@@ -120,7 +124,7 @@ def holdings(gpu: Gpu, workloads: tuple[Workload, ...]) -> list[_Holding]:
                 found.append(_holding(gpu, mig, workload, device_share * share,
                                       slices * share, activity))
         return found
-    on_it = [w for w in workloads if w.device_uuid == gpu.uuid]
+    on_it = by_device.get(gpu.uuid, [])
     for workload, share in zip(on_it, sharing(on_it), strict=True):
         found.append(_holding(gpu, None, workload, share, 0.0, _gpu_activity(gpu, workload)))
     return found
