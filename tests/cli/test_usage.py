@@ -1,7 +1,7 @@
-"""``otel-gpu usage`` against a real Prometheus holding an hour of the accounting counters (and
-the same hour with the agent restarted half-way): the
-agent's own pipeline on a simulated server with known holdings, one cycle a minute, written as
-OpenMetrics and backfilled with ``promtool tsdb create-blocks-from openmetrics``."""
+"""``otel-gpu usage`` against a real Prometheus holding an hour of the accounting counters, and
+the same hour with the agent restarted half-way: the agent's own pipeline on a simulated server
+with known holdings, one cycle a minute, written as OpenMetrics and backfilled with
+``promtool tsdb create-blocks-from openmetrics``."""
 
 from __future__ import annotations
 
