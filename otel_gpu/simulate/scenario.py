@@ -56,11 +56,16 @@ import yaml
 
 from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
 from otel_gpu.simulate.spec import (
+    DCGM_FAULT_ERRORS,
+    DCGM_FAULTABLE_CALLS,
     DRIVER_FAULTABLE_CALLS,
     FAULTABLE_CALLS,
     NVML_ERROR_NAMES,
     ClockValues,
     ContainerSpec,
+    DcgmFault,
+    DcgmSpec,
+    DcgmValues,
     DriverSpec,
     EccCounts,
     Fault,
@@ -72,6 +77,7 @@ from otel_gpu.simulate.spec import (
     MigInstanceSpec,
     MigLayout,
     MigSpec,
+    NvLinkSpec,
     PerCycle,
     PodSpec,
     ProcessSpec,
@@ -212,6 +218,10 @@ _POD_KEYS = _keys(PodSpec)
 _HOST_KEYS = _keys(HostSpec)
 _FILESYSTEM_KEYS = _keys(FilesystemSpec)
 _KUBELET_KEYS = _keys(KubeletSpec)
+_DCGM_VALUE_KEYS = _keys(DcgmValues)
+_DCGM_KEYS = _keys(DcgmSpec)
+_DCGM_FAULT_KEYS = _keys(DcgmFault)
+_NVLINK_KEYS = _keys(NvLinkSpec)
 _MIG_KEYS = frozenset({"instances", "reconfigure"})  # MigSpec holds the resulting layouts
 _HEX = frozenset("0123456789abcdef")
 
@@ -334,6 +344,9 @@ class _Loader:
         self.check_unique_containers(containers, pods)
         host = self.host(raw["host"]) if "host" in raw else None
         kubelet = self.kubelet(raw["kubelet"]) if "kubelet" in raw else KubeletSpec()
+        dcgm = self.dcgm_service(raw["dcgm"]) if "dcgm" in raw else None
+        if dcgm is None and any(_has_dcgm_values(gpu) for gpu in gpus):
+            dcgm = DcgmSpec()
         driver_spec = self.driver(raw["driver"]) if "driver" in raw else DriverSpec()
         return Scenario(
             name=self.name,
@@ -346,6 +359,7 @@ class _Loader:
             gpus=gpus,
             host=host,
             kubelet=kubelet,
+            dcgm=dcgm,
             driver=driver_spec,
         )
 
@@ -358,6 +372,68 @@ class _Loader:
         if "faults" in raw:
             faults = self.faults(raw["faults"], "driver.faults", DRIVER_FAULTABLE_CALLS)
         return DriverSpec(init_fails_cycles=init_fails, faults=faults)
+
+    def dcgm_service(self, value: Any) -> DcgmSpec:
+        raw = self.mapping(value, "dcgm", _DCGM_KEYS)
+        flags = {
+            name: self.boolean(raw[name], f"dcgm.{name}")
+            for name in ("hostengine", "exporter", "profiling_module")
+            if name in raw
+        }
+        version = self.string(raw["version"], "dcgm.version") if "version" in raw else None
+        faults = []
+        for i, item in enumerate(self.list_of(raw.get("faults", []), "dcgm.faults")):
+            key = f"dcgm.faults[{i}]"
+            entry = self.mapping(item, key, _DCGM_FAULT_KEYS, ("call", "error"))
+            call = self.string(entry["call"], f"{key}.call")
+            if call not in DCGM_FAULTABLE_CALLS:
+                known = ", ".join(sorted(DCGM_FAULTABLE_CALLS))
+                raise self.error(f"{key}.call", f"'{call}' is not a DCGM call ({known})")
+            error = self.string(entry["error"], f"{key}.error").removeprefix("DCGM_ST_")
+            if error not in DCGM_FAULT_ERRORS:
+                known = ", ".join(sorted(DCGM_FAULT_ERRORS))
+                raise self.error(f"{key}.error", f"unknown DCGM error '{error}' ({known})")
+            if (error == "Malformed") != (call == "scrape"):
+                raise self.error(f"{key}.error", "Malformed goes with call scrape, and only it")
+            cycles = self.cycle_list(entry["cycles"], f"{key}.cycles") if "cycles" in entry \
+                else None
+            faults.append(DcgmFault(call, error, cycles))
+        return DcgmSpec(
+            **flags, **({"version": version} if version else {}), faults=tuple(faults)
+        )
+
+    def dcgm_values(self, value: Any, key: str) -> DcgmValues:
+        raw = self.mapping(value, key, _DCGM_VALUE_KEYS)
+        return DcgmValues(**{
+            name: self.optional(raw, key, name,
+                                self.number if name.endswith("_per_s") else self.ratio)
+            for name in raw
+        })
+
+    def nvlinks(self, value: Any, key: str, model: GpuModel) -> tuple[NvLinkSpec, ...]:
+        links: list[NvLinkSpec] = []
+        for i, item in enumerate(self.list_of(value, key)):
+            item_key = f"{key}[{i}]"
+            raw = self.mapping(item, item_key, _NVLINK_KEYS, ("link",))
+            link = self.integer(raw["link"], f"{item_key}.link")
+            if link >= model.nvlinks:
+                raise self.error(f"{item_key}.link",
+                                 f"{model.key} has {model.nvlinks} NVLinks (0-{model.nvlinks - 1})")
+            if any(other.link == link for other in links):
+                raise self.error(f"{item_key}.link", f"link {link} is listed twice")
+            values: dict[str, Any] = {}
+            for name in raw:
+                if name == "link":
+                    continue
+                if name == "active":
+                    check: Callable[[Any, str], Any] = self.boolean
+                elif name.endswith("_per_s"):
+                    check = self.number
+                else:
+                    check = self.integer
+                values[name] = self.varying(raw[name], f"{item_key}.{name}", check)
+            links.append(NvLinkSpec(link=link, **values))
+        return tuple(links)
 
     def kubelet(self, value: Any) -> KubeletSpec:
         raw = self.mapping(value, "kubelet", _KUBELET_KEYS)
@@ -448,6 +524,9 @@ class _Loader:
             faults=self.faults(raw.get("faults", []), f"{key}.faults"),
             mig=mig,
             gpm=self.gpm(raw["gpm"], f"{key}.gpm") if "gpm" in raw else None,
+            dcgm=self.dcgm_values(raw["dcgm"], f"{key}.dcgm") if "dcgm" in raw else None,
+            nvlinks=self.nvlinks(raw.get("nvlinks", []), f"{key}.nvlinks", model),
+            pcie_replays=self.optional(raw, key, "pcie_replays", self.integer) or 0,
             processes=processes,
         )
 
@@ -671,6 +750,9 @@ class _Loader:
                         raw, item_key, "memory_used_bytes", self.bytes_within(profile.memory_bytes)
                     ),
                     gpm=self.gpm(raw["gpm"], f"{item_key}.gpm") if "gpm" in raw else None,
+                    dcgm=self.dcgm_values(raw["dcgm"], f"{item_key}.dcgm")
+                    if "dcgm" in raw
+                    else None,
                 )
             )
         return tuple(placed)
@@ -868,6 +950,13 @@ class _Loader:
             cpu_utilization=self.optional(raw, "host", "cpu_utilization", self.ratio),
             filesystems=tuple(filesystems),
         )
+
+
+def _has_dcgm_values(gpu: GpuSpec) -> bool:
+    if gpu.dcgm is not None:
+        return True
+    layouts = gpu.mig.layouts if gpu.mig else ()
+    return any(i.dcgm is not None for layout in layouts for i in layout.instances)
 
 
 def _overlapping(placed: list[MigInstanceSpec], start: int, size: int) -> MigInstanceSpec | None:

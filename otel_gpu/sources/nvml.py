@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, SourceError
+from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, NvLink, SourceError
 from otel_gpu.sources.libnvml import (
     ABSENT,
     CLOCK_EVENT_REASONS,
+    EXPECTED,
     GPM_FIELDS,
     PERMANENT_ERRORS,
     SOURCE,
@@ -36,6 +37,18 @@ from otel_gpu.sources.libnvml import CAPABILITY_RECHECK_S as CAPABILITY_RECHECK_
 
 _NO_ID = 0xFFFFFFFF
 _MAX_EVENTS_PER_CYCLE = 1000
+
+# NvLink field -> (nvmlNvLinkErrorCounter_t constant, the per-link field-value id prefix that
+# older boards answer instead; nvml.h).
+_NVLINK_COUNTERS = {
+    "crc_flit_errors": ("NVML_NVLINK_ERROR_DL_CRC_FLIT",
+                        "NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L"),
+    "crc_data_errors": ("NVML_NVLINK_ERROR_DL_CRC_DATA",
+                        "NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L"),
+    "replay_errors": ("NVML_NVLINK_ERROR_DL_REPLAY", "NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L"),
+    "recovery_errors": ("NVML_NVLINK_ERROR_DL_RECOVERY",
+                        "NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L"),
+}
 
 _CLOCKS = {
     "graphics": "NVML_CLOCK_GRAPHICS",
@@ -408,6 +421,7 @@ class NvmlSource:
                     remap_failed=bool(failed),
                 )
         self._pcie(call, handle, state, now, values)
+        self._link_health(call, handle, values)
         fan = call("nvmlDeviceGetFanSpeed", handle)
         if present(fan):
             values["fan_speed_ratio"] = fan / 100.0
@@ -517,6 +531,55 @@ class NvmlSource:
                 state.pcie_bytes[direction] += rate * 1024.0 * max(now - since, 0.0)
             state.pcie_sampled_at[direction] = now
             values[f"pcie_{direction}_bytes"] = int(state.pcie_bytes[direction])
+
+    # -- link health -------------------------------------------------------------------------
+
+    def _link_health(self, call: Caller, handle: Any, values: dict[str, Any]) -> None:
+        """The PCIe replay counter and, per active NVLink, its data and error counters. A link
+        that answers NOT_SUPPORTED (a board without it) is asked again only after
+        ``CAPABILITY_RECHECK_S``; INVALID_ARGUMENT means the device has no more links."""
+        nvml = self._nvml
+        replays = call("nvmlDeviceGetPcieReplayCounter", handle)
+        if present(replays):
+            values["pcie_replays"] = int(replays)
+        links = []
+        enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
+        for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
+            state = call("nvmlDeviceGetNvLinkState", handle, link,
+                         expected=("INVALID_ARGUMENT",))
+            if state is EXPECTED:
+                break
+            if present(state) and state == enabled:
+                links.append(self._nvlink(call, handle, link))
+        if links:
+            values["nvlinks"] = tuple(links)
+
+    def _nvlink(self, call: Caller, handle: Any, link: int) -> NvLink:
+        nvml = self._nvml
+        counts: dict[str, int] = {}
+        fallback: list[tuple[str, int]] = []
+        for key, (counter, field_prefix) in _NVLINK_COUNTERS.items():
+            value = call("nvmlDeviceGetNvLinkErrorCounter", handle, link, getattr(nvml, counter))
+            if present(value):
+                counts[key] = int(value)
+            elif (field_id := getattr(nvml, f"{field_prefix}{link}", None)) is not None:
+                fallback.append((key, field_id))
+        requested = [(getattr(nvml, "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX", None), link),
+                     (getattr(nvml, "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX", None), link)]
+        names = ["tx_bytes", "rx_bytes"]
+        requested += [(field_id, 0) for _, field_id in fallback]
+        names += [key for key, _ in fallback]
+        wanted = [(n, r) for n, r in zip(names, requested, strict=True) if r[0] is not None]
+        read = call("nvmlDeviceGetFieldValues", handle, [r for _, r in wanted]) if wanted \
+            else ABSENT
+        if present(read):
+            for (name, _), value in zip(wanted, read, strict=False):
+                if value.nvmlReturn != nvml.NVML_SUCCESS:
+                    continue
+                number = int(field_number(nvml, value))
+                # The throughput fields count KiB (nvml.h); the error fields count errors.
+                counts[name] = number * 1024 if name.endswith("_bytes") else number
+        return NvLink(link=link, **counts)
 
     def _read_processes(self, call: Caller, handle: Any, state: _GpuState) -> tuple:
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
