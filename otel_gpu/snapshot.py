@@ -259,6 +259,24 @@ class ContainerUsage:
 
 
 @dataclass(frozen=True)
+class WorkloadAccount:
+    """What one workload (user, container, pod) has used of one device since the agent started.
+
+    ``attributes``: the device's identity and the workload's attributes, as last seen. Device
+    seconds are weighted: a MIG device counts its share of the GPU's compute slices (a 1g slice
+    of 7 counts 1/7), a whole GPU shared by several workloads is split between them.
+    """
+
+    attributes: Attributes
+    busy_s: float = 0.0  # device-seconds with activity at or above the busy threshold
+    idle_s: float = 0.0  # device-seconds below it
+    unknown_s: float = 0.0  # device-seconds with no activity reading (MIG without GPM)
+    slice_s: float = 0.0  # MIG compute slices held times seconds; 0 on whole GPUs
+    energy_joules: float = 0.0
+    last_held: float = 0.0  # Snapshot time at which it last held the device
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One collection cycle. ``timestamp`` is simulated time under ``--simulate``."""
 
@@ -275,6 +293,7 @@ class Snapshot:
     assignments: tuple[DeviceAssignment, ...] = ()
     containers: tuple[ContainerUsage, ...] = ()
     insights: tuple[Insight, ...] = ()  # active insights after this cycle
+    accounts: tuple[WorkloadAccount, ...] = ()  # cumulative, since the agent started
 
 
 Attributes = dict[str, str | int | float | bool]

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from otel_gpu._version import __version__
 from otel_gpu.config import AGENT_EXPORTERS, ConfigError, thresholds_file
@@ -137,7 +138,42 @@ def make_parser() -> argparse.ArgumentParser:
                         help="check what this exporter needs too (repeatable)")
     doctor.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="limit for each network check (default 2)")
+    _add_usage(commands)
     return parser
+
+
+def _checked(check: Any) -> Any:
+    """An argparse type from a checker that raises ValueError."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _add_usage(commands: Any) -> None:
+    from otel_gpu.cli.usage import DEFAULT_MATCH, GROUPS, check_duration, check_match, check_time
+
+    usage = commands.add_parser(
+        "usage", help="GPU-hours, slice-hours and kWh per tenant, from Prometheus or Mimir",
+        description="Reads the accounting counters from a Prometheus-compatible query API: "
+        "$OTEL_GPU_PROM_URL (or --url), with $OTEL_GPU_PROM_BEARER_TOKEN or "
+        "$OTEL_GPU_PROM_USERNAME/$OTEL_GPU_PROM_PASSWORD, and $OTEL_GPU_PROM_TENANT for Mimir.")
+    usage.add_argument("--since", type=_checked(check_duration), default="7d",
+                       help="the period, as a PromQL duration (default 7d)")
+    usage.add_argument("--until", type=_checked(check_time), metavar="TIME",
+                       help="the period's end: unix seconds or ISO 8601 (default now)")
+    usage.add_argument("--by", choices=tuple(GROUPS), default="user")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument("--url", help="the query API (default $OTEL_GPU_PROM_URL)")
+    usage.add_argument("--match", type=_checked(check_match), default=DEFAULT_MATCH,
+                       help="label matchers selecting the agents' series "
+                       f"(default {DEFAULT_MATCH})")
+    usage.add_argument("--timeout", type=_positive, default=30.0, metavar="SECONDS",
+                       help="limit for each query (default 30)")
 
 
 class StopSignals:
@@ -221,6 +257,10 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
         return run_status(args)
     if args.command == "doctor":
         return run_doctor(args)
+    if args.command == "usage":
+        from otel_gpu.cli.usage import run_usage
+
+        return run_usage(args)
     from otel_gpu.cli.agent import run_snapshot
 
     return run_snapshot(args)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from otel_gpu.collect.accounting import Accountant
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.insights.engine import InsightEngine, InsightUpdate
 from otel_gpu.snapshot import HostSnapshot, Snapshot, SourceError, TrainingSignals
@@ -180,8 +181,10 @@ class Collector:
         *,
         insights: InsightEngine | None = None,
         clock: Callable[[], float] = time.time,
+        accountant: Accountant | None = None,
     ) -> None:
         self.sources = sources
+        self.accountant = accountant if accountant is not None else Accountant()
         self._clock = clock
         self._extra_counts: dict[tuple[str, str], int] = {}  # training, insights, sources
         self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
@@ -210,9 +213,10 @@ class Collector:
         self.sources.close()
 
     def collect(self) -> Snapshot:
-        """One cycle: the sources, then the failures recorded outside the cycle and the insight
-        rules, which always run here. Sources that fail as a whole (another process gone) give
-        an empty Snapshot and a counted error of source ``collector``."""
+        """One cycle: the sources, then the failures recorded outside the cycle, the accounts of
+        what each workload used and the insight rules, which always run here. Sources that fail
+        as a whole (another process gone) give an empty Snapshot and a counted error of source
+        ``collector``."""
         own: list[SourceError] = []
         try:
             base = self.sources.read()
@@ -224,6 +228,10 @@ class Collector:
                 own.extend(take_errors())
             except Exception as err:
                 own.append(SourceError("collector", "take_errors", type(err).__name__))
+        try:
+            base = self.accountant.update(base)
+        except Exception as err:
+            own.append(SourceError("collector", "accounting", type(err).__name__))
         return self._with_insights(base, own)
 
     def _training_signals(self, failures: list[SourceError]) -> list[TrainingSignals]:
