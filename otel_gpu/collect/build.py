@@ -22,6 +22,7 @@ from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
 
 if TYPE_CHECKING:
+    from otel_gpu.simulate.server import SimulatedServer
     from otel_gpu.simulate.world import SimulatedWorld
 
 
@@ -47,6 +48,7 @@ def build_collector(
 
     # The simulator (its driver, scenario parser and stand-in servers) loads only when asked for.
     from otel_gpu.simulate import SimulatedServer, load_scenario
+    from otel_gpu.simulate.server import SimulatedServer
     from otel_gpu.simulate.world import SimulatedWorld
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
