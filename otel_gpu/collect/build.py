@@ -48,7 +48,6 @@ def build_collector(
 
     # The simulator (its driver, scenario parser and stand-in servers) loads only when asked for.
     from otel_gpu.simulate import SimulatedServer, load_scenario
-    from otel_gpu.simulate.server import SimulatedServer
     from otel_gpu.simulate.world import SimulatedWorld
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
