@@ -26,6 +26,7 @@ from typing import Any
 from otel_gpu.snapshot import (
     SEVERITY_RANK,
     ContainerResources,
+    DeviceAssignment,
     Gpu,
     Insight,
     MigDevice,
@@ -68,6 +69,16 @@ class Me:
         if self.container_id and attributes.get("container.id") == self.container_id:
             return True
         return bool(self.pod_uid) and attributes.get("k8s.pod.uid") == self.pod_uid
+
+    def holds(self, assignment: DeviceAssignment) -> bool:
+        """Whether a device given to a container or pod is held for this user."""
+        if self.scope == "all":
+            return True
+        if self.scope == "user":
+            return (assignment.owner is not None
+                    and assignment.owner in (self.user, str(self.uid))) or (
+                self.uid is not None and assignment.owner_uid == self.uid)
+        return self.owns(assignment.attributes)
 
 
 def resolve_me(
@@ -254,10 +265,12 @@ def build_view(
             )
             if key not in groups:
                 if me.scope == "all" or (me.scope == "container" and me.owns(
-                        assignment.attributes)):
+                        assignment.attributes)) or (me.scope == "user" and me.holds(assignment)):
                     groups[key] = GroupView(attributes=dict(assignment.attributes))
                 else:
                     continue
+            if assignment.owner is not None and assignment.owner not in groups[key].owners:
+                groups[key].owners.append(assignment.owner)
             device_of(key, groups[key], assignment.device_uuid, given=True)
         before = {
             c.attributes.get("container.id"): c.resources

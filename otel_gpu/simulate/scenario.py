@@ -207,7 +207,7 @@ _XID_KEYS = _keys(XidEvent)
 _FAULT_KEYS = _keys(Fault)
 _DRIVER_KEYS = _keys(DriverSpec)
 _CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
-_POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels"}
+_POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels", "user", "pid", "uid"}
 _POD_KEYS = _keys(PodSpec)
 _HOST_KEYS = _keys(HostSpec)
 _FILESYSTEM_KEYS = _keys(FilesystemSpec)
@@ -811,6 +811,10 @@ class _Loader:
             devices=written,
             device_uuids=resolved,
             resources=self.resources(raw.get("resources", {}), f"{key}.resources"),
+            user=self.string(raw["user"], f"{key}.user") if "user" in raw else None,
+            pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID)
+            if "pid" in raw else None,
+            uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
@@ -830,6 +834,8 @@ class _Loader:
             name=self.string(raw["name"], f"{key}.name"),
             uid=uid,
             containers=tuple(containers),
+            run_as_user=self.integer(raw["run_as_user"], f"{key}.run_as_user", maximum=MAX_UID)
+            if "run_as_user" in raw else None,
         )
 
     def check_unique_containers(
