@@ -418,3 +418,39 @@ def collect_view(
     finally:
         collector.close()
 
+
+
+# -- through the agent ----------------------------------------------------------------------
+
+
+def view_from_agent(reply: Mapping[str, Any]) -> StatusView:
+    """The view of an agent's status reply (``status_server``): its scope decides who "I" am.
+    Raises ``NoAgent`` for a reply without a share."""
+    from otel_gpu.cli.status_server import NoAgent
+    from otel_gpu.cli.status_share import ALL, CONTAINER, USER, DecodeError, Scope, decode_snapshot
+
+    raw_scope = reply.get("scope")
+    scope = Scope.from_dict(raw_scope if isinstance(raw_scope, dict) else {})
+    if reply.get("snapshot") is None:
+        why = "cannot tell who asks" if scope.kind not in (ALL, USER, CONTAINER) \
+            else "has no snapshot yet"
+        raise NoAgent(f"the agent {why}")
+    try:
+        snapshot = decode_snapshot(reply["snapshot"])
+        previous = decode_snapshot(reply["previous"]) if reply.get("previous") else None
+    except DecodeError as err:
+        raise NoAgent(str(err)) from None
+    if scope.kind == ALL:
+        me = Me("all", user=scope.user, uid=scope.uid)
+    elif scope.kind == CONTAINER:
+        me = Me("container", user=scope.user, uid=scope.uid, container_id=scope.container_id,
+                pod_uid=scope.pod_uid)
+    else:
+        me = Me("user", user=scope.user, uid=scope.uid)
+    agent = reply.get("agent") if isinstance(reply.get("agent"), dict) else {}
+    interval = agent.get("interval_s")
+    return build_view(
+        snapshot, me, previous=previous, host=str(agent.get("host") or ""),
+        simulated=agent.get("simulated") is True, cycles=snapshot.cycle + 1,
+        interval_s=float(interval) if isinstance(interval, (int, float)) else 0.0,
+    )
