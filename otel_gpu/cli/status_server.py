@@ -344,8 +344,12 @@ def _send_within(conn: socket.socket, body: bytes, deadline: float) -> None:
 
 
 def _send_and_close(conn: socket.socket, reply: dict[str, Any]) -> None:
+    """Answer at once, never waiting: what the client already sent is read and dropped first,
+    so that closing does not reset the connection before it reads the answer."""
     try:
         conn.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            conn.recv(MAX_REQUEST_BYTES + 1)
         conn.send(json.dumps(reply).encode() + b"\n")
     except OSError:
         pass
@@ -368,14 +372,21 @@ def ask_agent(path: str, request: Mapping[str, Any] | None = None,
     try:
         conn.settimeout(timeout_s)
         conn.connect(path)
-        conn.sendall(json.dumps(dict(request or {})).encode() + b"\n")
+        # answered (busy) and closed before reading the request: the answer may still be there
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.sendall(json.dumps(dict(request or {})).encode() + b"\n")
         chunks, size = [], 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoAgent("the agent did not answer in time")
             conn.settimeout(remaining)
-            chunk = conn.recv(1 << 16)
+            try:
+                chunk = conn.recv(1 << 16)
+            except ConnectionResetError:
+                if not chunks:
+                    raise
+                break  # the server answered and closed before reading all we sent
             if not chunk:
                 break
             size += len(chunk)

@@ -40,7 +40,8 @@ class Agent:
     """``run_agent`` on dgx-a100 in a thread; ``at(cycle, check)`` runs ``check`` between that
     cycle and the next, on the agent's own thread, so the agent waits for it."""
 
-    def __init__(self, place: Path, cycles: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, place: Path, cycles: int, monkeypatch: pytest.MonkeyPatch,
+                 **server_options: Any) -> None:
         self.socket = str(place / "run" / "status.sock")
         self.proc = place / "proc"
         self.cycles = cycles
@@ -48,11 +49,14 @@ class Agent:
         self.checks: dict[int, Callable[[], None]] = {}
         self.failure: BaseException | None = None
         self.stop = threading.Event()
-        proc_root = str(self.proc)
+        self.server: StatusServer | None = None
+        options = {**server_options, "proc_root": str(self.proc)}
+        outer = self
 
         class Server(StatusServer):  # peer pids are looked up in the stand-in /proc
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **{**kwargs, "proc_root": proc_root})
+                super().__init__(*args, **{**kwargs, **options})
+                outer.server = self
 
         monkeypatch.setattr(agent, "StatusServer", Server)
         monkeypatch.setenv("OTEL_GPU_STATUS_SOCKET", self.socket)
