@@ -4,7 +4,9 @@ Who I am (user, container, pod), what I was given (GPUs or MIG devices, my cgrou
 memory limits), what I use now, and the insights that apply to me, for a person at a terminal or,
 with ``--format json``, for scripts (the shape is in ``status_render.status_document``).
 
-Who "I" am:
+When an agent answers on its status socket (``OTEL_GPU_STATUS_SOCKET``), the view is of its
+latest Snapshot, and the agent decides who "I" am from the socket's peer credentials
+(``status_server``); otherwise ``status`` collects by itself, and who "I" am is:
 
 - ``--as-user NAME``: the workloads whose ``process.owner`` is NAME (or that uid);
 - on the host as root: every workload; as another user: that user's (name or uid);
