@@ -3,8 +3,8 @@
 One ``Attributor.attribute(gpus)`` per cycle turns the GPU and MIG processes NVML reported (host
 pids) into workloads (the processes of one user in one container on one device), the devices
 given to containers and pods with the user each is held for, and the cgroup figures of the
-containers that hold GPU processes or devices (those that run no GPU process through their init
-process, Docker's ``State.Pid``):
+containers that hold GPU processes or devices (a Docker container that runs no GPU process through
+its init process, Docker's ``State.Pid``; a pod container where the kubelet puts its cgroup):
 
     processes (pid, device, memory) x procfs (uid, cgroup -> container id)
         x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
@@ -31,7 +31,13 @@ from otel_gpu.snapshot import (
     each_device,
 )
 from otel_gpu.sources._text import clean_value, passwd_name
-from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
+from otel_gpu.sources.cgroup import (
+    CgroupReader,
+    ContainerRef,
+    cgroup_lines_for,
+    container_from_cgroup_lines,
+    pod_container_paths,
+)
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
     KubeletPod,
@@ -143,6 +149,7 @@ class Attributor:
         self._users: dict[int, tuple[float, str]] = {}
         # Parsed cgroup lines: the processes of one container share them. Kept for one cycle.
         self._parsed: dict[tuple[str, ...], ContainerRef | None] = {}
+        self._pod_paths: dict[str, str] = {}  # pod container id -> its cgroup path, when idle
 
     def close(self) -> None:
         """Forget what was learnt; the readers and clients hold no connection between calls."""
@@ -223,6 +230,8 @@ class _Cycle:
         assignments = self._assignments(pod_devices or ())
         inits = self._timed("procfs", self.a.procfs, lambda: self._inits(assignments, holders), {})
         cgroups = {cid: info.cgroup_lines for cid, info in {**inits, **holders}.items()}
+        cgroups |= self._timed("cgroup", self.a.cgroup,
+                               lambda: self._pod_cgroups(assignments, cgroups), {})
         containers = self._timed(
             "cgroup", self.a.cgroup, lambda: self._container_usage(cgroups), ()
         )
@@ -381,6 +390,31 @@ class _Cycle:
             ref = container_from_cgroup_lines(info.cgroup_lines) if info is not None else None
             if info is not None and ref is not None and ref.id == cid:  # not a reused pid
                 found[cid] = info
+        return found
+
+    def _pod_cgroups(
+        self, assignments: Iterable[DeviceAssignment], known: dict[str, tuple[str, ...]]
+    ) -> dict[str, tuple[str, ...]]:
+        """The cgroups of pod containers that hold a device and run no GPU process, found where
+        the kubelet puts them; a path found is kept while the container holds a device."""
+        cgroup = self.a.cgroup
+        assert cgroup is not None
+        found: dict[str, tuple[str, ...]] = {}
+        for assignment in assignments:
+            cid = assignment.attributes.get("container.id")
+            if cid is None or cid in known or cid in found or cid not in self.by_container:
+                continue
+            pod, container = self.by_container[cid]
+            cached = self.a._pod_paths.get(cid)
+            candidates = (cached,) if cached else pod_container_paths(
+                pod.uid, cid, container.runtime)
+            for path in candidates:
+                if cgroup.read_path(path) is not None:
+                    found[cid] = cgroup_lines_for(path)
+                    self.a._pod_paths[cid] = path
+                    break
+        for cid in self.a._pod_paths.keys() - found.keys():
+            del self.a._pod_paths[cid]
         return found
 
     def _owned(

@@ -11,6 +11,7 @@ from runner import ROOT, run_cli
 from otel_gpu.collect.build import build_collector
 from otel_gpu.simulate import load_scenario
 from otel_gpu.snapshot import OWNER_SOURCES, Snapshot
+from otel_gpu.sources.cgroup import parse_cgroup_path, pod_container_paths
 
 A100 = ROOT / "otel_gpu" / "simulate" / "scenarios" / "dgx-a100.yaml"
 
@@ -100,3 +101,24 @@ def test_status_shows_a_tenants_idle_held_device_with_the_remedy() -> None:
     short = run_cli("status", "--simulate", "dgx-a100", "--as-user", "carol")
     assert "carol-notebook" in short.stdout and "gpu1/mig2" in short.stdout
     assert "alice" not in short.stdout and "bob" not in short.stdout
+
+
+def test_an_idle_pod_container_gets_its_cgroup_figures(a100: Snapshot) -> None:
+    (pod,) = [p for p in load_scenario("dgx-a100").pods if p.name == "alice-eval-0"]
+    (eval_container,) = pod.containers
+    (usage,) = [c for c in a100.containers
+                if c.attributes.get("container.id") == eval_container.id]
+    assert usage.attributes["k8s.pod.name"] == "alice-eval-0"
+    assert usage.resources.cpu_limit == eval_container.resources.cpu_limit
+    assert usage.resources.memory_usage_bytes == eval_container.resources.memory_used_bytes
+
+
+def test_pod_container_cgroup_candidates_name_the_container() -> None:
+    cid = "af3d96957fac79e12a0f37ce2cd655ce4dabaa8081f074e3f79d77e5b17491f1"
+    uid = "2448eff2-5e03-5939-9eb2-1316a89bcb05"
+    paths = pod_container_paths(uid, cid, "containerd")
+    assert ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
+            "2448eff2_5e03_5939_9eb2_1316a89bcb05.slice/cri-containerd-" + cid + ".scope") in paths
+    assert f"/kubepods/pod{uid}/{cid}" in paths  # guaranteed, cgroupfs driver
+    assert all(parse_cgroup_path(p).id == cid for p in paths)
+    assert pod_container_paths(uid, "../../etc", None) == ()
