@@ -180,6 +180,8 @@ class NvmlSource:
         if failure is None:
             return True
         self._init_retrying = failure not in _NO_RETRY
+        if self._init_retrying:
+            self.unavailable_reason = f"{self.unavailable_reason}; {INIT_RETRY_NOTE}"
         return False
 
     def _init(self) -> str | None:
@@ -700,8 +702,8 @@ class NvmlSource:
         """Register each GPU not yet registered for Xid events; a transient failure (of the event
         set, a handle or the registration) is tried again next cycle."""
         nvml = self._nvml
-        if self._event_set is False:
-            return
+        if self._event_set is False or (self._event_set and len(self._registered) >= count):
+            return  # no events on this driver, or every GPU settled
         call = Caller(nvml, errors, self._error_names, None)
         if self._event_set is None:
             event_set = call("nvmlEventSetCreate")

@@ -287,3 +287,56 @@ def test_a_failed_counter_read_keeps_the_driver_counters(tmp_path: Path) -> None
     assert tx == [0, 40960, None, 122880, 163840, 204800]
     assert set(errors_of(snapshots[2], "nvmlDeviceGetFieldValues")) == {"UNKNOWN"}
     assert errors_of(snapshots[3], "nvmlDeviceGetPcieThroughput") == []
+
+
+def test_the_start_message_says_the_driver_is_retried(tmp_path: Path) -> None:
+    server = SimulatedServer(scenario(tmp_path, dict(WHOLE_GPU), {"init_fails_cycles": 1}))
+    source = NvmlSource(server.nvml, gpm_warmup_s=0.0)
+    assert not source.start()
+    assert source.retrying
+    assert source.unavailable_reason is not None
+    assert "DRIVER_NOT_LOADED" in source.unavailable_reason
+    assert "retries nvmlInit" in source.unavailable_reason
+
+
+def test_a_host_without_the_driver_library_is_not_retried() -> None:
+    class NoLibrary:
+        class NVMLError(Exception):
+            value = 12
+
+        NVML_ERROR_LIBRARY_NOT_FOUND = 12
+
+        def nvmlInit(self) -> None:
+            raise self.NVMLError()
+
+    source = NvmlSource(NoLibrary())
+    assert not source.start()
+    assert not source.retrying
+    assert source.read(0.0).errors == []
+
+
+@pytest.mark.parametrize(
+    "call", ["nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigMode",
+             "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetAttributes"]
+)
+def test_a_mig_read_that_always_fails_is_absent_never_zero_or_a_change(
+    tmp_path: Path, call: str
+) -> None:
+    bad = run(scenario(tmp_path, faulted(MIG_GPU, call, ALWAYS)))
+    clean = run(scenario(tmp_path, dict(MIG_GPU)))
+    for k, snapshot in enumerate(bad):
+        gpu = gpu_of(snapshot, 0)
+        assert gpu is not None and gpu.uuid == gpu_of(clean[k], 0).uuid  # type: ignore[union-attr]
+        assert gpu.mig_compute_slices_total is None
+        assert gpu.mig_reconfigurations == 0
+        assert gpu.utilization_general is None  # a MIG GPU is never read as a whole GPU
+        assert "mig_reconfigured" not in insight_ids(snapshot)
+        assert comparable(gpu_of(snapshot, 1)) == comparable(gpu_of(clean[k], 1))
+
+
+def test_event_registration_that_always_fails_is_asked_again_each_cycle(tmp_path: Path) -> None:
+    bad = run(scenario(tmp_path, faulted(WHOLE_GPU, "nvmlDeviceRegisterEvents", ALWAYS)))
+    for snapshot in bad:
+        assert errors_of(snapshot, "nvmlDeviceRegisterEvents") == ["UNKNOWN"]
+    assert gpu_of(bad[-1], 0).xid_errors == {}  # type: ignore[union-attr]
+    assert gpu_of(bad[-1], 1).xid_errors == {79: 1, 13: 1}  # type: ignore[union-attr]
