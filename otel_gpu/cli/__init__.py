@@ -179,7 +179,12 @@ def run_status(args: argparse.Namespace) -> int:
     if path is not None:
         try:
             request = {"as_user": args.as_user} if args.as_user else {}
-            print_status(view_from_agent(ask_agent(path, request)), args.format)
+            reply = ask_agent(path, request)
+            view = view_from_agent(reply)
+            if reply.get("ignored"):
+                print("otel-gpu: the agent shows you your own share only (ignored: "
+                      f"{', '.join(map(str, reply['ignored']))})", file=sys.stderr)
+            print_status(view, args.format)
             return EXIT_OK
         except NoAgent as err:
             print(f"otel-gpu: no agent answered on {path} ({err}); collecting here for "

@@ -205,7 +205,12 @@ class StatusServer:
                 continue
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
                                       name="otel-gpu-status-client")
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: this connection only goes unanswered
+                self._slots.release()
+                conn.close()
+                self._count("failed", "RuntimeError")
 
     def _serve(self, conn: socket.socket) -> None:
         try:

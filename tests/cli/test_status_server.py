@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from status_agent import CONTAINERS, Agent, shared_place
 
+from otel_gpu.cli.status import view_from_agent
 from otel_gpu.cli.status_server import (
     MAX_REQUEST_BYTES,
     SCHEMA,
@@ -25,6 +26,7 @@ from otel_gpu.cli.status_server import (
     StatusServer,
     ask_agent,
 )
+from otel_gpu.cli.status_share import DecodeError, decode_snapshot, encode
 from otel_gpu.collect.build import build_collector
 from otel_gpu.snapshot import Snapshot
 
@@ -229,3 +231,24 @@ def test_the_agent_cycles_on_while_clients_hold_the_server(place: Path, monkeypa
     assert seen == {"published_before": 5, "published": 30, "deadline": 0, "served": 0,
                     "busy": 5, "failed": 0}
     assert run.done == 39  # every cycle but the last waited once
+
+
+def test_the_snapshot_survives_json_and_later_fields(snapshot: Snapshot) -> None:
+    doc = json.loads(json.dumps(encode(snapshot)))
+    assert decode_snapshot(doc) == snapshot
+    doc["added_later"] = {"x": 1}
+    doc["gpus"][0]["added_later"] = 3
+    del doc["durations_s"]  # a field the other side does not have yet takes its default
+    back = decode_snapshot(doc)
+    assert back.gpus == snapshot.gpus and back.durations_s == {}
+
+
+@pytest.mark.parametrize("doc", [None, [], {"cycle": "x"}, {"cycle": 1},
+                                 {"cycle": 1, "timestamp": 0, "driver_available": True,
+                                  "gpus": [{"index": 0}]}])
+def test_a_reply_that_is_no_snapshot_is_refused(doc: Any) -> None:
+    with pytest.raises(DecodeError):
+        decode_snapshot(doc)
+    reply = {"schema": SCHEMA, "scope": {"kind": "user"}, "snapshot": doc or {"cycle": "x"}}
+    with pytest.raises(NoAgent):
+        view_from_agent(reply)

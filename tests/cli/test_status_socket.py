@@ -95,6 +95,7 @@ def test_a_tenant_cannot_widen_its_view_by_any_argument(place: Path, monkeypatch
         seen["plain"] = run.ask_as(CAROL, {})
         seen["asked"] = run.ask_as(CAROL, request_doc)
         seen["cli"] = run.status_as(CAROL, "--as-user", "alice")
+        seen["cli_note"] = run.stderr
 
     run.checks[1] = check
     run.run()
@@ -103,6 +104,7 @@ def test_a_tenant_cannot_widen_its_view_by_any_argument(place: Path, monkeypatch
     assert asked["snapshot"] == plain["snapshot"]
     assert asked["ignored"] == sorted(k for k in request_doc if k != "schema")
     assert _names(seen["cli"]) == {"carol-finetune", "carol-notebook"}
+    assert "your own share only (ignored: as_user)" in seen["cli_note"]
 
 
 @needs_root

@@ -50,6 +50,7 @@ class Agent:
         self.failure: BaseException | None = None
         self.stop = threading.Event()
         self.server: StatusServer | None = None
+        self.stderr = ""  # of the last status_as
         options = {**server_options, "proc_root": str(self.proc)}
         outer = self
 
@@ -96,9 +97,11 @@ class Agent:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 code = cli.main(["status", "--format", "json", *args])
             assert code == 0 and "no agent answered" not in err.getvalue(), err.getvalue()
-            return out.getvalue()
+            return json.dumps({"doc": json.loads(out.getvalue()), "stderr": err.getvalue()})
 
-        return json.loads(as_uid(uid, run_status))
+        result = json.loads(as_uid(uid, run_status))
+        self.stderr = result["stderr"]
+        return result["doc"]
 
     def ask_as(self, uid: int, request: dict[str, Any], container: str | None = None
                ) -> dict[str, Any]:
