@@ -45,6 +45,7 @@ MAX_REQUEST_BYTES = 4096
 MAX_REPLY_BYTES = 64 << 20
 DEFAULT_DEADLINE_S = 2.0
 DEFAULT_MAX_CLIENTS = 8
+_SHARES = 256  # replies kept per published Snapshot, one per scope asked
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7), SO_PEERCRED)
 
 
@@ -144,7 +145,9 @@ class StatusServer:
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards stats only; publish() never takes it
+        self._lock = threading.Lock()  # guards stats and shares; publish() never takes it
+        self._shares_of: tuple[Snapshot | None, Snapshot] | None = None
+        self._shares: dict[Scope, str] = {}
 
     # -- the agent's side --
 
@@ -215,9 +218,8 @@ class StatusServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             deadline = time.monotonic() + self.deadline_s
-            outcome, reply = self._answer(conn, deadline)
-            if reply is not None:
-                body = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+            outcome, body = self._answer(conn, deadline)
+            if body is not None:
                 _send_within(conn, body, deadline)
             self._count(outcome)
         except TimeoutError:
@@ -228,33 +230,46 @@ class StatusServer:
             conn.close()
             self._slots.release()
 
-    def _answer(self, conn: socket.socket, deadline: float) -> tuple[str, dict[str, Any] | None]:
+    def _answer(self, conn: socket.socket, deadline: float) -> tuple[str, bytes | None]:
         peer = self._credentials(conn)
         request = _read_request(conn, deadline)
         if request is None:
-            return "malformed", {"schema": SCHEMA, "error": "malformed request"}
+            return "malformed", _line({"schema": SCHEMA, "error": "malformed request"})
         scope, ignored = self.scope_for(peer, request)
-        latest = self._latest
-        reply: dict[str, Any] = {
+        head = json.dumps({
             "schema": SCHEMA,
             "scope": scope.to_dict(),
             "ignored": ignored,
             "agent": {"host": self.host, "simulated": self.simulated,
                       "interval_s": self.interval_s},
-            "snapshot": None,
-            "previous": None,
-            "insights": [],
-        }
+        }, separators=(",", ":"))
+        return "served", (head[:-1] + "," + self._share_text(scope) + "}\n").encode()
+
+    def _share_text(self, scope: Scope) -> str:
+        """The ``snapshot``, ``previous`` and ``insights`` members of a reply to ``scope``,
+        built once per published Snapshot and scope (at most ``_SHARES`` scopes are kept)."""
+        latest = self._latest
+        with self._lock:
+            if self._shares_of is not latest:
+                self._shares_of, self._shares = latest, {}
+            cached = self._shares.get(scope)
+        if cached is not None:
+            return cached
+        members: dict[str, Any] = {"snapshot": None, "previous": None, "insights": []}
         if latest is not None and scope.kind != NONE:
             previous, snapshot = latest
             share = share_of(snapshot, scope)
-            reply["snapshot"] = encode(share)
-            reply["insights"] = [i.to_dict() for i in share.insights]
+            members["snapshot"] = encode(share)
+            members["insights"] = [i.to_dict() for i in share.insights]
             if previous is not None:  # its cgroup figures give CPU rates over the last cycle
                 before = share_of(previous, scope)
-                reply["previous"] = encode(replace(before, gpus=(), workloads=(),
-                                                   assignments=(), insights=()))
-        return "served", reply
+                members["previous"] = encode(replace(before, gpus=(), workloads=(),
+                                                     assignments=(), insights=()))
+        text = json.dumps(members, separators=(",", ":"))[1:-1]
+        with self._lock:
+            if self._shares_of is latest and len(self._shares) < _SHARES:
+                self._shares[scope] = text
+        return text
 
     def scope_for(self, peer: Peer, request: Mapping[str, Any]) -> tuple[Scope, list[str]]:
         """Whose share ``peer`` gets, and the request keys that were not honoured."""
@@ -346,6 +361,10 @@ def _send_within(conn: socket.socket, body: bytes, deadline: float) -> None:
         conn.settimeout(remaining)
         sent = conn.send(view[:1 << 16])
         view = view[sent:]
+
+
+def _line(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
 
 
 def _send_and_close(conn: socket.socket, reply: dict[str, Any]) -> None:
