@@ -150,6 +150,19 @@ def prometheus_address(environ: Mapping[str, str] | None = None) -> PrometheusAd
     return PrometheusAddress(host, port)
 
 
+def disabled_instrumentations(environ: Mapping[str, str] | None = None) -> set[str]:
+    """``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``: the entry point names auto-instrumentation
+    skips (``*``: all), as opentelemetry-instrumentation reads it."""
+    raw = _env(environ).get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """``XDG_RUNTIME_DIR``: the user's runtime directory, when set and present."""
+    value = _env(environ).get("XDG_RUNTIME_DIR") or None
+    return value if value is not None and os.path.isdir(value) else None
+
+
 # -- otel-gpu's own settings ----------------------------------------------------------------
 
 
@@ -161,6 +174,18 @@ def thresholds_file(environ: Mapping[str, str] | None = None) -> str | None:
 def simulated_scenario(environ: Mapping[str, str] | None = None) -> str | None:
     """``OTEL_GPU_SIMULATE``: the scenario ``otel_gpu.start()`` simulates, or None."""
     return _env(environ).get("OTEL_GPU_SIMULATE") or None
+
+
+def run_summary(environ: Mapping[str, str] | None = None) -> bool:
+    """``OTEL_GPU_SUMMARY``: ``stop()`` writes the end-of-run summary on stderr; ``true`` (the
+    default) or ``false``, any case."""
+    raw = _env(environ).get("OTEL_GPU_SUMMARY", "")
+    value = raw.strip().lower()
+    if value in ("", "true"):
+        return True
+    if value == "false":
+        return False
+    raise ConfigError(f"OTEL_GPU_SUMMARY: {raw!r} is not true or false")
 
 
 def collect_in_process(environ: Mapping[str, str] | None = None) -> bool:

@@ -127,6 +127,9 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("--format", choices=("json", "table"), default="table")
     status.add_argument("--as-user", metavar="NAME",
                         help="show this user's workloads (name or uid) instead of mine")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw every --interval seconds (default 1) until q or Ctrl-C, "
+                             "with my training sessions' data wait")
     _add_thresholds(status)
     doctor = commands.add_parser("doctor", help="check the environment and say what to fix")
     doctor.add_argument("--format", choices=("json", "table"), default="table")
@@ -190,6 +193,8 @@ def run_status(args: argparse.Namespace) -> int:
             print(f"otel-gpu: no agent answered on {path} ({err}); collecting here for "
                   f"{args.cycles} cycle{'s' if args.cycles != 1 else ''}", file=sys.stderr)
     options = {"thresholds": load_thresholds(args.thresholds)}
+    if args.watch:
+        return _watch_status(args, options)
     view, message = collect_view(simulate=args.simulate, interval_s=args.interval,
                                  cycles=args.cycles, as_user=args.as_user,
                                  collector_options=options)
@@ -197,6 +202,22 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"otel-gpu: {message}; showing CPU and memory only", file=sys.stderr)
     print_status(view, args.format)
     return EXIT_OK
+
+
+def _watch_status(args: argparse.Namespace, options: dict[str, object]) -> int:
+    from otel_gpu.cli.status import ViewSource
+    from otel_gpu.cli.watch import run_watch
+
+    if args.format == "json":
+        raise ConfigError("--watch draws a table; --format json prints one view")
+    source = ViewSource(simulate=args.simulate, interval_s=args.interval, as_user=args.as_user,
+                        collector_options=options)
+    try:
+        if source.message:
+            print(f"otel-gpu: {source.message}; showing CPU and memory only", file=sys.stderr)
+        return run_watch(source, refresh_s=args.interval or 1.0)
+    finally:
+        source.close()
 
 
 def run_doctor(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from otel_gpu.cli.status_server import StatusServer, in_group, user_name
 from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
 from otel_gpu.config import operator_group, status_socket
 from otel_gpu.insights.thresholds_file import load_thresholds
-from otel_gpu.snapshot import Snapshot
+from otel_gpu.snapshot import Snapshot, device_activity
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 
 EXIT_OK = 0
@@ -206,7 +206,7 @@ def snapshot_table(snapshot: Snapshot, simulated: bool = False) -> str:
             f"{len(gpu.processes):>5} ok"
         )
         for mig in gpu.mig_devices:
-            sm = mig.gpm.sm_utilization if mig.gpm else None
+            sm = device_activity(mig, "sm_utilization")[0]  # GPM, else DCGM
             memory = f"{short_gib(mig.memory_used_bytes)}/{short_gib(mig.memory_total_bytes)}"
             lines.append(
                 f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<22} "

@@ -14,6 +14,7 @@ from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.simulate.world import SimulatedWorld
 from otel_gpu.sources.cgroup import CgroupReader
+from otel_gpu.sources.dcgm import DcgmBindings, DcgmSource
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
 from otel_gpu.sources.host import HostSource
@@ -38,7 +39,8 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor),
+        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor,
+                                      dcgm=DcgmSource()),
                          insights=engine)
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
@@ -49,8 +51,23 @@ def build_collector(
         HostSource(),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
+        dcgm=simulated_dcgm(server),
     )
     return Collector(sources, insights=engine)
+
+
+def simulated_dcgm(server: SimulatedServer) -> DcgmSource | None:
+    """The production DCGM adapter over the server's stand-in bindings and, where the scenario
+    runs one, its stand-in dcgm-exporter; None when the scenario has no DCGM."""
+    fake = server.dcgm
+    if fake is None:
+        return None
+    environ = {"OTEL_GPU_DCGM_ADDRESS": "127.0.0.1"}
+    url = server.dcgm_exporter_url()
+    if url is not None:
+        environ["OTEL_GPU_DCGM_EXPORTER_URL"] = url
+    bindings = DcgmBindings(fake.dcgm_structs, fake.dcgm_fields, fake.dcgm_agent, fake.pydcgm)
+    return DcgmSource(bindings, environ=environ)
 
 
 def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributor:

@@ -23,6 +23,12 @@ Behaviour worth knowing:
   each reconfiguration, and a handle of a replaced layout raises INVALID_ARGUMENT.
 - GPU-instance ids follow :func:`otel_gpu.simulate.hardware.gpu_instance_id` (not sequential);
   each GPU instance holds one compute instance, id 0.
+- NVLink: the links a GPU's ``nvlinks`` lists answer ``nvmlDeviceGetNvLinkState`` (enabled while
+  ``active``), ``nvmlDeviceGetNvLinkErrorCounter`` (the scenario's cumulative counts) and the
+  field values ``NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX/RX`` with the link as scope id (cumulative
+  KiB: the byte rates summed over the cycles so far); other links answer NOT_SUPPORTED, links past
+  ``NVML_NVLINK_MAX_LINKS`` INVALID_ARGUMENT. ``nvmlDeviceGetPcieReplayCounter`` serves
+  ``pcie_replays``.
 - Energy (mJ) starts at a day of idle power and grows by the power of each cycle times the
   interval. PCIe throughput is served in KB/s with 1 KB = 1024 bytes.
 - Xid events are delivered once per event set, to sets on which the GPU was registered at or
@@ -60,11 +66,22 @@ from otel_gpu.simulate.spec import (
     GpuSpec,
     MigInstanceSpec,
     MigLayout,
+    NvLinkSpec,
     ProcessSpec,
     Scenario,
     at_cycle,
 )
 from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS, gpm_metric_ids
+
+# Per-link NVLink error counters as field values (NVML_FI_DEV_NVLINK_<kind>_ERROR_COUNT_L<n>):
+# field id -> (link, NvLinkSpec attribute), for the ids this pynvml defines.
+_NVLINK_ERROR_FIELDS: dict[int, tuple[int, str]] = {
+    getattr(pynvml, f"NVML_FI_DEV_NVLINK_{kind}_ERROR_COUNT_L{link}"): (link, attr)
+    for kind, attr in (("CRC_FLIT", "crc_flit_errors"), ("CRC_DATA", "crc_data_errors"),
+                       ("REPLAY", "replay_errors"), ("RECOVERY", "recovery_errors"))
+    for link in range(pynvml.NVML_NVLINK_MAX_LINKS)
+    if hasattr(pynvml, f"NVML_FI_DEV_NVLINK_{kind}_ERROR_COUNT_L{link}")
+}
 
 SIMULATION_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the simulated clock at cycle 0
 
@@ -521,9 +538,26 @@ class FakeNvml:
             value.scopeId = scope_id
             value.timestamp = timestamp
             temperature = self._value(gpu.memory_temperature_celsius)
+            link = next((n for n in gpu.nvlinks if n.link == scope_id), None)
+            throughput = {
+                pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: "tx_bytes_per_s",
+                pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: "rx_bytes_per_s",
+            }
             if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and temperature is not None:
                 value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
                 value.value.uiVal = round(temperature)
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+            elif field_id in throughput and link is not None:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = self._nvlink_kib(getattr(link, throughput[field_id]))
+                value.nvmlReturn = pynvml.NVML_SUCCESS
+            elif field_id in _NVLINK_ERROR_FIELDS and (
+                counted := next((n for n in gpu.nvlinks
+                                 if n.link == _NVLINK_ERROR_FIELDS[field_id][0]), None)
+            ) is not None:
+                value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                count = getattr(counted, _NVLINK_ERROR_FIELDS[field_id][1])
+                value.value.ullVal = int(at_cycle(count, self.cycle))
                 value.nvmlReturn = pynvml.NVML_SUCCESS
             else:
                 value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
@@ -601,6 +635,46 @@ class FakeNvml:
         if counter not in rates:
             raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return int((self._value(rates[counter]) or 0) // 1024)
+
+    # -- link health --
+
+    def _nvlink(self, gpu: GpuSpec, link: int) -> NvLinkSpec:
+        if not 0 <= link < pynvml.NVML_NVLINK_MAX_LINKS:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        for spec in gpu.nvlinks:
+            if spec.link == link:
+                return spec
+        raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def _nvlink_kib(self, rate: Any) -> int:
+        """A link's cumulative data counter in KiB: its byte rate summed over the cycles."""
+        total = sum(float(at_cycle(rate, k) or 0) * self.interval_s
+                    for k in range(1, self.cycle + 1))
+        return int(total // 1024)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetNvLinkState(self, gpu: GpuSpec, instance: None, link: int) -> int:
+        active = at_cycle(self._nvlink(gpu, link).active, self.cycle)
+        return pynvml.NVML_FEATURE_ENABLED if active else pynvml.NVML_FEATURE_DISABLED
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetNvLinkErrorCounter(
+        self, gpu: GpuSpec, instance: None, link: int, counter: int
+    ) -> int:
+        spec = self._nvlink(gpu, link)
+        counters = {
+            pynvml.NVML_NVLINK_ERROR_DL_REPLAY: spec.replay_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_RECOVERY: spec.recovery_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT: spec.crc_flit_errors,
+            pynvml.NVML_NVLINK_ERROR_DL_CRC_DATA: spec.crc_data_errors,
+        }
+        if counter not in counters:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return int(at_cycle(counters[counter], self.cycle))
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPcieReplayCounter(self, gpu: GpuSpec, instance: None) -> int:
+        return int(at_cycle(gpu.pcie_replays, self.cycle))
 
     @_device_call(physical=True)
     def nvmlDeviceGetFanSpeed(self, gpu: GpuSpec, instance: None) -> int:

@@ -4,7 +4,7 @@ loop's synchronous ones."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from opentelemetry import metrics
@@ -30,12 +30,18 @@ class SnapshotSource(Protocol):
     def get(self) -> Snapshot: ...
 
 
-def _callback(metric: Metric, cache: SnapshotSource) -> Any:
+StandDown = Callable[[], Collection[str]]
+
+
+def _callback(metric: Metric, cache: SnapshotSource, stand_down: StandDown | None) -> Any:
     observe = metric.observe
     assert observe is not None
+    name = metric.name
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         try:
+            if stand_down is not None and name in stand_down():
+                return []
             snapshot = cache.get()
             return [Observation(value, attrs) for value, attrs in observe(snapshot)]
         except Exception:
@@ -46,9 +52,12 @@ def _callback(metric: Metric, cache: SnapshotSource) -> Any:
 
 
 def register_catalog(
-    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None
+    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None,
+    stand_down: StandDown | None = None,
 ) -> list[Any]:
-    """Create one observable instrument per catalog entry; all read the cached Snapshot."""
+    """Create one observable instrument per catalog entry; all read the cached Snapshot.
+    ``stand_down``: the names that report nothing at a collection (another instrumentation
+    reports them), asked at each one."""
     instruments = []
     for metric in observed_metrics() if metrics is None else metrics:
         create = {
@@ -59,7 +68,7 @@ def register_catalog(
         instruments.append(
             create(
                 metric.name,
-                callbacks=[_callback(metric, cache)],
+                callbacks=[_callback(metric, cache, stand_down)],
                 unit=metric.unit,
                 description=metric.description,
             )

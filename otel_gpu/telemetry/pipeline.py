@@ -19,7 +19,7 @@ from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
-from otel_gpu.telemetry.instruments import SnapshotSource, register_catalog
+from otel_gpu.telemetry.instruments import SnapshotSource, StandDown, register_catalog
 from otel_gpu.telemetry.providers import (
     build_meter_provider,
     build_readers,
@@ -76,13 +76,15 @@ def assemble_pipeline(
     owns_logger_provider: bool = True,
     view: Callable[[SnapshotCache], SnapshotSource] | None = None,
     in_memory: bool = False,
+    stand_down: StandDown | None = None,
 ) -> Pipeline:
     """Start ``collector`` and put the catalog's instruments over it.
 
     The instruments go on ``provider`` when given (an application's, left running by
     ``shutdown``), else on a new MeterProvider over ``readers`` and ``resource``. Each insight
     that fires or clears goes to ``logger_provider`` as a log record, when there is one.
-    ``view`` narrows what the instruments see of each Snapshot (a training rank's devices).
+    ``view`` narrows what the instruments see of each Snapshot (a training rank's devices);
+    ``stand_down`` names the instruments that report nothing at a collection.
     """
     memory_reader = InMemoryMetricReader() if in_memory else None
     readers = [*readers, *([memory_reader] if memory_reader is not None else [])]
@@ -93,7 +95,8 @@ def assemble_pipeline(
     owns_provider = provider is None
     if provider is None:
         provider = build_meter_provider(readers, resource or build_resource())
-    instruments = register_catalog(get_meter(provider), view(cache) if view else cache)
+    instruments = register_catalog(get_meter(provider), view(cache) if view else cache,
+                                   stand_down=stand_down)
     return Pipeline(collector, cache, provider, list(readers), memory_reader, message,
                     instruments, logger_provider, owns_provider, owns_logger_provider)
 
@@ -118,7 +121,7 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
-        logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
+        logger_provider = build_logger_provider([otlp_exporter("logs", strict=True)], resource)
     return assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
                              readers=readers, logger_provider=logger_provider,
                              in_memory=in_memory)
