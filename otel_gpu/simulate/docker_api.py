@@ -50,6 +50,7 @@ def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
             "Image": container.get("image", ""),
             "Labels": dict(container.get("labels", {})),
             "Env": env,
+            "User": container.get("user", ""),
         },
         "HostConfig": {
             "Runtime": container.get("runtime", "runc"),

@@ -129,6 +129,8 @@ def pod_list(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "status": {"phase": "Running", "containerStatuses": statuses},
             }
         )
+        if pod.get("run_as_user") is not None:
+            items[-1]["spec"]["securityContext"] = {"runAsUser": pod["run_as_user"]}
     return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 
 
