@@ -14,11 +14,12 @@ import ssl
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import grpc
 
+from otel_gpu.simulate._http import QuietHandler
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
     ListPodResourcesRequest,
@@ -150,7 +151,7 @@ class PodListServer:
         self.authorizations: list[str | None] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -161,14 +162,8 @@ class PodListServer:
                     status, body = api.status, api.raw_body
                 else:
                     status, body = api.status, json.dumps(pod_list(api.pods)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
