@@ -519,8 +519,14 @@ class _Cycle:
                     "k8s.pod.name": entry.pod_name,
                     "k8s.container.name": entry.container_name,
                 }
+            if entry.claim is not None:
+                attrs = {**attrs, "otel_gpu.k8s.resourceclaim.name": entry.claim.name,
+                         "otel_gpu.k8s.dra.driver.name": entry.claim.driver}
             for ref in entry.device_ids:
-                add(self.devices.resolve(ref), attrs)
+                uuid = self.devices.resolve(ref)
+                if uuid is None and entry.claim is not None:
+                    self.errors.append(SourceError("kubelet", "dra", "UnresolvedDevice"))
+                add(uuid, attrs)
         return tuple(
             DeviceAssignment(device_uuid=uuid, mig=self.devices.mig[uuid], attributes=attrs)
             for (uuid, _), attrs in found.items()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from otel_gpu.simulate.spec import (
+    ClaimSpec,
     ClockValues,
     ContainerSpec,
     DcgmFault,
@@ -78,8 +79,9 @@ REMAPPED_KEYS = _keys(RemappedRows)
 XID_KEYS = _keys(XidEvent)
 FAULT_KEYS = _keys(Fault)
 DRIVER_KEYS = _keys(DriverSpec)
-CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
-POD_CONTAINER_KEYS = CONTAINER_KEYS - {"labels", "user", "pid", "uid"}  # Docker only
+CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids", "claims"))
+POD_CONTAINER_KEYS = (CONTAINER_KEYS - {"labels", "user", "pid", "uid"}) | {"claims"}  # Docker only
+CLAIM_KEYS = _keys(ClaimSpec, without=("device_uuids",))
 POD_KEYS = _keys(PodSpec)
 HOST_KEYS = _keys(HostSpec)
 FILESYSTEM_KEYS = _keys(FilesystemSpec)

@@ -327,6 +327,16 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class ClaimSpec:
+    """A DRA ResourceClaim allocated to a pod container (pod-resources ``dynamic_resources``)."""
+
+    name: str
+    devices: tuple[str, ...]  # as written: UUIDs or hw.names
+    device_uuids: tuple[str, ...]  # the same, resolved to UUIDs
+    driver: str = "gpu.nvidia.com"
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     id: str
     name: str
@@ -338,6 +348,7 @@ class ContainerSpec:
     user: str | None = None  # Docker's Config.User, as written
     pid: int | None = None  # the host pid of its init process (Docker's State.Pid), in /proc
     uid: int = 0  # the uid of that init process
+    claims: tuple[ClaimSpec, ...] = ()  # pods only: its DRA claims
 
 
 @dataclass(frozen=True)

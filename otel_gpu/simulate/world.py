@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid as uuidlib
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from otel_gpu.simulate.kubelet_api import (
     serve_pod_resources,
 )
 from otel_gpu.simulate.server import HostOverrides, SimulatedServer
-from otel_gpu.simulate.spec import ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.simulate.spec import ClaimSpec, ContainerSpec, PodSpec, ProcessSpec, at_cycle
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
@@ -146,6 +147,30 @@ class SimulatedWorld:
                 break
         return entry
 
+    def _claim_entry(self, pod: PodSpec, claim: ClaimSpec) -> dict[str, Any]:
+        """A DRA claim as NVIDIA's DRA driver allocates it: device ``gpu-<index>`` (MIG:
+        ``gpu-<index>-mig-<n>``) in the node's pool, CDI id ``k8s.<driver>/claim=<uid>-<name>``."""
+        names = {}
+        for gpu in self.scenario.gpus:
+            names[gpu.uuid] = f"gpu-{gpu.index}"
+            for layout in gpu.mig.layouts if gpu.mig else ():
+                for instance in layout.instances:
+                    names[instance.uuid] = f"gpu-{gpu.index}-mig-{instance.index}"
+        claim_uid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{pod.uid}/{claim.name}"))
+        return {
+            "name": claim.name,
+            "namespace": pod.namespace,
+            "devices": [
+                {
+                    "driver": claim.driver,
+                    "pool": self.scenario.name,
+                    "device": names[uuid],
+                    "cdi": [f"k8s.{claim.driver}/claim={claim_uid}-{names[uuid]}"],
+                }
+                for uuid in claim.device_uuids
+            ],
+        }
+
     def _pod_entry(self, pod: PodSpec) -> dict[str, Any]:
         profiles = {
             instance.uuid: instance.profile.name
@@ -164,6 +189,10 @@ class SimulatedWorld:
                 entry["image"] = container.image
             migs = [profiles[d] for d in container.device_uuids if d in profiles]
             entry["resource_name"] = MIG_RESOURCE_PREFIX + migs[0] if migs else GPU_RESOURCE
+            if container.claims:
+                entry["claims"] = [
+                    self._claim_entry(pod, claim) for claim in container.claims
+                ]
             containers.append(entry)
         return {
             "namespace": pod.namespace,

@@ -483,3 +483,41 @@ def test_a_hostile_user_name_is_cleaned() -> None:
     assert attributor.owner(1000) == "mal]0;xlory"
     blank = Attributor(ProcfsReader("/nonexistent"), user_name=lambda uid: "\x1b\x07")
     assert blank.owner(1000) == "1000"
+
+
+def test_dra_claims_give_devices_as_the_device_plugin_does() -> None:
+    doc, _ = _snapshot(str(SCENARIOS / "k8s-dra.yaml"), 1)
+    keys = ("hw.name", "k8s.pod.name", "k8s.container.name", "otel_gpu.k8s.resourceclaim.name",
+            "otel_gpu.k8s.dra.driver.name")
+    assigned = {tuple(p["attributes"][k] for k in keys)
+                for p in points_named(doc, "otel_gpu.device.assignment")}
+    assert assigned == {("gpu0", "trainer-0", "trainer", "trainer-0-gpu", "gpu.nvidia.com"),
+                        ("gpu1/mig0", "idle-0", "server", "idle-0-mig", "gpu.nvidia.com")}
+    ((_, attrs),) = _workloads(doc)
+    assert dict(attrs)["k8s.pod.name"] == "trainer-0"
+    errors = {(p["attributes"]["otel_gpu.source"], p["attributes"]["error.type"])
+              for p in points_named(doc, "otel_gpu.collection.errors")}
+    assert ("kubelet", "UnresolvedDevice") not in errors
+
+
+def test_dra_devices_by_uuid_index_or_unresolved(write_scenario, sock_dir: str) -> None:
+    gpus = _gpus(write_scenario(MIXED))
+    mig0, _ = gpus[0].mig_devices
+    claim = {"name": "gpus", "namespace": "ns", "devices": [
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "gpu-2", "cdi": []},
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "any",
+         "cdi": [f"nvidia.com/gpu={mig0.uuid}"]},
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "gpu-9", "cdi": []},  # no GPU 9
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "mig-1g.5gb-7", "cdi": []},
+    ]}
+    pods = [{"namespace": "ns", "name": "dra", "uid": "u",
+             "containers": [{"name": "c", "id": "c" * 64, "claims": [claim]}]}]
+    with serve_pod_resources(f"{sock_dir}/k.sock", pods):
+        attributor = Attributor(ProcfsReader(sock_dir),
+                                pod_resources=PodResourcesClient(f"{sock_dir}/k.sock"))
+        result = attributor.attribute(gpus)
+    found = {(a.device_uuid, a.attributes["otel_gpu.k8s.resourceclaim.name"])
+             for a in result.assignments}
+    assert found == {(gpus[2].uuid, "gpus"), (mig0.uuid, "gpus")}
+    assert [(e.source, e.error_type) for e in result.errors] == [
+        ("kubelet", "UnresolvedDevice"), ("kubelet", "UnresolvedDevice")]

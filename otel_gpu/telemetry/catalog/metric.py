@@ -30,6 +30,8 @@ CONTAINER_ATTRIBUTES = (
     "k8s.container.name",
     LABEL_TEMPLATE,
 )
+# On a device given through a Dynamic Resource Allocation claim: the claim and its driver.
+DRA_ATTRIBUTES = ("otel_gpu.k8s.resourceclaim.name", "otel_gpu.k8s.dra.driver.name")
 WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES)
 
 

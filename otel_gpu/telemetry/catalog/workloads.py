@@ -10,6 +10,7 @@ from otel_gpu.telemetry.catalog.gpu import all_devices
 from otel_gpu.telemetry.catalog.metric import (
     CONTAINER_ATTRIBUTES,
     COUNTER,
+    DRA_ATTRIBUTES,
     GAUGE,
     MIG_IDENTITY,
     UPDOWNCOUNTER,
@@ -77,7 +78,7 @@ WHO.add(
     unit="1",
     description="1 per device and container or pod that the runtime or the kubelet gave it, "
     "busy or idle.",
-    attributes=(*MIG_IDENTITY, *CONTAINER_ATTRIBUTES),
+    attributes=(*MIG_IDENTITY, *CONTAINER_ATTRIBUTES, *DRA_ATTRIBUTES),
 )
 def _assignments(snap: Snapshot) -> Iterator[Point]:
     if not snap.assignments:
