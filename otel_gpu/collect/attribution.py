@@ -8,6 +8,7 @@ its init process, Docker's ``State.Pid``; a pod container where the kubelet puts
 
     processes (pid, device, memory) x procfs (uid, cgroup -> container id)
         x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
+    a process in no container x its Slurm job step (from its cgroup path) -> workloads
 
 The readers keep the caches: ``ProcfsReader`` by (pid, start time), ``DockerClient`` by container
 id, the kubelet clients for a few seconds; each forgets what was not asked for in the last cycle.
@@ -34,9 +35,11 @@ from otel_gpu.sources._text import clean_value, passwd_name
 from otel_gpu.sources.cgroup import (
     CgroupReader,
     ContainerRef,
+    SlurmStep,
     cgroup_lines_for,
     container_from_cgroup_lines,
     pod_container_paths,
+    slurm_step_from_cgroup_lines,
 )
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -51,6 +54,9 @@ from otel_gpu.sources.procfs import ProcessInfo, ProcfsReader
 
 Attrs = dict[str, str]
 UserLookup = Callable[[int], "str | None"]
+# A process in a Slurm job step, named like a pod (the conventions have no Slurm names yet).
+SLURM_JOB_ID = "otel_gpu.slurm.job.id"
+SLURM_STEP_ID = "otel_gpu.slurm.step.id"
 
 _LABEL_PREFIX = "container.label."
 # Labels cri-dockerd sets on the Docker containers of pods: the pod without asking the kubelet.
@@ -347,17 +353,24 @@ class _Cycle:
         holders: dict[str, ProcessInfo] = {}  # container id -> one of its GPU processes
         uids: set[int] = set()
         # The processes of one user in one container share their attributes: built once.
-        shared: dict[tuple[int | None, str | None], tuple[tuple[str, str], ...]] = {}
+        shared: dict[tuple[int | None, str | None, SlurmStep | None],
+                     tuple[tuple[str, str], ...]] = {}
+        steps: dict[tuple[str, ...], SlurmStep | None] = {}
         for uuid, _, process in placed:
             info = infos.get(process.pid)
-            uid = cid = None
+            uid = cid = step = None
             if info is not None:
                 uid = info.uid
                 ref = self.process_refs.get(process.pid)
                 if ref is not None:
                     cid = ref.id
                     holders.setdefault(cid, info)
-            items = shared.get((uid, cid))
+                else:
+                    lines = info.cgroup_lines
+                    if lines not in steps:
+                        steps[lines] = slurm_step_from_cgroup_lines(lines)
+                    step = steps[lines]
+            items = shared.get((uid, cid, step))
             if items is None:
                 attrs: Attrs = {}
                 if uid is not None:
@@ -365,7 +378,10 @@ class _Cycle:
                     attrs["process.owner"] = self.a.owner(uid)
                 if cid is not None:
                     attrs.update(self._attrs_of(cid))
-                items = shared[(uid, cid)] = tuple(sorted(attrs.items()))
+                if step is not None:
+                    attrs[SLURM_JOB_ID] = step.job_id
+                    attrs[SLURM_STEP_ID] = step.step_id
+                items = shared[(uid, cid, step)] = tuple(sorted(attrs.items()))
             key = (uuid, items)
             group = groups.get(key)
             if group is None:

@@ -521,3 +521,16 @@ def test_dra_devices_by_uuid_index_or_unresolved(write_scenario, sock_dir: str) 
     assert found == {(gpus[2].uuid, "gpus"), (mig0.uuid, "gpus")}
     assert [(e.source, e.error_type) for e in result.errors] == [
         ("kubelet", "UnresolvedDevice"), ("kubelet", "UnresolvedDevice")]
+
+
+def test_slurm_job_steps_are_workloads_like_pods() -> None:
+    doc, _ = _snapshot(str(SCENARIOS / "slurm.yaml"), 1)
+    keys = ("hw.name", "process.owner", "otel_gpu.slurm.job.id", "otel_gpu.slurm.step.id")
+    found = {tuple(p["attributes"].get(k) for k in keys)
+             for p in points_named(doc, "otel_gpu.workload.gpu.processes")}
+    assert found == {
+        ("gpu0", "alice", "4242", "0"),
+        ("gpu0", "alice", "4242", "batch"),
+        ("gpu1", "bob", "77", "3"),
+        ("gpu1", "bob", None, None),  # a login session: no job
+    }
