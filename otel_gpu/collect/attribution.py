@@ -50,6 +50,7 @@ from otel_gpu.sources.kubelet import (
     PodResourcesClient,
     device_uuid,
 )
+from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.procfs import ProcessInfo, ProcfsReader
 
 Attrs = dict[str, str]
@@ -140,6 +141,7 @@ class Attributor:
         pod_resources: PodResourcesClient | None = None,
         pod_list: PodListClient | None = None,
         *,
+        network: NetnsReader | None = None,
         user_name: UserLookup = passwd_user_name,
         user_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -149,6 +151,7 @@ class Attributor:
         self.docker = docker
         self.pod_resources = pod_resources
         self.pod_list = pod_list
+        self.network = network
         self._user_name = user_name
         self._user_ttl_s = user_ttl_s
         self._clock = clock
@@ -240,6 +243,10 @@ class _Cycle:
                                lambda: self._pod_cgroups(assignments, cgroups), {})
         containers = self._timed(
             "cgroup", self.a.cgroup, lambda: self._container_usage(cgroups), ()
+        )
+        pids = {cid: info.pid for cid, info in {**inits, **holders}.items()}
+        containers = self._timed(
+            "procfs", self.a.network, lambda: self._networks(containers, pids), containers
         )
         assignments = tuple(self._owned(a, infos, inits) for a in assignments)
         return Attribution(
@@ -488,6 +495,19 @@ class _Cycle:
                                              attrs.get("k8s.pod.name")):
                 return pod.user_of(attrs.get("k8s.container.name"))
         return None
+
+    def _networks(
+        self, containers: tuple[ContainerUsage, ...], pids: dict[str, int]
+    ) -> tuple[ContainerUsage, ...]:
+        """Each container's network counters, through one of its processes (none: no figures)."""
+        network = self.a.network
+        assert network is not None
+        out = []
+        for usage in containers:
+            pid = pids.get(usage.attributes.get("container.id", ""))
+            counters = network.read(pid) if pid is not None else None
+            out.append(replace(usage, network=counters) if counters is not None else usage)
+        return tuple(out)
 
     def _container_usage(self, cgroups: dict[str, tuple[str, ...]]) -> tuple[ContainerUsage, ...]:
         cgroup = self.a.cgroup

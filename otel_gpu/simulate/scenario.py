@@ -355,6 +355,8 @@ class _Loader(GpuChecks):
             "oom_kills": self.integer,
             "disk_read_bytes_per_s": self.integer,
             "disk_write_bytes_per_s": self.integer,
+            "network_rx_bytes_per_s": self.integer,
+            "network_tx_bytes_per_s": self.integer,
         }
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 
@@ -380,6 +382,8 @@ class _Loader(GpuChecks):
             pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID)
             if "pid" in raw else None,
             uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
+            host_network=self.boolean(raw["host_network"], f"{key}.host_network")
+            if "host_network" in raw else False,
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:

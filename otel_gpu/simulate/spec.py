@@ -324,6 +324,8 @@ class Resources:
     oom_kills: Varying = None
     disk_read_bytes_per_s: Varying = None
     disk_write_bytes_per_s: Varying = None
+    network_rx_bytes_per_s: Varying = None  # its network namespace's, loopback aside
+    network_tx_bytes_per_s: Varying = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,7 @@ class ContainerSpec:
     pid: int | None = None  # the host pid of its init process (Docker's State.Pid), in /proc
     uid: int = 0  # the uid of that init process
     claims: tuple[ClaimSpec, ...] = ()  # pods only: its DRA claims
+    host_network: bool = False  # on the host's network namespace (--network host, hostNetwork)
 
 
 @dataclass(frozen=True)

@@ -534,3 +534,23 @@ def test_slurm_job_steps_are_workloads_like_pods() -> None:
         ("gpu1", "bob", "77", "3"),
         ("gpu1", "bob", None, None),  # a login session: no job
     }
+
+
+def test_container_network_from_its_namespace_host_network_skipped() -> None:
+    result = run_cli("snapshot", "--format", "json", "--simulate",
+                     str(SCENARIOS / "container-network.yaml"), "--cycles", "3",
+                     "--interval", "10")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    found = {(p["attributes"]["container.name"], p["attributes"]["network.io.direction"]):
+             p["value"] for p in points_named(doc, "container.network.io")}
+    # three cycles of 10 s (the first counts one interval), read through a GPU process and an
+    # idle container's init process; the host-network container has no point
+    assert found == {("alice-train", "receive"): 30_000_000,
+                     ("alice-train", "transmit"): 1_500_000_000,
+                     ("bob-idle", "receive"): 90_000, ("bob-idle", "transmit"): 0}
+    packets = {(p["attributes"]["container.name"], p["attributes"]["network.io.direction"]):
+               p["value"] for p in points_named(doc, "otel_gpu.container.network.packets")}
+    assert packets[("alice-train", "transmit")] == 1_000_000  # 1500-byte frames
+    assert {p["attributes"]["container.name"]
+            for p in points_named(doc, "container.cpu.time")} >= {"bob-hostnet"}

@@ -532,6 +532,12 @@ INVALID = {
     "claims on a Docker container": (
         f"containers: [{{id: {'a' * 64}, name: c, claims: []}}]\ngpus: []\n",
         "containers[0].claims"),
+    "host_network not a boolean": (
+        f"containers: [{{id: {'a' * 64}, name: c, host_network: 1}}]\ngpus: []\n",
+        "containers[0].host_network"),
+    "negative network rate": (
+        f"containers: [{{id: {'a' * 64}, name: c, resources: {{network_tx_bytes_per_s: -1}}}}]"
+        "\ngpus: []\n", "containers[0].resources.network_tx_bytes_per_s"),
     "not a mapping": ("- just\n- a list\n", "(file)"),
     "empty file": ("", "(file)"),
     "yaml syntax error": ("gpus: [{model: H200\n", "(file)"),

@@ -225,3 +225,38 @@ CONTAINERS.add(
     ),
     semconv=True,
 )
+
+
+def _container_network(kind: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            net = usage.network
+            if net is not None:
+                yield getattr(net, f"rx_{kind}"), {**usage.attributes,
+                                                  "network.io.direction": "receive"}
+                yield getattr(net, f"tx_{kind}"), {**usage.attributes,
+                                                  "network.io.direction": "transmit"}
+
+    return observe
+
+
+CONTAINERS.add(
+    name="container.network.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes the container's network namespace received and sent, loopback aside "
+    "(from /proc/<pid>/net/dev of one of its processes); absent for a container on the host's "
+    "network.",
+    attributes=(*CONTAINER_ATTRIBUTES, "network.io.direction"),
+    observe=_container_network("bytes"),
+    semconv=True,
+)
+CONTAINERS.add(
+    name="otel_gpu.container.network.packets",
+    instrument=COUNTER,
+    unit="{packet}",
+    description="Packets the container's network namespace received and sent, loopback aside; "
+    "absent for a container on the host's network.",
+    attributes=(*CONTAINER_ATTRIBUTES, "network.io.direction"),
+    observe=_container_network("packets"),
+)
