@@ -98,6 +98,20 @@ class Session:
         if self.stopped or self.pid != os.getpid():
             return
         self.stopped = True
+        try:
+            self._flush()
+        except KeyboardInterrupt:
+            # A Ctrl-C while flushing gives up the last export; nothing of ours stays behind,
+            # and the interrupt goes on without the frames it came through.
+            if self.child is not None:
+                self.child.kill()
+            if self._beacon is not None:
+                self._beacon.remove()
+            raise KeyboardInterrupt from None
+        if self.summary:
+            self._write_summary()
+
+    def _flush(self) -> None:
         if self._drain is not None:
             self._drain.close()  # the last steps, before the providers' last export
         # A provider this session made exports one last time as it shuts down; one the
@@ -126,8 +140,6 @@ class Session:
                 retired.add(self.pipeline.logger_provider)
         if self._beacon is not None:
             self._beacon.remove()
-        if self.summary:
-            self._write_summary()
 
     def _write_summary(self) -> None:
         try:
@@ -145,7 +157,12 @@ class Session:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        try:
+            self.stop()
+        except KeyboardInterrupt:
+            if exc_type is None:
+                raise
+            # A second Ctrl-C while stopping: the first one, in flight, is the one to report.
 
 
 _lock = threading.Lock()

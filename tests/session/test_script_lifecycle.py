@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -210,3 +211,35 @@ def test_steps_after_a_kill_are_exported_when_stop_comes_before_the_restart() ->
         assert receiver.wait_for(lambda: 25 in _steps(receiver.metric_requests), timeout_s=10)
         steps = _steps(receiver.metric_requests)
     assert steps == sorted(steps) and steps[-1] == 25
+
+
+def test_a_second_ctrl_c_while_stop_waits_gives_up_the_flush_quietly() -> None:
+    process = _script("""
+        import time
+        import otel_gpu
+        session = otel_gpu.start()
+        print(session.child.process.pid, flush=True)
+        with session:
+            while True:
+                with otel_gpu.step():
+                    time.sleep(0.01)
+    """, {"OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
+          "OTEL_METRICS_EXPORTER": "none"}, start_new_session=True)
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    time.sleep(0.5)
+    os.kill(child, signal.SIGSTOP)  # a child that does not answer: stop() waits for it
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert process.poll() is None  # still waiting in stop()
+        os.killpg(process.pid, signal.SIGINT)  # the impatient second Ctrl-C
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+    assert process.returncode != 0
+    assert stderr.count("Traceback") == 1, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert "otel_gpu" not in stderr and "otel-gpu" not in stderr, stderr
+    assert _gone(child)
