@@ -37,6 +37,7 @@ from otel_gpu.telemetry.providers import (
     DEFAULT_EXPORT_INTERVAL_MS,
     build_resource,
     env_export_interval_ms,
+    exemplar_filter_note,
     unknown_exporters,
 )
 
@@ -217,8 +218,10 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(thresholds_file())
-    for note in unknown_exporters():  # said once here; the collector process skips them too
-        log.warning("otel-gpu: %s", note)
+    # Said once here; the collector process skips them too.
+    for note in [*unknown_exporters(), exemplar_filter_note()]:
+        if note:
+            log.warning("otel-gpu: %s", note)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(

@@ -25,7 +25,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.telemetry.insight_log import build_logger_provider
-from otel_gpu.telemetry.providers import env_exporters, metric_readers, observable_views
+from otel_gpu.telemetry.providers import (
+    env_exemplar_filter,
+    env_exporters,
+    metric_readers,
+    observable_views,
+)
 
 
 class _OwnerOnlyReader(PeriodicExportingMetricReader):
@@ -110,7 +115,8 @@ def session_providers(meter_provider: Any, tracer_provider: Any,
         readers: list[MetricReader] = metric_readers(
             exporters, lambda exporter: _OwnerOnlyReader(exporter, interval_ms))
         meter_provider = MeterProvider(metric_readers=readers, resource=resource,
-                                       views=observable_views())
+                                       views=observable_views(),
+                                       exemplar_filter=env_exemplar_filter())
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
         owns_meter = True
     if tracer_provider is None:
