@@ -130,13 +130,15 @@ def session_providers(meter_provider: Any, tracer_provider: Any,
     return Providers(meter_provider, tracer_provider, owns_meter, owns_tracer)
 
 
-def insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
+def insight_logger_provider(resource: Resource, *, otlp: Callable[[str], Any] | None = None
+                            ) -> tuple[Any, bool]:
     """Where insight log records go: the application's SDK LoggerProvider, else one built from
-    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
+    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter.
+    ``otlp(name)`` makes the exporter an OTLP name stands for, instead of the SDK's."""
     current = app_logger_provider()
     if current is not None:
         return current, False
-    exporters = env_exporters("logs", ConsoleLogRecordExporter)
+    exporters = env_exporters("logs", ConsoleLogRecordExporter, otlp=otlp)
     if not exporters:
         return None, False
     return build_logger_provider(exporters, resource), True

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from otlp_receiver import OtlpReceiver, points
 from runner import ROOT
 
@@ -84,7 +85,8 @@ def test_nothing_listening_is_one_failed_delivery_and_one_line(caplog: object) -
         assert backend.deliverable(server.getsockname())
 
 
-def test_without_a_collector_stop_is_quick_and_says_so_in_one_line() -> None:
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_without_a_collector_stop_is_quick_and_says_so_in_one_line(in_process: str) -> None:
     port = _free_port()
     stdout, stderr = _finish(_script("""
         import time
@@ -95,7 +97,8 @@ def test_without_a_collector_stop_is_quick_and_says_so_in_one_line() -> None:
         started = time.monotonic()
         otel_gpu.stop()
         print(time.monotonic() - started)
-    """, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}))
+    """, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+          "OTEL_GPU_COLLECT_IN_PROCESS": in_process}))
     # A bound with generous slack over the expected tenths of a second: the SDK's retries
     # alone would take its 10 s timeout.
     assert float(stdout) < 2.0
