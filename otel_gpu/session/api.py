@@ -134,7 +134,7 @@ class Session:
             self._view.closed = True
         if self.pipeline is not None:
             try:
-                self.pipeline.shutdown()
+                self.pipeline.shutdown(done=(self.meter_provider,))
             except Exception:
                 log.warning("otel-gpu: flush failed", exc_info=True)
             if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:

@@ -246,3 +246,18 @@ def test_a_second_ctrl_c_while_stop_waits_gives_up_the_flush_quietly() -> None:
     assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
     assert "otel_gpu" not in stderr and "otel-gpu" not in stderr, stderr
     assert _gone(child)
+
+
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_with_a_collector_stop_writes_nothing_on_stderr(in_process: str) -> None:
+    with OtlpReceiver() as receiver:
+        _, stderr = _finish(_script("""
+            import otel_gpu
+            otel_gpu.start()
+            for _ in otel_gpu.track(range(20)):
+                pass
+            otel_gpu.stop()
+        """, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_GPU_COLLECT_IN_PROCESS": in_process}))
+        assert receiver.wait_for(lambda: 20 in _steps(receiver.metric_requests), timeout_s=10)
+    assert stderr == ""
