@@ -118,7 +118,29 @@ def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool =
     else:
         protocol = OTLP_NAMES.get(name) or otlp_protocol(signal)
     module, cls = _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or protocol)]
-    return getattr(importlib.import_module(module), cls)()
+    kwargs = {} if strict else _lenient_timeout(signal)
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+OTLP_TIMEOUT_S = 10.0  # the SDK exporters' default for OTEL_EXPORTER_OTLP_TIMEOUT, in seconds
+
+
+def _lenient_timeout(signal: str) -> dict[str, float]:
+    """``timeout=`` the default when ``OTEL_EXPORTER_OTLP_TIMEOUT`` is not a number (and no
+    per-signal timeout overrides it): the SDK's HTTP exporters warn and use the default, its
+    gRPC exporters would raise."""
+    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT") is not None:
+        return {}
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    if raw is None:
+        return {}
+    try:
+        float(raw)
+        return {}
+    except ValueError:
+        _warn_once(f"OTEL_EXPORTER_OTLP_TIMEOUT: {raw!r} is not a number of seconds; "
+                   f"using {OTLP_TIMEOUT_S:g}")
+        return {"timeout": OTLP_TIMEOUT_S}
 
 
 _warned: set[str] = set()
