@@ -23,6 +23,7 @@ from otel_gpu.config import operator_group, status_socket
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Snapshot, device_activity
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
+from otel_gpu.telemetry.providers import exemplar_filter_note
 
 EXIT_OK = 0
 
@@ -39,6 +40,9 @@ def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) 
     )
     if pipeline.driver_message:
         print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
+    note = exemplar_filter_note()
+    if note:
+        print(f"otel-gpu: {note}", file=sys.stderr)
     return pipeline
 
 
