@@ -63,6 +63,7 @@ from otel_gpu.simulate.scenario_checks import (
     HEX_DIGITS,
     HOST_KEYS,
     KUBELET_KEYS,
+    MAX_PID,
     MAX_UID,
     NVLINK_KEYS,
     POD_CONTAINER_KEYS,
@@ -374,6 +375,10 @@ class _Loader(GpuChecks):
             devices=written,
             device_uuids=resolved,
             resources=self.resources(raw.get("resources", {}), f"{key}.resources"),
+            user=self.string(raw["user"], f"{key}.user") if "user" in raw else None,
+            pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID)
+            if "pid" in raw else None,
+            uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
@@ -393,6 +398,8 @@ class _Loader(GpuChecks):
             name=self.string(raw["name"], f"{key}.name"),
             uid=uid,
             containers=tuple(containers),
+            run_as_user=self.integer(raw["run_as_user"], f"{key}.run_as_user", maximum=MAX_UID)
+            if "run_as_user" in raw else None,
         )
 
     def check_unique_containers(
