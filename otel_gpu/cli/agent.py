@@ -287,7 +287,7 @@ def _holders(snapshot: Snapshot) -> list[str]:
         if (a.device_uuid, holder) not in busy:
             busy.add((a.device_uuid, holder))
             rows.append((order.get(a.device_uuid, len(order)), names.get(a.device_uuid, "?"),
-                         "-", holder, "given, runs nothing"))
+                         a.owner or "-", holder, "given, runs nothing"))
     if not rows:
         return []
     lines = ["", "who uses what (device, user, container or pod, its processes there):"]
