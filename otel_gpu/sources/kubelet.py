@@ -11,10 +11,10 @@ tied to one protobuf version. Field numbers are those of k8s.io/kubelet
 keps/sig-node/2403-pod-resources-allocatable-resources and in the kubernetes.io page "Monitor Device
 Plugin Resources"); only the fields read here are declared, the others are skipped when parsing.
 ``ContainerResources.dynamic_resources`` (5) and its ``DynamicResource`` (claim_name 2,
-claim_namespace 3, claim_resources 4; 1 was class_name, removed in Kubernetes 1.31),
+claim_namespace 3, claim_resources 4; 1, class_name, is not read: newer kubelets drop it),
 ``ClaimResource`` (cdi_devices 1, driver_name 2, pool_name 3, device_name 4) and ``CDIDevice``
-(name 1) are those of the same file from Kubernetes 1.31 on (KEP-3695 and KEP-4381, structured
-parameters), the claims of Dynamic Resource Allocation.
+(name 1) are those of the same file from Kubernetes 1.31 on: the claims of Dynamic Resource
+Allocation (KEP-3695 added them; KEP-4381, structured parameters, the driver, pool and device).
 
 Each call has a deadline for the whole request (``timeout_s``): the gRPC deadline, and for
 ``/pods`` one that bounds every socket operation together (``otel_gpu.sources._http``). A call
