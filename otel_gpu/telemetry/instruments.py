@@ -22,6 +22,7 @@ from otel_gpu.telemetry.catalog import (
     Metric,
     observed_metrics,
 )
+from otel_gpu.telemetry.failures import FailureTally, carried
 
 log = logging.getLogger("otel_gpu")
 
@@ -30,14 +31,55 @@ class SnapshotSource(Protocol):
     def get(self) -> Snapshot: ...
 
 
-def _callback(metric: Metric, cache: SnapshotSource) -> Any:
+COLLECTION_ERRORS = "otel_gpu.collection.errors"
+
+# Which source a metric's values come from, for counting the values OTLP cannot carry.
+_SOURCE_BY_PREFIX = (
+    ("hw.", "nvml"),
+    ("nvidia.", "nvml"),
+    ("otel_gpu.workload.", "attribution"),
+    ("otel_gpu.device.", "attribution"),
+    ("container.", "cgroup"),
+    ("otel_gpu.container.", "cgroup"),
+    ("system.", "host"),
+)
+
+
+def value_source(metric_name: str) -> str:
+    """The source whose values ``metric_name`` exports (``collector`` for our own)."""
+    for prefix, source in _SOURCE_BY_PREFIX:
+        if metric_name.startswith(prefix):
+            return source
+    return "collector"
+
+
+def _observe(metric: Metric, tally: FailureTally) -> Any:
+    """The metric's observe function; ``otel_gpu.collection.errors`` adds the failures counted
+    after collection (dropped values, exports) to the sources' own."""
     observe = metric.observe
     assert observe is not None
+    if metric.name != COLLECTION_ERRORS:
+        return observe
+
+    def with_tally(snapshot: Snapshot) -> Iterable[tuple[float, dict[str, Any]]]:
+        counts = dict(snapshot.error_counts)
+        for key, count in tally.counts().items():
+            counts[key] = counts.get(key, 0) + count
+        for (source, error_type), count in counts.items():
+            yield count, {"otel_gpu.source": source, "error.type": error_type}
+
+    return with_tally
+
+
+def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally) -> Any:
+    observe = _observe(metric, tally)
+    source = value_source(metric.name)
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         try:
             snapshot = cache.get()
-            return [Observation(value, attrs) for value, attrs in observe(snapshot)]
+            points = carried(observe(snapshot), metric.name, source, tally)
+            return [Observation(value, attrs) for value, attrs in points]
         except Exception:
             log.exception("otel-gpu: could not observe %s", metric.name)
             return []
@@ -46,9 +88,17 @@ def _callback(metric: Metric, cache: SnapshotSource) -> Any:
 
 
 def register_catalog(
-    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None
+    meter: Meter,
+    cache: SnapshotSource,
+    metrics: Iterable[Metric] | None = None,
+    tally: FailureTally | None = None,
 ) -> list[Any]:
-    """Create one observable instrument per catalog entry; all read the cached Snapshot."""
+    """Create one observable instrument per catalog entry; all read the cached Snapshot.
+
+    A value OTLP cannot carry (an int beyond int64, a non-finite float) is dropped for its point
+    alone and counted in ``tally``, which ``otel_gpu.collection.errors`` reports.
+    """
+    tally = tally if tally is not None else FailureTally()
     instruments = []
     for metric in observed_metrics() if metrics is None else metrics:
         create = {
@@ -59,7 +109,7 @@ def register_catalog(
         instruments.append(
             create(
                 metric.name,
-                callbacks=[_callback(metric, cache)],
+                callbacks=[_callback(metric, cache, tally)],
                 unit=metric.unit,
                 description=metric.description,
             )
