@@ -7,16 +7,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.insights.engine import Thresholds
 from otel_gpu.snapshot import Snapshot
+from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.telemetry.instruments import register_catalog
 from otel_gpu.telemetry.providers import (
+    agent_export_timeout_s,
     build_meter_provider,
     build_readers,
     build_resource,
@@ -35,11 +41,16 @@ class Pipeline:
     driver_message: str | None = None
     instruments: list[Any] = field(default_factory=list)
     logger_provider: Any = None  # insight log records, when an exporter for them is set
+    tally: FailureTally = field(default_factory=FailureTally)
 
     def collect_and_export(self) -> Snapshot:
-        """One cycle: read the world once, then let every reader collect and export it."""
+        """One cycle: read the world once, then let every push reader collect it and hand it to
+        its exporter, which queues it (see ``QueuedExporter``): a slow backend never holds the
+        cycle up. Pull readers (a Prometheus scrape, the in-memory reader) collect when read."""
         snapshot = self.cache.refresh()
-        self.provider.force_flush()
+        for reader in self.readers:
+            if isinstance(reader, PeriodicExportingMetricReader):
+                reader.collect()
         return snapshot
 
     def shutdown(self) -> None:
@@ -67,7 +78,9 @@ def build_pipeline(
     ``otlp`` exporter, each insight that fires or clears also goes out as an OTLP log record.
     """
     collector = build_collector(simulate, interval_s, thresholds=thresholds)
-    readers = build_readers(exporters, interval_s=None)
+    tally = FailureTally()
+    readers = build_readers(exporters, interval_s=None, tally=tally,
+                            export_timeout_s=agent_export_timeout_s(interval_s))
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
@@ -79,8 +92,7 @@ def build_pipeline(
     message = collector.start()
     cache = SnapshotCache(collector, max_age_s=1.5 * interval_s)
     provider = build_meter_provider(readers, resource)
-    instruments = register_catalog(get_meter(provider), cache)
-    return Pipeline(
-        collector, cache, provider, readers, memory_reader, message, instruments, logger_provider
-    )
+    instruments = register_catalog(get_meter(provider), cache, tally=tally)
+    return Pipeline(collector, cache, provider, readers, memory_reader, message, instruments,
+                    logger_provider, tally)
 

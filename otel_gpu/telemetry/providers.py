@@ -23,6 +23,8 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from otel_gpu._version import __version__
 from otel_gpu.config import ConfigError
 from otel_gpu.sources.identity import SelfInfo
+from otel_gpu.telemetry.export_queue import QueuedExporter
+from otel_gpu.telemetry.failures import FailureTally
 
 log = logging.getLogger("otel_gpu")
 
@@ -82,11 +84,26 @@ _OTLP_CLASSES = {
 }
 
 
-def otlp_exporter(signal: str = "metrics") -> Any:
+def otlp_exporter(signal: str = "metrics", default_timeout_s: float | None = None) -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
-    itself (endpoint, headers, timeout, compression, TLS, temporality preference)."""
+    itself (endpoint, headers, timeout, compression, TLS, temporality preference).
+
+    ``default_timeout_s``: the time one export may take (its retries included) when neither
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`` nor ``OTEL_EXPORTER_OTLP_TIMEOUT`` says."""
     module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
-    return getattr(importlib.import_module(module), name)()
+    cls = getattr(importlib.import_module(module), name)
+    configured = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT")
+                  or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
+    if default_timeout_s is not None and not configured:
+        return cls(timeout=default_timeout_s)
+    return cls()
+
+
+def agent_export_timeout_s(interval_s: float) -> float:
+    """An agent's export waits at most one interval (1 to 10 s, the SDK's default) unless a
+    timeout is configured, so that a backend back from an outage gets data within about one
+    interval instead of after the exporter's retry schedule."""
+    return min(max(interval_s, 1.0), 10.0)
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -145,17 +162,22 @@ def _prometheus_reader() -> MetricReader:
     return PrometheusMetricReader()
 
 
-def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[MetricReader]:
-    """One reader per exporter. ``interval_s`` None: the caller drives collection itself."""
+def build_readers(exporters: Sequence[str], interval_s: float | None, *,
+                  tally: FailureTally | None = None,
+                  export_timeout_s: float | None = None) -> list[MetricReader]:
+    """One reader per exporter. ``interval_s`` None: the caller drives collection itself.
+
+    With a ``tally``, the OTLP exporter runs behind a ``QueuedExporter`` (its own thread, a
+    bounded queue) whose dropped batches and failed exports are counted there.
+    """
     millis = math.inf if interval_s is None else interval_s * 1000.0
     readers: list[MetricReader] = []
     for name in dict.fromkeys(exporters):
         if name == "otlp":
-            readers.append(
-                PeriodicExportingMetricReader(
-                    otlp_exporter("metrics"), export_interval_millis=millis
-                )
-            )
+            exporter = otlp_exporter("metrics", export_timeout_s)
+            if tally is not None:
+                exporter = QueuedExporter(exporter, tally)
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=millis))
         elif name == "console":
             readers.append(
                 PeriodicExportingMetricReader(
