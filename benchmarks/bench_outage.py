@@ -5,7 +5,8 @@ Runs ``otel-gpu agent --simulate dgx-a100 --interval I --cycles N`` against an O
 where nothing listens for ``--down`` seconds, then starts a real OTLP receiver on that port
 (tests/support/otlp_receiver.py) and lets the agent finish. Prints, as JSON: cycles the agent
 sampled while the backend was down (delivered after its return, or dropped from the bounded
-queue and counted), seconds from the return to the first cycle sampled after it arriving, the
+queue and counted), seconds from the return to the first export arriving and to the first cycle
+sampled after the return arriving (the queued ones go first, in order), the
 agent's RSS over time, and the export failures it counted.
 
     .venv/bin/python benchmarks/bench_outage.py                 # 5 minutes down at --interval 1
@@ -75,7 +76,10 @@ def main() -> int:
         back_ns = time.time_ns()
         back = time.monotonic()
         recovered_s = None
+        first_export_s = None
         while agent.poll() is None:
+            if first_export_s is None and receiver.metric_requests:
+                first_export_s = time.monotonic() - back
             if recovered_s is None and any(
                     p["time_unix_nano"] > back_ns for p in points(receiver.metric_requests[-3:])
                     if p["name"] == MARKER):
@@ -101,6 +105,7 @@ def main() -> int:
         "cycles_sampled_while_down": delivered_down + dropped,
         "delivered_from_outage": delivered_down,
         "dropped_from_queue": dropped,
+        "first_export_after_s": None if first_export_s is None else round(first_export_s, 2),
         "recovered_after_s": None if recovered_s is None else round(recovered_s, 2),
         "rss_kib_first": rss[0][1] if rss else None,
         "rss_kib_max": max(v for _, v in rss) if rss else None,

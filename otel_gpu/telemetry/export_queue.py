@@ -154,3 +154,25 @@ class QueuedExporter(MetricExporter):
             self.exporter.shutdown(timeout_millis=limit_ms)
         finally:
             self._worker.join(timeout=1.0)
+
+
+class Borrowed(MetricExporter):
+    """An exporter lent to one reader: the reader's shutdown leaves it open for the next
+    generation's reader (see ``MeterGenerations``); its owner closes it."""
+
+    def __init__(self, exporter: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=getattr(exporter, "_preferred_temporality", None),
+            preferred_aggregation=getattr(exporter, "_preferred_aggregation", None),
+        )
+        self.exporter = exporter
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        return self.exporter.export(metrics_data, timeout_millis=timeout_millis)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.exporter.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass

@@ -23,6 +23,7 @@ from otel_gpu.telemetry.catalog import (
     observed_metrics,
 )
 from otel_gpu.telemetry.failures import FailureTally, carried
+from otel_gpu.telemetry.series import SeriesLedger
 
 log = logging.getLogger("otel_gpu")
 
@@ -71,15 +72,18 @@ def _observe(metric: Metric, tally: FailureTally) -> Any:
     return with_tally
 
 
-def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally) -> Any:
+def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally,
+              ledger: SeriesLedger) -> Any:
     observe = _observe(metric, tally)
     source = value_source(metric.name)
+    counter = metric.instrument == COUNTER
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         try:
             snapshot = cache.get()
             points = carried(observe(snapshot), metric.name, source, tally)
-            return [Observation(value, attrs) for value, attrs in points]
+            exported = ledger.observe(metric.name, counter, points, snapshot.cycle)
+            return [Observation(value, attrs) for value, attrs in exported]
         except Exception:
             log.exception("otel-gpu: could not observe %s", metric.name)
             return []
@@ -92,13 +96,16 @@ def register_catalog(
     cache: SnapshotSource,
     metrics: Iterable[Metric] | None = None,
     tally: FailureTally | None = None,
+    ledger: SeriesLedger | None = None,
 ) -> list[Any]:
     """Create one observable instrument per catalog entry; all read the cached Snapshot.
 
     A value OTLP cannot carry (an int beyond int64, a non-finite float) is dropped for its point
-    alone and counted in ``tally``, which ``otel_gpu.collection.errors`` reports.
+    alone and counted in ``tally``, which ``otel_gpu.collection.errors`` reports. ``ledger``
+    records the series reported and gives counters their baselines (see ``SeriesLedger``).
     """
     tally = tally if tally is not None else FailureTally()
+    ledger = ledger if ledger is not None else SeriesLedger()
     instruments = []
     for metric in observed_metrics() if metrics is None else metrics:
         create = {
@@ -109,7 +116,7 @@ def register_catalog(
         instruments.append(
             create(
                 metric.name,
-                callbacks=[_callback(metric, cache, tally)],
+                callbacks=[_callback(metric, cache, tally, ledger)],
                 unit=metric.unit,
                 description=metric.description,
             )

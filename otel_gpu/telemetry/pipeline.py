@@ -7,11 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    InMemoryMetricReader,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.collect.build import build_collector
@@ -19,14 +15,12 @@ from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.insights.engine import Thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.failures import FailureTally
+from otel_gpu.telemetry.generations import MeterGenerations, RotationPolicy
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
-from otel_gpu.telemetry.instruments import register_catalog
 from otel_gpu.telemetry.providers import (
+    ReaderFactory,
     agent_export_timeout_s,
-    build_meter_provider,
-    build_readers,
     build_resource,
-    get_meter,
     otlp_exporter,
 )
 
@@ -35,27 +29,43 @@ from otel_gpu.telemetry.providers import (
 class Pipeline:
     collector: Collector
     cache: SnapshotCache
-    provider: MeterProvider
-    readers: list[MetricReader]
-    memory_reader: InMemoryMetricReader | None = None
+    meters: MeterGenerations
+    outputs: ReaderFactory
     driver_message: str | None = None
-    instruments: list[Any] = field(default_factory=list)
     logger_provider: Any = None  # insight log records, when an exporter for them is set
     tally: FailureTally = field(default_factory=FailureTally)
+
+    @property
+    def provider(self) -> MeterProvider:
+        return self.meters.provider
+
+    @property
+    def readers(self) -> list[MetricReader]:
+        return self.meters.readers
+
+    @property
+    def memory_reader(self) -> InMemoryMetricReader | None:
+        return self.meters.memory_reader
+
+    @property
+    def instruments(self) -> list[Any]:
+        return self.meters.instruments
 
     def collect_and_export(self) -> Snapshot:
         """One cycle: read the world once, then let every push reader collect it and hand it to
         its exporter, which queues it (see ``QueuedExporter``): a slow backend never holds the
-        cycle up. Pull readers (a Prometheus scrape, the in-memory reader) collect when read."""
+        cycle up. Then, if too many series are gone, a new MeterProvider generation."""
         snapshot = self.cache.refresh()
-        for reader in self.readers:
-            if isinstance(reader, PeriodicExportingMetricReader):
-                reader.collect()
+        self.meters.collect()
+        self.meters.maybe_rotate(snapshot.cycle)
         return snapshot
 
     def shutdown(self) -> None:
         try:
-            self.provider.shutdown()
+            try:
+                self.meters.shutdown()
+            finally:
+                self.outputs.close()
             if self.logger_provider is not None:
                 self.logger_provider.shutdown()
         finally:
@@ -70,6 +80,7 @@ def build_pipeline(
     in_memory: bool = False,
     resource: Resource | None = None,
     thresholds: Thresholds | None = None,
+    policy: RotationPolicy | None = None,
 ) -> Pipeline:
     """The agent's pipeline: collection driven by ``collect_and_export()`` every interval.
 
@@ -79,20 +90,18 @@ def build_pipeline(
     """
     collector = build_collector(simulate, interval_s, thresholds=thresholds)
     tally = FailureTally()
-    readers = build_readers(exporters, interval_s=None, tally=tally,
+    outputs = ReaderFactory(exporters, interval_s=None, tally=tally,
                             export_timeout_s=agent_export_timeout_s(interval_s))
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
         logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
-    memory_reader = InMemoryMetricReader() if in_memory else None
-    if memory_reader is not None:
-        readers.append(memory_reader)
     message = collector.start()
     cache = SnapshotCache(collector, max_age_s=1.5 * interval_s)
-    provider = build_meter_provider(readers, resource)
-    instruments = register_catalog(get_meter(provider), cache, tally=tally)
-    return Pipeline(collector, cache, provider, readers, memory_reader, message, instruments,
-                    logger_provider, tally)
 
+    def make_readers() -> list[MetricReader]:
+        return [*outputs(), *([InMemoryMetricReader()] if in_memory else [])]
+
+    meters = MeterGenerations(make_readers, resource, cache, tally, policy=policy)
+    return Pipeline(collector, cache, meters, outputs, message, logger_provider, tally)

@@ -15,6 +15,7 @@ from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
+    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -23,7 +24,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from otel_gpu._version import __version__
 from otel_gpu.config import ConfigError
 from otel_gpu.sources.identity import SelfInfo
-from otel_gpu.telemetry.export_queue import QueuedExporter
+from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
 
 log = logging.getLogger("otel_gpu")
@@ -141,15 +142,16 @@ def env_export_interval_ms(default_ms: float) -> float:
     return value
 
 
-def _prometheus_reader() -> MetricReader:
+def _prometheus_server() -> None:
+    """The HTTP endpoint that Prometheus scrapes: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (default
+    ``localhost``, as the OpenTelemetry specification says) and ``_PORT`` (default 9464)."""
     try:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
     except ImportError as err:
         raise ConfigError(
             f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
         ) from err
-    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost"
     port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
     try:
         port = int(port_text)
@@ -159,32 +161,80 @@ def _prometheus_reader() -> MetricReader:
         start_http_server(port=port, addr=host)
     except OSError as err:
         raise ConfigError(f"prometheus exporter: cannot listen on {host}:{port}: {err}") from err
+
+
+def _prometheus_reader() -> MetricReader:
+    try:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    except ImportError as err:
+        raise ConfigError(
+            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
+        ) from err
     return PrometheusMetricReader()
 
 
-def build_readers(exporters: Sequence[str], interval_s: float | None, *,
-                  tally: FailureTally | None = None,
-                  export_timeout_s: float | None = None) -> list[MetricReader]:
-    """One reader per exporter. ``interval_s`` None: the caller drives collection itself.
+class ReaderFactory:
+    """The exporters named, made once (an HTTP server for ``prometheus``), and a fresh reader
+    for each whenever called: one set per MeterProvider generation (``MeterGenerations``).
 
-    With a ``tally``, the OTLP exporter runs behind a ``QueuedExporter`` (its own thread, a
-    bounded queue) whose dropped batches and failed exports are counted there.
+    ``interval_s`` None: the caller drives collection itself. With a ``tally``, the OTLP
+    exporter runs behind a ``QueuedExporter`` (its own thread, a bounded queue) whose dropped
+    batches and failed exports are counted there. The readers borrow the exporters;
+    ``close()`` shuts them down.
     """
+
+    def __init__(self, exporters: Sequence[str], interval_s: float | None, *,
+                 tally: FailureTally | None = None,
+                 export_timeout_s: float | None = None) -> None:
+        self._millis = math.inf if interval_s is None else interval_s * 1000.0
+        self._push: list[MetricExporter] = []
+        self._prometheus = False
+        for name in dict.fromkeys(exporters):
+            if name == "otlp":
+                exporter = otlp_exporter("metrics", export_timeout_s)
+                if tally is not None:
+                    exporter = QueuedExporter(exporter, tally)
+                self._push.append(exporter)
+            elif name == "console":
+                self._push.append(ConsoleMetricExporter())
+            elif name == "prometheus":
+                _prometheus_server()
+                self._prometheus = True
+            elif name != "none":
+                raise ConfigError(
+                    f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
+                )
+
+    def __call__(self) -> list[MetricReader]:
+        readers: list[MetricReader] = [
+            PeriodicExportingMetricReader(Borrowed(exporter), export_interval_millis=self._millis)
+            for exporter in self._push
+        ]
+        if self._prometheus:
+            readers.append(_prometheus_reader())
+        return readers
+
+    def close(self) -> None:
+        for exporter in self._push:
+            try:
+                exporter.shutdown()
+            except Exception:
+                log.exception("otel-gpu: could not shut an exporter down")
+
+
+def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[MetricReader]:
+    """One reader per exporter, owning it. ``interval_s`` None: the caller drives collection."""
     millis = math.inf if interval_s is None else interval_s * 1000.0
     readers: list[MetricReader] = []
     for name in dict.fromkeys(exporters):
         if name == "otlp":
-            exporter = otlp_exporter("metrics", export_timeout_s)
-            if tally is not None:
-                exporter = QueuedExporter(exporter, tally)
-            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=millis))
+            readers.append(PeriodicExportingMetricReader(otlp_exporter("metrics"),
+                                                         export_interval_millis=millis))
         elif name == "console":
-            readers.append(
-                PeriodicExportingMetricReader(
-                    ConsoleMetricExporter(), export_interval_millis=millis
-                )
-            )
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(),
+                                                         export_interval_millis=millis))
         elif name == "prometheus":
+            _prometheus_server()
             readers.append(_prometheus_reader())
         elif name != "none":
             raise ConfigError(

@@ -1,0 +1,93 @@
+"""MeterProvider generations: the SDK's state stays bounded by the series that are alive.
+
+The SDK offers no way to forget an attribute set of an observable instrument (see
+``SeriesLedger``); a MeterProvider that is shut down forgets all of them. So when one
+instrument holds ``max_stale`` series that were not reported for ``stale_after`` cycles (gone
+containers, pods, users, MIG devices, cleared insights), the current generation is replaced by a
+fresh one: new readers on the same exporters, new instruments on the same Snapshot cache. The
+series alive at that moment go on in the new generation; counters among them continue from their
+last value (the first point of the new generation is the increase over one interval), with the
+new generation's start time. To Prometheus ``rate()`` and to cumulative_to_delta this is a
+counter reset with a new start time, which both handle without a spike or a lost increase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+
+from otel_gpu.telemetry.catalog import Metric
+from otel_gpu.telemetry.failures import FailureTally
+from otel_gpu.telemetry.instruments import SnapshotSource, register_catalog
+from otel_gpu.telemetry.providers import build_meter_provider, get_meter
+from otel_gpu.telemetry.series import SeriesLedger
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    stale_after: int = 2  # cycles without a report after which a series counts as gone
+    max_stale: int = 500  # gone series one instrument may hold before a new generation
+
+
+class MeterGenerations:
+    """The current MeterProvider, its readers and instruments, replaced when too many of their
+    series are gone."""
+
+    def __init__(self, make_readers: Callable[[], list[MetricReader]], resource: Resource,
+                 cache: SnapshotSource, tally: FailureTally, *,
+                 policy: RotationPolicy | None = None,
+                 metrics: Iterable[Metric] | None = None) -> None:
+        self._make_readers = make_readers
+        self._resource = resource
+        self._cache = cache
+        self._tally = tally
+        self._metrics = None if metrics is None else tuple(metrics)
+        self.policy = policy or RotationPolicy()
+        self.generation = 0
+        self.readers: list[MetricReader] = []
+        self.instruments: list[Any] = []
+        self.ledger = SeriesLedger()
+        self.provider = self._start(self.ledger)
+
+    def _start(self, ledger: SeriesLedger) -> MeterProvider:
+        self.readers = self._make_readers()
+        provider = build_meter_provider(self.readers, self._resource)
+        self.ledger = ledger
+        self.instruments = register_catalog(get_meter(provider), self._cache, self._metrics,
+                                            tally=self._tally, ledger=ledger)
+        self.generation += 1
+        return provider
+
+    @property
+    def memory_reader(self) -> InMemoryMetricReader | None:
+        return next((r for r in self.readers if isinstance(r, InMemoryMetricReader)), None)
+
+    def collect(self) -> None:
+        """Every push reader collects and hands the result to its exporter; pull readers (a
+        Prometheus scrape, the in-memory reader) collect when they are read."""
+        for reader in self.readers:
+            if isinstance(reader, PeriodicExportingMetricReader):
+                reader.collect()
+
+    def maybe_rotate(self, cycle: int) -> bool:
+        """Start a new generation if one instrument holds too many gone series."""
+        stale = self.ledger.stale(cycle, self.policy.stale_after)
+        if max(stale.values(), default=0) < self.policy.max_stale:
+            return False
+        old = self.provider
+        # The old readers go first, so that a scrape never finds two generations registered.
+        old.shutdown()
+        self.provider = self._start(self.ledger.next_generation(cycle))
+        return True
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
