@@ -35,7 +35,7 @@ from otel_gpu.telemetry.series import SeriesLedger
 @dataclass(frozen=True)
 class RotationPolicy:
     stale_after: int = 2  # cycles without a report after which a series counts as gone
-    max_stale: int = 500  # gone series one instrument may hold before a new generation
+    max_stale: int = 1000  # gone series one instrument may hold before a new generation
 
 
 class MeterGenerations:
