@@ -164,13 +164,9 @@ def _prometheus_server() -> None:
 
 
 def _prometheus_reader() -> MetricReader:
-    try:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    except ImportError as err:
-        raise ConfigError(
-            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
-        ) from err
-    return PrometheusMetricReader()
+    from otel_gpu.telemetry.prometheus import PrometheusReader
+
+    return PrometheusReader()
 
 
 class ReaderFactory:
