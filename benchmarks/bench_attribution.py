@@ -114,7 +114,7 @@ def measure(processes: int, warm_cycles: int) -> dict[str, Any]:
     collector = build_collector(path, interval_s=10.0)
     try:
         collector.start()
-        attributor = collector.attributor
+        attributor = collector.sources.attributor
         assert attributor is not None
         timings: list[tuple[float, float]] = []
         attribute: Callable = attributor.attribute

@@ -36,7 +36,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from otel_gpu.collect.collector import Collector, SnapshotCache
+from otel_gpu.collect.collector import Collector, LocalSources, SnapshotCache
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.nvml import NvmlSource
@@ -155,7 +155,7 @@ def ours_host() -> tuple[Variant, SnapshotCache, Collector]:
     host only. As the agent does, the driver refreshes the cache once, then the reader collects:
     every callback of that collection reuses the one Snapshot (the cache's own age check would
     take one per callback with ``max_age_s=0``, and none at all between refreshes otherwise)."""
-    collector = Collector(NvmlSource(), HostSource())
+    collector = Collector(LocalSources(NvmlSource(), HostSource()))
     cache = SnapshotCache(collector, max_age_s=float("inf"))
     provider, reader = _provider()
     register_catalog(get_meter(provider), cache, host_metrics())
@@ -360,9 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dgx, dgx_skipped = dgx_variants()
     variants = [ours, theirs, floor, theirs_floor, *dgx]
 
-    cycles_before = collector.cycles
+    cycles_before = collector.sources.cycles
     run_rounds(variants, args.rounds, args.collections, args.warmup)
-    host_reads = (collector.cycles - cycles_before) / (args.warmup + args.rounds * args.collections)
+    host_reads = (collector.sources.cycles - cycles_before) / (
+        args.warmup + args.rounds * args.collections)
 
     summaries = {v.name: v.summary() for v in variants}
     ratios: dict[str, dict[str, float]] = {}

@@ -149,7 +149,7 @@ def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
         exporters = [OTLPMetricExporter()]
     session = start(simulate="dgx-a100", export_interval_s=interval_s,
                     metric_exporters=exporters)
-    if (session.exporting is None) != (export_from == "training"):
+    if (session.child is None) != (export_from == "training"):
         raise SystemExit(f"the session did not export from the {export_from} process")
     try:
         figures = run_block(otel_gpu.track, work, block_s)

@@ -81,7 +81,7 @@ SESSION = """
 import time
 import otel_gpu
 with otel_gpu.start() as session:
-    print("exporting from a child process:", session.exporting is not None, flush=True)
+    print("exporting from a child process:", session.child is not None, flush=True)
     end = time.monotonic() + 3.5
     while time.monotonic() < end:
         for _ in otel_gpu.track(range(10)):

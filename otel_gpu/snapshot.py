@@ -8,7 +8,7 @@ data points. Units are in the field names: ``_bytes``, ``_watts``, ``_joules``, 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,13 @@ class ContainerResources:
     disk_read_bytes: int | None = None
     disk_write_bytes: int | None = None
 
+    @property
+    def cpu_s(self) -> float | None:
+        """User plus system CPU time; None when the cgroup gave neither."""
+        if self.cpu_user_s is None and self.cpu_system_s is None:
+            return None
+        return (self.cpu_user_s or 0.0) + (self.cpu_system_s or 0.0)
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -260,6 +267,14 @@ class Insight:
             "since": self.since,
         }
 
+    def point_attributes(self) -> Attributes:
+        """The attributes of this insight's ``otel_gpu.insight.active`` point and log record."""
+        return {
+            **self.attributes,
+            "otel_gpu.insight.rule": self.rule,
+            "otel_gpu.insight.severity": self.severity,
+        }
+
 
 @dataclass(frozen=True)
 class TrainingSignals:
@@ -316,3 +331,45 @@ def mig_identity(mig: MigDevice) -> Attributes:
     return attrs
 
 
+
+
+def device_identity(gpu: Gpu, mig: MigDevice | None = None) -> Attributes:
+    """The identity attributes of a GPU, or of one of its MIG devices."""
+    return gpu_identity(gpu) if mig is None else mig_identity(mig)
+
+
+def each_device(
+    gpus: Iterable[Gpu], live_only: bool = False
+) -> Iterator[tuple[Gpu, MigDevice | None]]:
+    """Every GPU as ``(gpu, None)``, each followed by its MIG devices as ``(gpu, mig)``;
+    ``live_only`` leaves out lost GPUs."""
+    for gpu in gpus:
+        if live_only and gpu.lost:
+            continue
+        yield gpu, None
+        for mig in gpu.mig_devices:
+            yield gpu, mig
+
+
+def cpu_rates(
+    before: ContainerResources | None, now: ContainerResources | None, seconds: float
+) -> tuple[float | None, float | None]:
+    """Between two reads of a cgroup ``seconds`` apart: the CPUs it used on average (user plus
+    system time) and the share of its CFS enforcement periods that were throttled (0..1)."""
+    if before is None or now is None:
+        return None, None
+    used = throttled = None
+    if seconds > 0 and now.cpu_s is not None and before.cpu_s is not None:
+        used = max(now.cpu_s - before.cpu_s, 0.0) / seconds
+    if None not in (now.cpu_periods, before.cpu_periods, now.cpu_throttled_periods,
+                    before.cpu_throttled_periods):
+        periods = (now.cpu_periods or 0) - (before.cpu_periods or 0)
+        if periods > 0:
+            hit = (now.cpu_throttled_periods or 0) - (before.cpu_throttled_periods or 0)
+            throttled = min(1.0, max(hit, 0) / periods)
+    return used, throttled
+
+
+def format_gib(value: float, unit: str = " GiB") -> str:
+    """Bytes as GiB with one decimal, e.g. ``1.5 GiB``."""
+    return f"{value / 2**30:.1f}{unit}"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from otel_gpu.cli.report import snapshot_document, snapshot_table
 from otel_gpu.config import ConfigError
-from otel_gpu.insights.engine import load_thresholds
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 from otel_gpu.telemetry.providers import EXPORTERS
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
-from otel_gpu.snapshot import Snapshot
+from otel_gpu.snapshot import Snapshot, format_gib
 
 
 def _plain(value: Any) -> Any:
@@ -75,7 +75,7 @@ def snapshot_document(
 def _fmt_bytes(value: int | None) -> str:
     if value is None:
         return "-"
-    return f"{value / 2**30:.1f}G"
+    return format_gib(value, unit="G")
 
 
 def _fmt_ratio(value: float | None) -> str:

@@ -26,12 +26,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from otel_gpu.snapshot import ContainerResources, Gpu, MigDevice, Snapshot, Workload
+from otel_gpu.snapshot import (
+    SEVERITY_RANK,
+    ContainerResources,
+    Gpu,
+    Insight,
+    MigDevice,
+    Snapshot,
+    Workload,
+    cpu_rates,
+    each_device,
+    format_gib,
+)
 from otel_gpu.sources.identity import SelfInfo, detect_self
 
 SCHEMA = "otel-gpu.status/1"
 WIDTH = 80
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 _WORKLOAD_KEYS = ("container.id", "k8s.pod.uid", "k8s.pod.name", "process.owner")
 _MIG_ACTIVITY_NOTE = "not reported: MIG without GPM (Hopper and later)"
 
@@ -143,12 +153,7 @@ class StatusView:
 
 
 def _devices(snapshot: Snapshot) -> dict[str, tuple[Gpu, MigDevice | None]]:
-    found: dict[str, tuple[Gpu, MigDevice | None]] = {}
-    for gpu in snapshot.gpus:
-        found[gpu.uuid] = (gpu, None)
-        for mig in gpu.mig_devices:
-            found[mig.uuid] = (gpu, mig)
-    return found
+    return {(mig or gpu).uuid: (gpu, mig) for gpu, mig in each_device(snapshot.gpus)}
 
 
 def _device_view(gpu: Gpu, mig: MigDevice | None, given: bool) -> DeviceView:
@@ -187,31 +192,6 @@ def _add_workload(view: DeviceView, workload: Workload) -> None:
 
 def _container_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in attributes.items() if k != "process.owner"}
-
-
-def _cpu_rates(
-    now: ContainerResources | None, before: ContainerResources | None, seconds: float
-) -> tuple[float | None, float | None]:
-    if now is None or before is None or seconds <= 0:
-        return None, None
-    used = throttled = None
-    parts = (now.cpu_user_s, now.cpu_system_s, before.cpu_user_s, before.cpu_system_s)
-    if all(p is not None for p in parts):
-        delta = (now.cpu_user_s or 0) + (now.cpu_system_s or 0)
-        delta -= (before.cpu_user_s or 0) + (before.cpu_system_s or 0)
-        used = max(0.0, delta / seconds)
-    if None not in (now.cpu_periods, before.cpu_periods, now.cpu_throttled_periods,
-                    before.cpu_throttled_periods):
-        periods = (now.cpu_periods or 0) - (before.cpu_periods or 0)
-        if periods > 0:
-            hit = (now.cpu_throttled_periods or 0) - (before.cpu_throttled_periods or 0)
-            throttled = min(1.0, max(0.0, hit / periods))
-    return used, throttled
-
-
-def _insight_attributes(insight: Any) -> Mapping[str, str]:
-    attributes = getattr(insight, "attributes", None)
-    return attributes if isinstance(attributes, Mapping) else {}
 
 
 def _matches_group(attributes: Mapping[str, str], group: GroupView) -> bool:
@@ -295,8 +275,8 @@ def build_view(
             if cid in groups:
                 group = groups[cid]
                 group.resources = usage.resources
-                group.cpu_used, group.cpu_throttled_ratio = _cpu_rates(
-                    usage.resources, before.get(cid), seconds
+                group.cpu_used, group.cpu_throttled_ratio = cpu_rates(
+                    before.get(cid), usage.resources, seconds
                 )
     else:
         attrs: dict[str, str] = {}
@@ -322,7 +302,7 @@ def build_view(
         now, before_self = own_resources
         group.resources = now
         seconds = snapshot.timestamp - previous.timestamp if previous is not None else 0.0
-        group.cpu_used, group.cpu_throttled_ratio = _cpu_rates(now, before_self, seconds)
+        group.cpu_used, group.cpu_throttled_ratio = cpu_rates(before_self, now, seconds)
 
     ordered = sorted(groups.values(), key=_group_order)
     mine = {d.uuid for g in ordered for d in g.devices} | {
@@ -330,7 +310,7 @@ def build_view(
     }
     other = []
     for insight in sorted(getattr(snapshot, "insights", ()) or (), key=_insight_order):
-        attributes = _insight_attributes(insight)
+        attributes = insight.attributes
         placed = False
         for group in ordered:
             if _matches_group(attributes, group):
@@ -351,23 +331,11 @@ def _group_order(group: GroupView) -> tuple[int, str]:
     return (0 if group.owners else 1, name)
 
 
-def _insight_order(insight: Any) -> tuple[int, str]:
-    return (SEVERITY_ORDER.get(str(getattr(insight, "severity", "")), 3),
-            str(getattr(insight, "rule", "")))
+def _insight_order(insight: Insight) -> tuple[int, str]:
+    return (-SEVERITY_RANK.get(insight.severity, -1), insight.rule)
 
 
 # -- JSON -----------------------------------------------------------------------------------
-
-
-def insight_document(insight: Any) -> dict[str, Any]:
-    return {
-        "rule": getattr(insight, "rule", None),
-        "severity": getattr(insight, "severity", None),
-        "message": getattr(insight, "message", None),
-        "remedy": getattr(insight, "remedy", None),
-        "attributes": dict(_insight_attributes(insight)),
-        "since": getattr(insight, "since", None),
-    }
 
 
 def _ratio(part: float | None, whole: float | None) -> float | None:
@@ -419,7 +387,7 @@ def status_document(view: StatusView) -> dict[str, Any]:
                                 res.memory_limit_bytes if res else None),
                 "oom_kills": res.oom_kills if res else None,
             },
-            "insights": [insight_document(i) for i in group.insights],
+            "insights": [i.to_dict() for i in group.insights],
         })
     return {
         "schema": SCHEMA,
@@ -446,7 +414,7 @@ def status_document(view: StatusView) -> dict[str, Any]:
             "note": me.note,
         },
         "workloads": groups,
-        "insights": [insight_document(i) for i in view.other_insights],
+        "insights": [i.to_dict() for i in view.other_insights],
     }
 
 
@@ -472,7 +440,7 @@ _LABEL = 18
 
 
 def _gib(value: int | None) -> str:
-    return "?" if value is None else f"{value / 2**30:.1f} GiB"
+    return "?" if value is None else format_gib(value)
 
 
 def _cpus(value: float | None) -> str:
@@ -702,7 +670,7 @@ def collect_view(
             if not me.attribution:
                 own_before, own_now = own_now, _own_cgroup()
         assert snapshot is not None
-        world = getattr(collector.simulation, "scenario", None)
+        world = getattr(getattr(collector.sources, "simulation", None), "scenario", None)
         host = str(getattr(world, "name", None) or simulate) if simulate is not None \
             else socket.gethostname()
         view = build_view(snapshot, me, previous=previous, own_resources=(own_now, own_before),

@@ -27,6 +27,7 @@ from otel_gpu.snapshot import (
     GpuProcess,
     SourceError,
     Workload,
+    each_device,
 )
 from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
@@ -83,12 +84,13 @@ class _Devices:
     @classmethod
     def of(cls, gpus: Sequence[Gpu]) -> _Devices:
         devices = cls()
-        for gpu in gpus:
-            devices.mig[gpu.uuid] = False
-            devices.whole.append(gpu.uuid)
-            for ref in (gpu.uuid, str(gpu.index), gpu.name):
-                devices.refs[ref] = gpu.uuid
-            for mig in gpu.mig_devices:
+        for gpu, mig in each_device(gpus):
+            if mig is None:
+                devices.mig[gpu.uuid] = False
+                devices.whole.append(gpu.uuid)
+                for ref in (gpu.uuid, str(gpu.index), gpu.name):
+                    devices.refs[ref] = gpu.uuid
+            else:
                 devices.mig[mig.uuid] = True
                 for ref in (mig.uuid, f"{gpu.index}:{mig.index}", mig.name):
                     devices.refs[ref] = mig.uuid

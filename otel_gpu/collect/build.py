@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping
 
 from otel_gpu.collect.attribution import Attributor
-from otel_gpu.collect.collector import Collector
-from otel_gpu.insights.engine import InsightEngine, Thresholds
+from otel_gpu.collect.collector import Collector, LocalSources
+from otel_gpu.insights.engine import InsightEngine
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.simulate.world import SimulatedWorld
 from otel_gpu.sources.cgroup import CgroupReader
@@ -36,18 +37,19 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(NvmlSource(), HostSource(), attributor=attributor, insights=engine)
+        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor),
+                         insights=engine)
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
     # The world (a procfs and cgroup tree, Docker and kubelet stand-ins) exists for attribution.
     world = SimulatedWorld(server) if attribution else None
-    return Collector(
+    sources = LocalSources(
         NvmlSource(server.nvml, gpm_warmup_s=0.0),
         HostSource(),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
-        insights=engine,
     )
+    return Collector(sources, insights=engine)
 
 
 def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributor:

@@ -18,8 +18,9 @@ class HostReader(Protocol):
     def read(self, overrides: Any = None) -> tuple[HostSnapshot, list[SourceError]]: ...
 
 
-class RemoteSources(Protocol):
-    """The sources run elsewhere (another process): one Snapshot of them per ``read()``."""
+class SnapshotSource(Protocol):
+    """Where a Collector's Snapshots come from: the sources read here (``LocalSources``) or
+    in another process; one Snapshot of them, before the insight rules, per ``read()``."""
 
     def start(self) -> str | None: ...
     def read(self) -> Snapshot: ...
@@ -35,8 +36,8 @@ class Simulation(Protocol):
 TrainingSource = Callable[[], "TrainingSignals | Iterable[TrainingSignals] | None"]
 
 
-class Collector:
-    """Builds one Snapshot per call of ``collect()``; never raises."""
+class LocalSources:
+    """The driver, the attribution join and the host, read in this process, fault-isolated."""
 
     def __init__(
         self,
@@ -46,48 +47,23 @@ class Collector:
         simulation: Simulation | None = None,
         clock: Callable[[], float] = time.time,
         attributor: Attributor | None = None,
-        insights: InsightEngine | None = None,
-        remote: RemoteSources | None = None,
     ) -> None:
         self.nvml = nvml
-        self.remote = remote
         self.host = host
         self.simulation = simulation
         self.attributor = attributor
         self._clock = clock
         self._cycle = 0
-        self._error_counts: dict[tuple[str, str], int] = {}  # the sources' failures
-        self._extra_counts: dict[tuple[str, str], int] = {}  # training, insights, remote
-        self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
-        self.insights = insights if insights is not None else InsightEngine()
-        self._training_sources: list[TrainingSource] = []
-        self._insight_listeners: list[Callable[[InsightUpdate, Snapshot], None]] = []
-
-    def add_error_source(self, take_errors: Callable[[], Iterable[SourceError]]) -> None:
-        """Failures recorded outside the cycle (e.g. by the training tracker), drained per cycle."""
-        self._error_sources.append(take_errors)
-
-    def add_training_source(self, read: TrainingSource) -> None:
-        """Training signals (e.g. a training loop's data-wait ratio), read once per cycle and
-        given to the insight rules."""
-        self._training_sources.append(read)
-
-    def add_insight_listener(self, listener: Callable[[InsightUpdate, Snapshot], None]) -> None:
-        """Called after every cycle with the insights that fired and cleared in it."""
-        self._insight_listeners.append(listener)
+        self._error_counts: dict[tuple[str, str], int] = {}
 
     def start(self) -> str | None:
         """Initialise the sources; returns the one message to show when there is no driver."""
-        if self.remote is not None:
-            return self.remote.start()
         if self.nvml.start():
             return None
         return self.nvml.unavailable_reason
 
     def close(self) -> None:
         """Close the sources, then the simulated world they read, if any."""
-        if self.remote is not None:
-            self.remote.close()
         try:
             self.nvml.close()
         finally:
@@ -103,30 +79,7 @@ class Collector:
     def cycles(self) -> int:
         return self._cycle
 
-    def collect(self) -> Snapshot:
-        """One cycle: the sources (here or in their own process), then the failures recorded
-        outside the cycle and the insight rules, which always run here."""
-        base = self._remote_read() if self.remote is not None else self.read_sources()
-        own: list[SourceError] = []
-        for take_errors in self._error_sources:
-            try:
-                own.extend(take_errors())
-            except Exception as err:
-                own.append(SourceError("collector", "take_errors", type(err).__name__))
-        return self._with_insights(base, own)
-
-    def _remote_read(self) -> Snapshot:
-        assert self.remote is not None
-        try:
-            return self.remote.read()
-        except Exception as err:
-            failure = SourceError("collector", "remote", type(err).__name__)
-            key = (failure.source, failure.error_type)
-            self._error_counts[key] = self._error_counts.get(key, 0) + 1
-            return Snapshot(cycle=-1, timestamp=self._clock(), driver_available=False,
-                            errors=(failure,), error_counts=dict(self._error_counts))
-
-    def read_sources(self) -> Snapshot:
+    def read(self) -> Snapshot:
         """Every source once, fault-isolated: the Snapshot before the insight rules."""
         cycle = self._cycle
         self._cycle += 1
@@ -174,7 +127,7 @@ class Collector:
         for err in errors:
             key = (err.source, err.error_type)
             self._error_counts[key] = self._error_counts.get(key, 0) + 1
-        snapshot = Snapshot(
+        return Snapshot(
             cycle=cycle,
             timestamp=now,
             driver_available=self.nvml.available,
@@ -188,7 +141,62 @@ class Collector:
             assignments=attribution.assignments if attribution is not None else (),
             containers=attribution.containers if attribution is not None else (),
         )
-        return snapshot
+
+
+class Collector:
+    """Builds one Snapshot per call of ``collect()`` from its sources; never raises."""
+
+    def __init__(
+        self,
+        sources: SnapshotSource,
+        *,
+        insights: InsightEngine | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sources = sources
+        self._clock = clock
+        self._extra_counts: dict[tuple[str, str], int] = {}  # training, insights, sources
+        self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
+        self.insights = insights if insights is not None else InsightEngine()
+        self._training_sources: list[TrainingSource] = []
+        self._insight_listeners: list[Callable[[InsightUpdate, Snapshot], None]] = []
+
+    def add_error_source(self, take_errors: Callable[[], Iterable[SourceError]]) -> None:
+        """Failures recorded outside the cycle (e.g. by the training tracker), drained per cycle."""
+        self._error_sources.append(take_errors)
+
+    def add_training_source(self, read: TrainingSource) -> None:
+        """Training signals (e.g. a training loop's data-wait ratio), read once per cycle and
+        given to the insight rules."""
+        self._training_sources.append(read)
+
+    def add_insight_listener(self, listener: Callable[[InsightUpdate, Snapshot], None]) -> None:
+        """Called after every cycle with the insights that fired and cleared in it."""
+        self._insight_listeners.append(listener)
+
+    def start(self) -> str | None:
+        """Initialise the sources; returns the one message to show when there is no driver."""
+        return self.sources.start()
+
+    def close(self) -> None:
+        self.sources.close()
+
+    def collect(self) -> Snapshot:
+        """One cycle: the sources, then the failures recorded outside the cycle and the insight
+        rules, which always run here. Sources that fail as a whole (another process gone) give
+        an empty Snapshot and a counted error of source ``collector``."""
+        own: list[SourceError] = []
+        try:
+            base = self.sources.read()
+        except Exception as err:
+            own.append(SourceError("collector", "remote", type(err).__name__))
+            base = Snapshot(cycle=-1, timestamp=self._clock(), driver_available=False)
+        for take_errors in self._error_sources:
+            try:
+                own.extend(take_errors())
+            except Exception as err:
+                own.append(SourceError("collector", "take_errors", type(err).__name__))
+        return self._with_insights(base, own)
 
     def _training_signals(self, failures: list[SourceError]) -> list[TrainingSignals]:
         signals: list[TrainingSignals] = []

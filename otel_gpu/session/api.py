@@ -1,63 +1,35 @@
-"""``otel_gpu.start()`` inside a training script: the agent's pipeline, the script's lifecycle.
+"""``otel_gpu.start()`` and ``stop()``: the mode chosen once, the session, its lifecycle.
 
-Collection and export never run in the training loop. When the session builds its own providers,
-GPU, MIG and host metrics are collected and exported by a child process
-(``otel_gpu.export_process``); when the application brings its own, they go through those, read
-in the metric reader's thread from sources that still run in a child process
-(``otel_gpu.remote``). Either way an exporter that is slow or down costs the loop nothing.
-
-One session per process: a second ``start()`` returns the first session, and a forked child
-(a DataLoader worker) or a ``multiprocessing`` child neither starts a collector nor exports what
-its parent recorded.
+How the work is shared between the training process and its collector process is told in
+``otel_gpu.session``. One session per process: a second ``start()`` returns the first session,
+and a forked child (a DataLoader worker) or a ``multiprocessing`` child neither starts a
+collector nor exports what its parent recorded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-from otel_gpu.collect.build import build_collector
-from otel_gpu.collect.collector import Collector, SnapshotCache
-from otel_gpu.insights.engine import InsightEngine, Thresholds, load_thresholds
-from otel_gpu.session.child import SourceProcess
-from otel_gpu.session.export_child import ExportingProcess, ExportSettings, SignalReader
+from otel_gpu.insights.thresholds_file import load_thresholds
+from otel_gpu.session.child import ChildError, CollectorChild
+from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
+from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task
+from otel_gpu.session.providers import retired, session_providers
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
-from otel_gpu.session.scope import ScopedCache, rank_devices
-from otel_gpu.session.steps import StepBatch
+from otel_gpu.session.steps import StepBuffer
 from otel_gpu.session.tracker import TrainingTracker
-from otel_gpu.snapshot import SourceError, TrainingSignals
-from otel_gpu.sources.identity import detect_self
-from otel_gpu.sources.nvml import NvmlSource
-from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
-from otel_gpu.telemetry.instruments import register_catalog
-from otel_gpu.telemetry.providers import (
-    build_resource,
-    env_export_interval_ms,
-    env_exporters,
-    get_meter,
-    self_resource,
-)
+from otel_gpu.snapshot import ErrorLog
+from otel_gpu.telemetry.providers import build_resource, env_export_interval_ms, env_exporters
 
 T = TypeVar("T")
 log = logging.getLogger("otel_gpu")
@@ -66,78 +38,41 @@ DEFAULT_SERVICE_NAME = "otel-gpu-training"
 DEFAULT_EXPORT_INTERVAL_MS = 60_000.0
 
 
-class _OwnerOnlyReader(PeriodicExportingMetricReader):
-    """A periodic reader that exports from the process that made it, never from a fork of it.
-
-    The SDK restarts a periodic reader's thread in a forked child, which would export the
-    parent's cumulative values a second time under the same resource.
-    """
-
-    def __init__(self, exporter: MetricExporter, export_interval_millis: float) -> None:
-        self._owner_pid = os.getpid()
-        super().__init__(exporter, export_interval_millis=export_interval_millis)
-
-    def _at_fork_reinit(self) -> None:
-        pass
-
-    def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000,
-                         **kwargs: Any) -> None:
-        if os.getpid() == self._owner_pid:
-            super()._receive_metrics(metrics_data, timeout_millis=timeout_millis, **kwargs)
-
-
-# Providers a stopped session made and shut down; they stay the globals (the API allows setting
-# them once) but must not be reused by a later session.
-_retired: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _is_sdk_meter_provider(provider: Any) -> bool:
-    return isinstance(provider, MeterProvider) and provider not in _retired
-
-
-def _is_sdk_tracer_provider(provider: Any) -> bool:
-    return isinstance(provider, TracerProvider) and provider not in _retired
-
-
-def _set_global(setter: Any, getter: Any, provider: Any) -> None:
-    current = getter()
-    if isinstance(current, (MeterProvider, TracerProvider)):
-        return  # already set once; the API refuses a second one
-    setter(provider)
-
-
-# -- the session -----------------------------------------------------------------------------
-
-
 class Session:
     """What ``start()`` set up; a context manager that stops it on exit."""
 
-    def __init__(self, *, collector: Collector | None, cache: ScopedCache | None,
-                 tracker: TrainingTracker, meter_provider: Any, tracer_provider: Any,
-                 owns_meter_provider: bool, owns_tracer_provider: bool,
-                 driver_message: str | None = None, logger_provider: Any = None,
-                 owns_logger_provider: bool = False,
-                 exporting: ExportingProcess | None = None) -> None:
-        #: GPU, MIG and host metrics through this process's providers (``collector``), or
-        #: collected and exported by a child process (``exporting``); neither in a worker.
-        self.collector = collector
-        self.exporting = exporting
-        self._cache = cache
+    def __init__(self, *, tracker: TrainingTracker, meter_provider: Any, tracer_provider: Any,
+                 owns_meter_provider: bool = False, owns_tracer_provider: bool = False,
+                 mode: Mode | None = None, driver_message: str | None = None,
+                 child: CollectorChild | None = None, pipeline: Any = None,
+                 view: Any = None) -> None:
+        self.mode = mode
+        #: the export role's collector process (``Mode.EXPORT_CHILD``)
+        self.child = child
+        #: collection through this process's providers (the other modes)
+        self.pipeline = pipeline
+        self._view = view
         self.tracker = tracker
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
         self._owns_meter = owns_meter_provider
         self._owns_tracer = owns_tracer_provider
         self.driver_message = driver_message
-        self.logger_provider = logger_provider
-        self._owns_logger = owns_logger_provider
         self.pid = os.getpid()
         self.stopped = False
 
     @property
+    def collector(self) -> Any:
+        return None if self.pipeline is None else self.pipeline.collector
+
+    @property
+    def logger_provider(self) -> Any:
+        return None if self.pipeline is None else self.pipeline.logger_provider
+
+    @property
     def active(self) -> bool:
         return not self.stopped and self.pid == os.getpid() and \
-            (self.collector is not None or self.exporting is not None)
+            (self.pipeline is not None or self.child is not None)
 
     def track(self, iterable: Iterable[T], *, batch_size: int | None = None) -> Iterator[T]:
         return self.tracker.track(iterable, batch_size=batch_size)
@@ -150,25 +85,27 @@ class Session:
         # A provider this session made exports one last time as it shuts down; one the
         # application owns is flushed and left running.
         for provider, owned in ((self.meter_provider, self._owns_meter),
-                                (self.tracer_provider, self._owns_tracer),
-                                (self.logger_provider, self._owns_logger)):
-            if provider is None:
-                continue
+                                (self.tracer_provider, self._owns_tracer)):
             try:
                 if owned:
                     provider.shutdown()
-                    _retired.add(provider)
+                    retired.add(provider)
                 else:
                     provider.force_flush()
             except Exception:
                 log.warning("otel-gpu: flush failed", exc_info=True)
-        if self.exporting is not None:
+        if self.child is not None:
             # After our providers' last export, which is relayed through it.
-            self.exporting.close()
-        if self._cache is not None:
-            self._cache.closed = True
-        if self.collector is not None:
-            self.collector.close()
+            self.child.close()
+        if self._view is not None:
+            self._view.closed = True
+        if self.pipeline is not None:
+            try:
+                self.pipeline.shutdown()
+            except Exception:
+                log.warning("otel-gpu: flush failed", exc_info=True)
+            if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:
+                retired.add(self.pipeline.logger_provider)
 
     def __enter__(self) -> Session:
         return self
@@ -185,6 +122,14 @@ _session: Session | None = None
 def _in_worker_process() -> bool:
     """A ``multiprocessing`` child (e.g. a spawned DataLoader worker) that is not a rank."""
     return multiprocessing.parent_process() is not None and "LOCAL_RANK" not in os.environ
+
+
+def _worker_session() -> Session:
+    """A worker's: its training signals (if any) go nowhere, and nothing is collected."""
+    return Session(tracker=TrainingTracker(metrics.NoOpMeterProvider(),
+                                           trace.NoOpTracerProvider()),
+                   meter_provider=metrics.NoOpMeterProvider(),
+                   tracer_provider=trace.NoOpTracerProvider())
 
 
 def start(*, simulate: str | None = None, meter_provider: Any = None,
@@ -207,184 +152,87 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
         inherited = _session is not None and _session.pid != os.getpid()
         if inherited or _in_worker_process() or \
                 os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-            # A worker: its training signals (if any) go nowhere, and nothing is collected.
-            return Session(collector=None, cache=None,
-                           tracker=TrainingTracker(metrics.NoOpMeterProvider(),
-                                                   trace.NoOpTracerProvider()),
-                           meter_provider=metrics.NoOpMeterProvider(),
-                           tracer_provider=trace.NoOpTracerProvider(),
-                           owns_meter_provider=False, owns_tracer_provider=False)
-        _session = _start(simulate, meter_provider, tracer_provider, metric_exporters,
-                          export_interval_s, attributes, resource)
+            return _worker_session()
+        request = _request(simulate, meter_provider, tracer_provider, metric_exporters,
+                           export_interval_s, attributes, resource)
+        _session = _start(request, choose_mode(meter_provider=meter_provider,
+                                               metric_exporters=metric_exporters))
         return _session
 
 
-def _start(simulate: str | None, meter_provider: Any, tracer_provider: Any,
-           metric_exporters: Sequence[MetricExporter] | None, export_interval_s: float | None,
-           attributes: Mapping[str, str] | None, resource: Resource | None) -> Session:
+def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
+             metric_exporters: Sequence[MetricExporter] | None, export_interval_s: float | None,
+             attributes: Mapping[str, str] | None, resource: Resource | None) -> Request:
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(os.environ.get("OTEL_GPU_THRESHOLDS") or None)
     for signal in ("metrics", "traces", "logs"):  # a misspelt exporter fails before anything
         env_exporters(signal, console=lambda: None, otlp=lambda: None)
-    info = detect_self()
+    detect = resource is None
     if resource is None:
-        # Detected attributes first, so that OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win.
-        resource = self_resource(info).merge(build_resource(DEFAULT_SERVICE_NAME)).merge(
+        resource = build_resource(DEFAULT_SERVICE_NAME).merge(
             Resource({"process.pid": os.getpid()}))
-    simulate = simulate or os.environ.get("OTEL_GPU_SIMULATE") or None
-    # NVML reports host pids: inside a container without the host pid namespace they would be
-    # joined to the wrong local processes, so only the devices are reported there.
-    attribution = simulate is not None or not info.in_container or bool(info.host_pid_namespace)
-    if info.attribution_note:
-        log.info("otel-gpu: %s", info.attribution_note)
-    devices, host = rank_devices()
-    signals = _SignalSource()
-    exporting = None
-    # GPU, MIG and host metrics leave from a child process when the providers are ours, built
-    # from the environment the child inherits; the application's own providers get them here.
-    if meter_provider is None and metric_exporters is None and \
-            not _is_sdk_meter_provider(metrics.get_meter_provider()) and \
-            not _app_logger_provider() and not _env_true("OTEL_GPU_COLLECT_IN_PROCESS"):
-        settings = ExportSettings(simulate, interval_ms / 1e3, attribution,
-                                  None if devices is None else tuple(devices), host,
-                                  dict(resource.attributes), resource.schema_url, thresholds)
-        exporting = _exporting_process(settings, signals.read)
-    relay = exporting.send if exporting is not None else None
-
-    owns_meter = owns_tracer = False
-    if meter_provider is None and _is_sdk_meter_provider(metrics.get_meter_provider()):
-        meter_provider = metrics.get_meter_provider()
-    if meter_provider is None:
-        exporters = list(metric_exporters) if metric_exporters is not None else env_exporters(
-            "metrics", ConsoleMetricExporter,
-            otlp=None if relay is None else lambda: RelayMetricExporter(relay))
-        readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-        _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
-        owns_meter = True
-    if tracer_provider is None and _is_sdk_tracer_provider(trace.get_tracer_provider()):
-        tracer_provider = trace.get_tracer_provider()
-    if tracer_provider is None:
-        tracer_provider = TracerProvider(resource=resource)
-        for exporter in env_exporters("traces", ConsoleSpanExporter,
-                                      otlp=None if relay is None else
-                                      lambda: RelaySpanExporter(relay)):
-            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        _set_global(trace.set_tracer_provider, trace.get_tracer_provider, tracer_provider)
-        owns_tracer = True
-
-    # With a collector process, the tracker's steps are recorded there, off the training thread.
-    tracker = TrainingTracker(meter_provider, tracer_provider, attributes=attributes,
-                              defer=exporting is not None)
-    run_attributes = dict(attributes or {})
-    signals.read_training = lambda: TrainingSignals(tracker.data_wait_ratio, tracker.steps,
-                                                    run_attributes)
-    signals.take_errors = tracker.take_errors
-    if tracker.buffer is not None:
-        signals.drain_steps = tracker.buffer.drain
-    if exporting is not None:
-        if exporting.message:
-            log.warning("otel-gpu: %s; reporting host metrics only", exporting.message)
-        return Session(collector=None, cache=None, tracker=tracker,
-                       meter_provider=meter_provider, tracer_provider=tracer_provider,
-                       owns_meter_provider=owns_meter, owns_tracer_provider=owns_tracer,
-                       driver_message=exporting.message, exporting=exporting)
-    try:
-        return _in_process(simulate, interval_ms, attribution, thresholds, devices, host,
-                           resource, signals, tracker, meter_provider, tracer_provider,
-                           owns_meter, owns_tracer)
-    except BaseException:
-        # Nothing half-started stays behind: not our providers as the globals of a later start.
-        for provider, owned in ((meter_provider, owns_meter), (tracer_provider, owns_tracer)):
-            if owned:
-                with contextlib.suppress(Exception):
-                    provider.shutdown()
-                _retired.add(provider)
-        raise
+    return Request(simulate or os.environ.get("OTEL_GPU_SIMULATE") or None, interval_ms,
+                   thresholds, resource, detect, dict(attributes or {}), meter_provider,
+                   tracer_provider, metric_exporters)
 
 
-class _SignalSource:
-    """The tracker's signals for the insight rules and its steps not yet sent, bound once the
-    tracker exists."""
-
-    def __init__(self) -> None:
-        self.read_training: Callable[[], TrainingSignals | None] = lambda: None
-        self.take_errors: Callable[[], Sequence[SourceError]] = tuple
-        self.drain_steps: Callable[[], StepBatch | None] = lambda: None
-
-    def read(self) -> tuple[TrainingSignals | None, Sequence[SourceError], StepBatch | None]:
-        return self.read_training(), self.take_errors(), self.drain_steps()
-
-
-def _in_process(simulate: str | None, interval_ms: float, attribution: bool,
-                thresholds: Thresholds, devices: Sequence[str] | None, host: bool,
-                resource: Resource, signals: _SignalSource, tracker: TrainingTracker,
-                meter_provider: Any, tracer_provider: Any, owns_meter: bool,
-                owns_tracer: bool) -> Session:
-    """GPU, MIG and host metrics through this process's providers (sources in a child)."""
-    collector = _session_collector(simulate, interval_ms / 1e3, attribution, thresholds)
-    message = collector.start()
-    if message:
-        log.warning("otel-gpu: %s; reporting host metrics only", message)
-    cache = ScopedCache(SnapshotCache(collector, max_age_s=min(1.0, interval_ms / 2e3)),
-                        devices, host)
-    register_catalog(get_meter(meter_provider), cache)
-    collector.add_error_source(tracker.take_errors)
-    collector.add_training_source(signals.read_training)
-    logger_provider, owns_logger = _insight_logger_provider(resource)
-    if logger_provider is not None:
-        collector.add_insight_listener(InsightLogEmitter(logger_provider))
-    return Session(collector=collector, cache=cache, tracker=tracker,
-                   meter_provider=meter_provider, tracer_provider=tracer_provider,
-                   owns_meter_provider=owns_meter, owns_tracer_provider=owns_tracer,
-                   driver_message=message, logger_provider=logger_provider,
-                   owns_logger_provider=owns_logger)
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() == "true"
-
-
-def _app_logger_provider() -> bool:
-    current = _logs.get_logger_provider()
-    return isinstance(current, LoggerProvider) and current not in _retired
-
-
-def _exporting_process(settings: ExportSettings, read_signals: SignalReader
-                       ) -> ExportingProcess | None:
-    try:
-        return ExportingProcess(settings, read_signals)
-    except Exception as err:
-        # Collection and export stay here; a bad scenario fails there with its own error.
-        log.warning("otel-gpu: exporting from the training process (%s)", err)
-        return None
-
-
-def _insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
-    """Where insight log records go: the application's SDK LoggerProvider, else one built from
-    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
-    if _app_logger_provider():
-        return _logs.get_logger_provider(), False
-    exporters = env_exporters("logs", ConsoleLogRecordExporter)
-    if not exporters:
-        return None, False
-    return build_logger_provider(exporters, resource), True
-
-
-def _session_collector(simulate: str | None, interval_s: float, attribution: bool,
-                       thresholds: Thresholds | None = None) -> Collector:
-    """The sources in a process of their own (see ``otel_gpu.remote``), unless
-    ``OTEL_GPU_COLLECT_IN_PROCESS=true``; in this process when that process cannot start."""
-    if not _env_true("OTEL_GPU_COLLECT_IN_PROCESS"):
+def _start(request: Request, modes: list[Mode]) -> Session:
+    for mode in modes:
         try:
-            remote = SourceProcess(simulate, interval_s, attribution=attribution)
-        except Exception as err:
-            log.warning("otel-gpu: collecting in the training process (%s)", err)
-        else:
-            return Collector(NvmlSource(), None, remote=remote,
-                             insights=InsightEngine(thresholds))
-    return build_collector(simulate, interval_s, attribution=attribution, thresholds=thresholds)
+            if mode is Mode.EXPORT_CHILD:
+                return _start_export_child(request)
+            from otel_gpu.session.in_process import start_in_process
+
+            started = start_in_process(request, child=mode is Mode.SOURCES_CHILD)
+            return Session(tracker=started.tracker, meter_provider=started.providers.meter,
+                           tracer_provider=started.providers.tracer,
+                           owns_meter_provider=started.providers.owns_meter,
+                           owns_tracer_provider=started.providers.owns_tracer, mode=mode,
+                           driver_message=started.pipeline.driver_message,
+                           pipeline=started.pipeline, view=started.view)
+        except (ChildError, OSError, TimeoutError) as err:
+            if mode not in FALLBACK_NOTES:
+                raise
+            # A bad scenario fails in the next mode with its own error.
+            log.warning("otel-gpu: %s (%s)", FALLBACK_NOTES[mode], err)
+    raise AssertionError("the last mode has no fallback")  # pragma: no cover
+
+
+def _start_export_child(request: Request) -> Session:
+    """``Mode.EXPORT_CHILD``: the child first, whose relays become our OTLP exporters; the
+    tracker's buffer and error log exist before it, and it reads them twice per interval."""
+    buffer = StepBuffer(request.attributes)
+    errors = ErrorLog("training")
+    base = request.base_resource
+    settings = ExportSettings(request.simulate, request.interval_ms / 1e3,
+                              dict(base.attributes), base.schema_url or "", request.detect,
+                              request.thresholds, request.attributes)
+    child = CollectorChild(Task(Role.EXPORT, settings),
+                           feed=lambda: StepReport(buffer.drain(), errors.take_errors()))
+    ready = child.ready
+    if ready.note:
+        log.info("otel-gpu: %s", ready.note)
+    resource = Resource(ready.resource, base.schema_url or None) \
+        if request.detect and ready.resource is not None else base
+    try:
+        providers = session_providers(
+            request.meter_provider, request.tracer_provider, request.metric_exporters,
+            request.interval_ms, resource,
+            otlp_metrics=lambda: RelayMetricExporter(child.send, ready.temporality,
+                                                     ready.aggregation),
+            otlp_spans=lambda: RelaySpanExporter(child.send))
+    except BaseException:
+        child.close(timeout_s=5.0)
+        raise
+    tracker = TrainingTracker(providers.meter, providers.tracer, attributes=request.attributes,
+                              buffer=buffer, error_log=errors)
+    if child.message:
+        log.warning("otel-gpu: %s; reporting host metrics only", child.message)
+    return Session(tracker=tracker, meter_provider=providers.meter,
+                   tracer_provider=providers.tracer, owns_meter_provider=providers.owns_meter,
+                   owns_tracer_provider=providers.owns_tracer, mode=Mode.EXPORT_CHILD,
+                   driver_message=child.message, child=child)
 
 
 def stop() -> None:
@@ -422,13 +270,14 @@ def current_tracker() -> TrainingTracker:
     if _fallback is None or _fallback._pid != os.getpid() or _fallback_retired():
         meter_provider = metrics.get_meter_provider()
         tracer_provider = trace.get_tracer_provider()
-        if meter_provider in _retired:
+        if meter_provider in retired:
             meter_provider = metrics.NoOpMeterProvider()
-        if tracer_provider in _retired:
+        if tracer_provider in retired:
             tracer_provider = trace.NoOpTracerProvider()
         _fallback = TrainingTracker(meter_provider, tracer_provider)
     return _fallback
 
 
 def _fallback_retired() -> bool:
-    return _fallback is not None and _fallback.meter_provider in _retired
+    return _fallback is not None and _fallback.meter_provider in retired
+

@@ -1,10 +1,10 @@
 """Exporters that hand a training process's metrics and spans to its collector process.
 
-When a child process exports GPU metrics (see ``otel_gpu.export_process``), the training
-process's OTLP exporters are these relays: each export is pickled through the pipe, and the
-child sends it with the SDK's OTLP exporter, which reads every ``OTEL_EXPORTER_OTLP_*`` variable
-there as it would here. The training process then holds no gRPC channel: no gRPC threads next to
-the loop, and nothing of gRPC's own for a DataLoader's ``fork`` to copy.
+When the collector process exports (see ``otel_gpu.session``), the training process's OTLP
+exporters are these relays: each export is pickled through the pipe, and the child sends it with
+the SDK's OTLP exporter, which reads every ``OTEL_EXPORTER_OTLP_*`` variable there as it would
+here. The training process then loads neither gRPC nor protobuf: no gRPC threads next to the
+loop, no encoding on its threads, and nothing of gRPC's own for a DataLoader's ``fork`` to copy.
 
 SDK resources and scopes hold locks and do not pickle, so they travel as plain values; the child
 puts its own resource (the same attributes) back.
@@ -29,9 +29,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link
 
+from otel_gpu.session.protocol import Kind
+
 log = logging.getLogger("otel_gpu")
 
-Send = Callable[[str, Any], bool]
+Send = Callable[[Kind, Any], bool]
 Scope = tuple[str, str | None, str | None, dict[str, Any]]
 
 
@@ -46,18 +48,6 @@ def _scope_from_wire(wire: Scope | None) -> InstrumentationScope | None:
         return None
     name, version, schema_url, attributes = wire
     return InstrumentationScope(name, version, schema_url, attributes or None)
-
-
-def _otlp_preferences() -> tuple[dict[type, Any], dict[type, Any]]:
-    """The temporality and histogram aggregation the SDK's OTLP metric exporter would ask for
-    (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and
-    ``..._DEFAULT_HISTOGRAM_AGGREGATION``), read by the exporter's own code."""
-    from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import (
-        OTLPMetricExporterMixin,
-    )
-
-    mixin = OTLPMetricExporterMixin()
-    return mixin._get_temporality({}), mixin._get_aggregation({})
 
 
 def metrics_to_wire(data: MetricsData) -> list[tuple[Scope | None, str, list[Any]]]:
@@ -99,14 +89,17 @@ def span_from_wire(wire: dict[str, Any], resource: Resource) -> ReadableSpan:
 class RelayMetricExporter(MetricExporter):
     """Hands each export to the collector process, which sends it over OTLP."""
 
-    def __init__(self, send: Send) -> None:
-        temporality, aggregation = _otlp_preferences()
+    def __init__(self, send: Send, temporality: dict[type, Any] | None = None,
+                 aggregation: dict[type, Any] | None = None) -> None:
+        # The preferences of the OTLP exporter that sends, which the child reads from the
+        # environment (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and
+        # ``..._DEFAULT_HISTOGRAM_AGGREGATION``) and hands over as it starts.
         super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
         self._send = send
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
-        if self._send("metrics", metrics_to_wire(metrics_data)):
+        if self._send(Kind.METRICS, metrics_to_wire(metrics_data)):
             return MetricExportResult.SUCCESS
         return MetricExportResult.FAILURE
 
@@ -124,7 +117,7 @@ class RelaySpanExporter(SpanExporter):
         self._send = send
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._send("spans", [span_to_wire(span) for span in spans]):
+        if self._send(Kind.SPANS, [span_to_wire(span) for span in spans]):
             return SpanExportResult.SUCCESS
         return SpanExportResult.FAILURE
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from otel_gpu.snapshot import Insight, Snapshot
+from otel_gpu.snapshot import Insight, Snapshot, each_device
 from otel_gpu.sources.identity import visible_devices
 
 
@@ -50,7 +50,7 @@ def scope_snapshot(snapshot: Snapshot, devices: Sequence[str] | None,
                 kept.append(replace(gpu, mig_devices=migs,
                                     processes=tuple(p for m in migs for p in m.processes)))
         gpus = tuple(kept)
-    kept_ids = {g.uuid for g in gpus} | {m.uuid for g in gpus for m in g.mig_devices}
+    kept_ids = {(mig or gpu).uuid for gpu, mig in each_device(gpus)}
     insights = tuple(i for i in snapshot.insights if _insight_in_scope(i, kept_ids, report_host))
     return replace(snapshot, gpus=gpus, host=snapshot.host if report_host else None,
                    insights=insights)

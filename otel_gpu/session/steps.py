@@ -3,7 +3,7 @@
 Recording one step through the SDK's synchronous instruments costs five ``record``/``add`` calls,
 each a few microseconds with warm caches and tens of microseconds right after a long step has
 evicted the SDK's code and data, all of it on the training thread. When a session's collector
-process exports the GPU metrics (``otel_gpu.export_process``), the training thread only writes
+process exports the GPU metrics (see ``otel_gpu.session``), the training thread only writes
 each step into a ``StepBuffer`` (preallocated arrays, so a step allocates nothing that
 outlives it). The session drains the buffer twice per export interval, sends the ``StepBatch``
 through the pipe, and the collector process replays it into ``TrainingInstruments`` on its own

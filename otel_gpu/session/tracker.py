@@ -11,9 +11,9 @@ Traces: one ``otel_gpu.training.epoch`` span per epoch, and every ``span_every``
 counted from 0, so the first step is always traced) an ``otel_gpu.training.step`` span under the
 epoch with ``otel_gpu.training.data_wait`` and ``otel_gpu.training.compute`` children carrying the
 measured start and end times. That step's measurements are recorded in the step span's context, so
-the SDK's ``trace_based`` exemplar filter links them to the trace. With ``defer=True`` (a session
-whose collector process exports) the tracker only writes each step into ``buffer``, and that
-process records the measurements (``otel_gpu.training_metrics``).
+the SDK's ``trace_based`` exemplar filter links them to the trace. With a ``buffer`` (a session
+whose collector process exports) the tracker only writes each step into it, and that process
+records the measurements (see ``otel_gpu.session``).
 
 Three ways to drive a tracker, one at a time per tracker (it is not meant to be shared between
 threads or concurrent loops):
@@ -170,6 +170,8 @@ class TrainingTracker:
         span_every: int = 100,
         ratio_window: int = 50,
         defer: bool = False,
+        buffer: StepBuffer | None = None,
+        error_log: ErrorLog | None = None,
     ) -> None:
         if span_every < 0:
             raise ValueError("span_every must be >= 0 (0 turns step spans off)")
@@ -184,11 +186,14 @@ class TrainingTracker:
             tracer_provider = trace.get_tracer_provider()
         self.meter_provider = meter_provider
         self._tracer = tracer_provider.get_tracer(SCOPE, version)
-        #: With ``defer``, steps are written here for another process to record (see
-        #: ``otel_gpu.training_metrics``); else they are recorded on ``meter_provider``.
-        self.buffer = StepBuffer(self._attrs) if defer else None
-        self._instruments = None if defer else TrainingInstruments(meter_provider)
-        self._error_log = ErrorLog("training")
+        #: With a ``buffer`` (``defer``: one of its own), steps are written there for another
+        #: process to record (see ``otel_gpu.session``); else they are recorded on
+        #: ``meter_provider``.
+        if buffer is None and defer:
+            buffer = StepBuffer(self._attrs)
+        self.buffer = buffer
+        self._instruments = None if buffer is not None else TrainingInstruments(meter_provider)
+        self._error_log = error_log if error_log is not None else ErrorLog("training")
 
         self._span_every = span_every
         # Span timestamps are perf-counter readings shifted to the Unix epoch. The shift is taken

@@ -1,16 +1,14 @@
-"""The simulated GPU server: a scenario, the stand-in ``pynvml`` that serves it, and its clock.
+"""A simulated GPU server standing in for the driver, Docker and the kubelet.
 
 ``SimulatedServer(load_scenario("dgx-a100"))`` gives ``.nvml`` to pass where the ``pynvml``
-module would go; call ``begin_cycle(k)`` before collection cycle k. Time is simulated: cycle k is
-at ``clock(k)``, ``interval_s`` after cycle k - 1, without sleeping.
+module would go; see :mod:`otel_gpu.simulate.server`. Scenario files are loaded by
+:mod:`otel_gpu.simulate.scenario` into the model of :mod:`otel_gpu.simulate.spec`.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from otel_gpu.simulate.fake_nvml import SIMULATION_EPOCH, FakeNvml
-from otel_gpu.simulate.scenario import Scenario, ScenarioError, at_cycle, load_scenario
+from otel_gpu.simulate.fake_nvml import FakeNvml
+from otel_gpu.simulate.scenario import ScenarioError, load_scenario
+from otel_gpu.simulate.server import HostOverrides, SimulatedServer
+from otel_gpu.simulate.spec import Scenario, at_cycle
 
 __all__ = [
     "FakeNvml",
@@ -21,52 +19,3 @@ __all__ = [
     "at_cycle",
     "load_scenario",
 ]
-
-
-@dataclass(frozen=True)
-class HostOverrides:
-    """The host figures a scenario imposes at one cycle."""
-
-    memory_used_ratio: float | None
-    filesystems: tuple[tuple[str, int, int], ...]  # (mountpoint, size_bytes, used_bytes)
-
-
-class SimulatedServer:
-    """A scenario served through :class:`FakeNvml`, one collection cycle at a time."""
-
-    def __init__(self, scenario: Scenario | str, interval_s: float = 10.0) -> None:
-        if isinstance(scenario, str):
-            scenario = load_scenario(scenario)
-        self.scenario = scenario
-        self.interval_s = interval_s
-        self.nvml = FakeNvml(scenario, interval_s=interval_s, start_time=SIMULATION_EPOCH)
-
-    @property
-    def cycle(self) -> int:
-        return self.nvml.cycle
-
-    def begin_cycle(self, cycle: int) -> None:
-        """Serve the state of ``cycle``: values, MIG layout, faults and Xid events."""
-        self.nvml.begin_cycle(cycle)
-
-    def clock(self, cycle: int) -> float:
-        """Simulated epoch seconds at ``cycle``."""
-        return self.nvml.clock(cycle)
-
-    def host_overrides(self, cycle: int) -> HostOverrides | None:
-        """The scenario's host figures at ``cycle``, or None when it gives none."""
-        host = self.scenario.host
-        if host is None:
-            return None
-        ratio = at_cycle(host.memory_used_ratio, cycle)
-        return HostOverrides(
-            memory_used_ratio=None if ratio is None else float(ratio),
-            filesystems=tuple(
-                (
-                    fs.mountpoint,
-                    int(at_cycle(fs.size_bytes, cycle)),
-                    int(at_cycle(fs.used_bytes, cycle)),
-                )
-                for fs in host.filesystems
-            ),
-        )

@@ -31,19 +31,31 @@ Behaviour worth knowing:
 - GPM (Hopper only) serves the scenario's ``gpm`` values at the cycle of ``sample2`` as
   percentages; a value the scenario does not give comes back with that metric's ``nvmlReturn``
   set to NOT_SUPPORTED rather than an invented number.
-- Per-process utilization samples are stamped with the simulated clock in microseconds, one per
-  running process with non-zero SM or memory utilization.
+- Per-process utilization samples (``nvmlDeviceGetProcessUtilization``,
+  ``nvmlDeviceGetProcessesUtilizationInfo``) are stamped as the driver stamps them: wall-clock
+  microseconds since the epoch (``wall_clock``, default ``time.time``), at the last tick of its
+  sampling period, one per running process with non-zero SM or memory utilization; a call answers
+  the samples newer than its ``lastSeenTimeStamp``, else NOT_FOUND. A cycle's sample is newer
+  than every earlier cycle's even when cycles follow each other within one sampling period (so
+  stamps may run a few microseconds ahead of the wall clock under fast simulated time).
+- Identity and configuration a monitor shows (PCI info, max clocks, power management limit,
+  persistence, performance state, compute mode, CUDA compute capability, BAR1) come from the GPU
+  model; the CUDA driver version from the driver branch. No graphics or MPS processes run.
+
+To run third-party code that imports ``pynvml`` itself (nvitop, nvitop-exporter) on a stand-in,
+see :func:`otel_gpu.simulate.nvml_module.install`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pynvml
 
-from otel_gpu.simulate.scenario import (
+from otel_gpu.simulate.spec import (
     CLOCK_EVENT_REASONS,
     GpmValues,
     GpuSpec,
@@ -58,6 +70,24 @@ SIMULATION_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the simulated clock 
 
 _NO_ID = 0xFFFFFFFF
 _SAMPLING_PERIOD_US = 167_000
+_MIB = 1024 * 1024
+
+# CUDA version each driver branch ships with (CUDA Toolkit Release Notes, "CUDA Toolkit and
+# Corresponding Driver Versions"), as nvmlSystemGetCudaDriverVersion encodes it: 1000 * major +
+# 10 * minor. A branch not listed reports the newest listed branch below it.
+_CUDA_BY_DRIVER_BRANCH = {
+    525: 12000, 530: 12010, 535: 12020, 545: 12030, 550: 12040, 555: 12050, 560: 12060,
+}
+
+# PCI device ids (PCI ID Repository, pci-ids.ucw.cz, vendor 10de), as NVML packs them:
+# device id << 16 | vendor id.
+_PCI_DEVICE_IDS = {
+    "A100-SXM4-40GB": 0x20B010DE,
+    "A100-SXM4-80GB": 0x20B210DE,
+    "H100-SXM5-80GB": 0x233010DE,
+    "H200-141GB": 0x233510DE,
+}
+_BAR1_USED_BYTES = 5 * _MIB
 _DRIVER_UPTIME_S = 86_400.0  # energy is counted since the driver loaded, a day before cycle 0
 
 _GPM_METRIC_FIELDS = {
@@ -216,6 +246,9 @@ class FakeNvml:
         self._mig_handles: dict[tuple[int, int, int], _MigHandle] = {}
         self._gi_handles: dict[tuple[int, int, int], _GpuInstanceHandle] = {}
         self._energy_mj: dict[int, list[float]] = {}
+        self.wall_clock: Callable[[], float] = time.time  # what utilization samples are stamped by
+        self._sample_cycle = -1
+        self._last_stamp_us = 0
         self._events = sorted(
             (
                 (event.cycle, gpu.index, n, event)
@@ -596,32 +629,177 @@ class FakeNvml:
             )
         return result
 
-    @_device_call(physical=True)
-    def nvmlDeviceGetProcessUtilization(
-        self, gpu: GpuSpec, instance: None, timeStamp: int
-    ) -> list[Any]:
+    def _sample_stamp_us(self) -> int:
+        """The stamp of the newest utilization sample: the last tick of the sampling period on
+        the wall clock, and newer than any sample of an earlier cycle."""
+        now = int(self.wall_clock() * 1_000_000)
+        stamp = now - now % _SAMPLING_PERIOD_US
+        floor = self._last_stamp_us + (1 if self.cycle != self._sample_cycle else 0)
+        self._sample_cycle = self.cycle
+        self._last_stamp_us = max(stamp, floor)
+        return self._last_stamp_us
+
+    def _process_samples(self, gpu: GpuSpec, last_seen_us: int) -> list[tuple[int, int, int, int]]:
+        """(pid, stamp, sm %, memory %) of the samples newer than ``last_seen_us``."""
         if gpu.mig:
             raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        now_us = round(self.clock() * 1_000_000)
+        stamp = self._sample_stamp_us()
         samples = []
-        if timeStamp < now_us:
+        if last_seen_us < stamp:
             for process in self._processes(gpu):
                 sm = round((self._value(process.sm_utilization) or 0.0) * 100)
                 memory = round((self._value(process.memory_utilization) or 0.0) * 100)
                 if sm or memory:
-                    samples.append(
-                        pynvml.c_nvmlProcessUtilizationSample_t(
-                            pid=process.pid,
-                            timeStamp=now_us,
-                            smUtil=sm,
-                            memUtil=memory,
-                            encUtil=0,
-                            decUtil=0,
-                        )
-                    )
+                    samples.append((process.pid, stamp, sm, memory))
         if not samples:
             raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
         return samples
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetProcessUtilization(
+        self, gpu: GpuSpec, instance: None, timeStamp: int
+    ) -> list[Any]:
+        return [
+            pynvml.c_nvmlProcessUtilizationSample_t(
+                pid=pid, timeStamp=stamp, smUtil=sm, memUtil=memory, encUtil=0, decUtil=0
+            )
+            for pid, stamp, sm, memory in self._process_samples(gpu, timeStamp)
+        ]
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetProcessesUtilizationInfo(
+        self, gpu: GpuSpec, instance: None, timeStamp: int
+    ) -> list[Any]:
+        return [
+            pynvml.c_nvmlProcessUtilizationInfo_v1_t(
+                timeStamp=stamp, pid=pid, smUtil=sm, memUtil=memory,
+                encUtil=0, decUtil=0, jpgUtil=0, ofaUtil=0,
+            )
+            for pid, stamp, sm, memory in self._process_samples(gpu, timeStamp)
+        ]
+
+    @_device_call()
+    def nvmlDeviceGetGraphicsRunningProcesses(
+        self, gpu: GpuSpec, instance: MigInstanceSpec | None
+    ) -> list[Any]:
+        return []  # a compute server: no process has a graphics context
+
+    @_device_call()
+    def nvmlDeviceGetMPSComputeRunningProcesses(
+        self, gpu: GpuSpec, instance: MigInstanceSpec | None
+    ) -> list[Any]:
+        return []
+
+    nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+    nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses
+    nvmlDeviceGetGraphicsRunningProcesses_v3 = nvmlDeviceGetGraphicsRunningProcesses
+    nvmlDeviceGetGraphicsRunningProcesses_v2 = nvmlDeviceGetGraphicsRunningProcesses
+    nvmlDeviceGetMPSComputeRunningProcesses_v3 = nvmlDeviceGetMPSComputeRunningProcesses
+    nvmlDeviceGetMPSComputeRunningProcesses_v2 = nvmlDeviceGetMPSComputeRunningProcesses
+
+    # -- configuration a monitor shows --
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self._require_init()
+        branch = int(self.scenario.driver_version.split(".", 1)[0])
+        known = [b for b in _CUDA_BY_DRIVER_BRANCH if b <= branch]
+        if not known:
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return _CUDA_BY_DRIVER_BRANCH[max(known)]
+
+    nvmlSystemGetCudaDriverVersion_v2 = nvmlSystemGetCudaDriverVersion
+
+    def _bus_id(self, gpu: GpuSpec) -> str:
+        # Synthetic bus numbers, one per GPU in index order.
+        return f"00000000:{0x10 * (gpu.index + 1) & 0xFF:02X}:00.0"
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPciInfo(self, gpu: GpuSpec, instance: None) -> Any:
+        bus_id = self._bus_id(gpu).encode()
+        return pynvml.nvmlPciInfo_t(
+            busIdLegacy=bus_id,
+            domain=0,
+            bus=int(bus_id.split(b":")[1], 16),
+            device=0,
+            pciDeviceId=_PCI_DEVICE_IDS.get(gpu.model.key, 0),
+            pciSubSystemId=0,
+            busId=bus_id,
+        )
+
+    nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
+
+    def nvmlDeviceGetHandleByPciBusId(self, pciBusId: str | bytes) -> _GpuHandle:
+        self._require_init()
+        text = (pciBusId.decode() if isinstance(pciBusId, bytes) else pciBusId).upper()
+        for gpu in self.scenario.gpus:
+            bus_id = self._bus_id(gpu)
+            if text in (bus_id, bus_id[4:]):
+                self._check_faults("nvmlDeviceGetHandleByPciBusId", gpu)
+                return self._gpu_handles[gpu.index]
+        raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetMaxClockInfo(self, gpu: GpuSpec, instance: None, type: int) -> int:
+        names = {
+            pynvml.NVML_CLOCK_GRAPHICS: "graphics",
+            pynvml.NVML_CLOCK_SM: "sm",
+            pynvml.NVML_CLOCK_MEM: "memory",
+            pynvml.NVML_CLOCK_VIDEO: "video",
+        }
+        if type not in names:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return getattr(gpu.model.max_clocks, names[type])
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPowerManagementLimit(self, gpu: GpuSpec, instance: None) -> int:
+        return round(self._power_limit_watts(gpu) * 1000)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, gpu: GpuSpec, instance: None) -> int:
+        return round(gpu.model.power_limit_watts * 1000)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPersistenceMode(self, gpu: GpuSpec, instance: None) -> int:
+        return pynvml.NVML_FEATURE_ENABLED  # as a GPU server runs its driver
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetPerformanceState(self, gpu: GpuSpec, instance: None) -> int:
+        return pynvml.NVML_PSTATE_0
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetComputeMode(self, gpu: GpuSpec, instance: None) -> int:
+        return pynvml.NVML_COMPUTEMODE_DEFAULT
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetDisplayMode(self, gpu: GpuSpec, instance: None) -> int:
+        return pynvml.NVML_FEATURE_DISABLED
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetDisplayActive(self, gpu: GpuSpec, instance: None) -> int:
+        return pynvml.NVML_FEATURE_DISABLED
+
+    @_device_call()
+    def nvmlDeviceGetCudaComputeCapability(
+        self, gpu: GpuSpec, instance: MigInstanceSpec | None
+    ) -> tuple[int, int]:
+        # Ampere GA100 is 8.0, Hopper GH100 9.0 (CUDA C++ Programming Guide, compute capabilities).
+        return (9, 0) if gpu.model.architecture == pynvml.NVML_DEVICE_ARCH_HOPPER else (8, 0)
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetBAR1MemoryInfo(self, gpu: GpuSpec, instance: None) -> Any:
+        # Data-centre boards map their whole framebuffer: BAR1 is the next power of two above it.
+        total = 1 << (gpu.model.memory_total_bytes - 1).bit_length()
+        return pynvml.c_nvmlBAR1Memory_t(
+            bar1Total=total, bar1Free=total - _BAR1_USED_BYTES, bar1Used=_BAR1_USED_BYTES
+        )
+
+    @_device_call(physical=True)
+    def nvmlDeviceGetDriverModel(self, gpu: GpuSpec, instance: None) -> list[int]:
+        raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)  # a Windows-only notion (nvml.h)
+
+    nvmlDeviceGetDriverModel_v2 = nvmlDeviceGetDriverModel
+    nvmlDeviceGetCurrentDriverModel = nvmlDeviceGetDriverModel
+    nvmlDeviceGetPendingDriverModel = nvmlDeviceGetDriverModel
 
     # -- MIG --
 

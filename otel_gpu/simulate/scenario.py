@@ -1,4 +1,5 @@
-"""Scenario files: a simulated GPU server described in YAML or JSON, loaded and validated.
+"""Scenario files: a simulated GPU server described in YAML or JSON, loaded and validated into
+the model of :mod:`otel_gpu.simulate.spec`.
 
 A scenario names its GPUs (models from the hardware catalog), their MIG layouts and the processes
 on them, the containers and pods that own those processes, the users, and optional host figures.
@@ -43,84 +44,60 @@ scenario give the same ids and a reconfigured layout gets new ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pynvml
 import yaml
 
-from otel_gpu.simulate.hardware import MODELS, GpuModel, MigProfile, find_model, gpu_instance_id
+from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
+from otel_gpu.simulate.spec import (
+    CLOCK_EVENT_REASONS,
+    FAULTABLE_CALLS,
+    NVML_ERROR_NAMES,
+    ClockValues,
+    ContainerSpec,
+    EccCounts,
+    Fault,
+    FilesystemSpec,
+    GpmValues,
+    GpuSpec,
+    HostSpec,
+    KubeletSpec,
+    MigInstanceSpec,
+    MigLayout,
+    MigSpec,
+    PerCycle,
+    PodSpec,
+    ProcessSpec,
+    RemappedRows,
+    Resources,
+    Scenario,
+    Varying,
+    XidEvent,
+    at_cycle,
+    device_refs,
+)
+
+__all__ = [
+    "BUILTIN_DIR",
+    "PerCycle",
+    "Scenario",
+    "ScenarioError",
+    "at_cycle",
+    "builtin_names",
+    "derive_gpu_uuid",
+    "derive_mig_uuid",
+    "load_scenario",
+]
 
 BUILTIN_DIR = Path(__file__).with_name("scenarios")
 DEFAULT_DRIVER_VERSION = "550.54.15"
 
 _UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://github.com/otel-gpu/simulate")
-
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
-    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
-    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
-    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
-    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
-    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
-}
-
-# The device-scoped calls of the simulated driver that a fault may name ("*" names them all).
-FAULTABLE_CALLS: frozenset[str] = frozenset(
-    {
-        "nvmlDeviceGetHandleByIndex",
-        "nvmlDeviceGetHandleByUUID",
-        "nvmlDeviceGetIndex",
-        "nvmlDeviceGetUUID",
-        "nvmlDeviceGetName",
-        "nvmlDeviceGetSerial",
-        "nvmlDeviceGetArchitecture",
-        "nvmlDeviceGetMigMode",
-        "nvmlDeviceGetUtilizationRates",
-        "nvmlDeviceGetEncoderUtilization",
-        "nvmlDeviceGetDecoderUtilization",
-        "nvmlDeviceGetMemoryInfo",
-        "nvmlDeviceGetPowerUsage",
-        "nvmlDeviceGetEnforcedPowerLimit",
-        "nvmlDeviceGetTotalEnergyConsumption",
-        "nvmlDeviceGetTemperature",
-        "nvmlDeviceGetFieldValues",
-        "nvmlDeviceGetClockInfo",
-        "nvmlDeviceGetCurrentClocksEventReasons",
-        "nvmlDeviceGetSupportedClocksEventReasons",
-        "nvmlDeviceGetTotalEccErrors",
-        "nvmlDeviceGetRemappedRows",
-        "nvmlDeviceGetPcieThroughput",
-        "nvmlDeviceGetFanSpeed",
-        "nvmlDeviceGetComputeRunningProcesses",
-        "nvmlDeviceGetProcessUtilization",
-        "nvmlDeviceGetMaxMigDeviceCount",
-        "nvmlDeviceGetMigDeviceHandleByIndex",
-        "nvmlDeviceIsMigDeviceHandle",
-        "nvmlDeviceGetGpuInstanceId",
-        "nvmlDeviceGetComputeInstanceId",
-        "nvmlDeviceGetAttributes",
-        "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
-        "nvmlDeviceGetGpuInstanceById",
-        "nvmlGpuInstanceGetInfo",
-        "nvmlGpmQueryDeviceSupport",
-        "nvmlGpmSampleGet",
-        "nvmlGpmMigSampleGet",
-        "nvmlGpmMetricsGet",
-        "nvmlDeviceRegisterEvents",
-    }
-)
-
-NVML_ERROR_NAMES: dict[str, int] = {
-    name.removeprefix("NVML_ERROR_"): getattr(pynvml, name)
-    for name in dir(pynvml)
-    if name.startswith("NVML_ERROR_")
-}
 
 
 class ScenarioError(Exception):
@@ -131,254 +108,6 @@ class ScenarioError(Exception):
         self.path = path
         self.key = key
         self.message = message
-
-
-class PerCycle(tuple):
-    """A value that changes over collection cycles: element k at cycle k, the last one repeats."""
-
-    __slots__ = ()
-
-
-Varying = Any  # a constant or a PerCycle of constants
-
-
-def at_cycle(value: Any, cycle: int) -> Any:
-    """The value a field has at ``cycle``: sequences (PerCycle or list) are indexed, the last
-    element repeating; anything else is returned as is."""
-    if isinstance(value, (PerCycle, list)):
-        if not value:
-            return None
-        return value[min(max(cycle, 0), len(value) - 1)]
-    return value
-
-
-# --- the model ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fault:
-    """An injected NVML error on one GPU (and its MIG devices)."""
-
-    call: str  # an NVML function name, or "*" for every device call
-    error: str  # NVML error name without the NVML_ERROR_ prefix
-    cycles: tuple[int, ...] | None  # None: every cycle
-
-    @property
-    def code(self) -> int:
-        return NVML_ERROR_NAMES[self.error]
-
-    def active(self, cycle: int) -> bool:
-        """Whether the fault fires at ``cycle``. A lost GPU stays lost: GPU_IS_LOST fires from
-        its first cycle on."""
-        if self.cycles is None:
-            return True
-        if self.error == "GPU_IS_LOST":
-            return cycle >= min(self.cycles)
-        return cycle in self.cycles
-
-    def applies_to(self, call: str) -> bool:
-        return self.call in ("*", call)
-
-
-@dataclass(frozen=True)
-class XidEvent:
-    cycle: int
-    code: int
-    mig_instance: int | None = None  # index into the layout active at that cycle
-
-
-@dataclass(frozen=True)
-class GpmValues:
-    """Hopper GPM ratios (0..1), each possibly per cycle; None where the scenario gives none."""
-
-    sm_utilization: Varying = None
-    sm_occupancy: Varying = None
-    tensor_utilization: Varying = None
-    dram_utilization: Varying = None
-    graphics_engine_utilization: Varying = None
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    pid: int
-    uid: int
-    comm: str
-    cgroup: str
-    cmdline: tuple[str, ...]
-    used_memory_bytes: Varying
-    sm_utilization: Varying = None
-    memory_utilization: Varying = None
-    mig_instance: int | None = None
-    running: Varying = True
-
-
-@dataclass(frozen=True)
-class MigInstanceSpec:
-    index: int  # the NVML MIG device index: its position in the layout
-    profile: MigProfile
-    start: int
-    uuid: str
-    gpu_instance_id: int
-    memory_used_bytes: Varying = None  # None: the sum of its processes' memory
-    gpm: GpmValues | None = None
-
-    @property
-    def size(self) -> int:
-        return self.profile.memory_slices
-
-
-@dataclass(frozen=True)
-class MigLayout:
-    generation: int  # 0 for the initial layout, k for the k-th reconfiguration
-    cycle: int  # the first cycle it is in place
-    instances: tuple[MigInstanceSpec, ...]
-    processes: tuple[ProcessSpec, ...]
-
-
-@dataclass(frozen=True)
-class MigSpec:
-    layouts: tuple[MigLayout, ...]  # in cycle order; layouts[0] starts at cycle 0
-
-    def layout_at(self, cycle: int) -> MigLayout:
-        current = self.layouts[0]
-        for layout in self.layouts[1:]:
-            if layout.cycle <= cycle:
-                current = layout
-        return current
-
-
-@dataclass(frozen=True)
-class EccCounts:
-    corrected: Varying = 0
-    uncorrected: Varying = 0
-
-
-@dataclass(frozen=True)
-class RemappedRows:
-    corrected: Varying = 0
-    uncorrected: Varying = 0
-    pending: Varying = False
-    failed: Varying = False
-
-
-@dataclass(frozen=True)
-class ClockValues:
-    """Clock overrides in MHz; None where the model's defaults apply."""
-
-    graphics: Varying = None
-    sm: Varying = None
-    memory: Varying = None
-    video: Varying = None
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    index: int
-    model: GpuModel
-    uuid: str
-    serial: str
-    utilization: Varying = None
-    memory_utilization: Varying = None
-    memory_used_bytes: Varying = None
-    power_watts: Varying = None
-    power_limit_watts: float | None = None
-    temperature_celsius: Varying = None
-    memory_temperature_celsius: Varying = None
-    clocks_mhz: ClockValues = field(default_factory=ClockValues)
-    clocks_event_reasons: Varying = None  # tuple of names, or PerCycle of tuples
-    encoder_utilization: Varying = None
-    decoder_utilization: Varying = None
-    ecc_errors: EccCounts = field(default_factory=EccCounts)
-    remapped_rows: RemappedRows = field(default_factory=RemappedRows)
-    pcie_tx_bytes_per_s: Varying = None
-    pcie_rx_bytes_per_s: Varying = None
-    mig_pending: Varying = False
-    xid_events: tuple[XidEvent, ...] = ()
-    faults: tuple[Fault, ...] = ()
-    mig: MigSpec | None = None
-    gpm: GpmValues | None = None
-    processes: tuple[ProcessSpec, ...] = ()  # without MIG; with MIG, the initial layout's
-
-    @property
-    def hw_name(self) -> str:
-        return f"gpu{self.index}"
-
-    def processes_at(self, cycle: int) -> tuple[ProcessSpec, ...]:
-        """The processes running on this GPU at ``cycle``."""
-        candidates = self.mig.layout_at(cycle).processes if self.mig else self.processes
-        return tuple(p for p in candidates if at_cycle(p.running, cycle))
-
-
-@dataclass(frozen=True)
-class Resources:
-    """A container's cgroup (v2) figures; None where the scenario gives none."""
-
-    cpu_limit: Varying = None
-    cpu_utilization: Varying = None
-    cpu_throttled_ratio: Varying = None
-    memory_limit_bytes: Varying = None
-    memory_used_bytes: Varying = None
-    oom_kills: Varying = None
-    disk_read_bytes_per_s: Varying = None
-    disk_write_bytes_per_s: Varying = None
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    id: str
-    name: str
-    image: str | None
-    labels: dict[str, str]
-    devices: tuple[str, ...]  # as written: UUIDs or hw.names
-    device_uuids: tuple[str, ...]  # the same, resolved to UUIDs
-    resources: Resources
-
-
-@dataclass(frozen=True)
-class PodSpec:
-    namespace: str
-    name: str
-    uid: str
-    containers: tuple[ContainerSpec, ...]
-
-
-@dataclass(frozen=True)
-class FilesystemSpec:
-    mountpoint: str
-    size_bytes: Varying
-    used_bytes: Varying
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    memory_used_ratio: Varying = None
-    filesystems: tuple[FilesystemSpec, ...] = ()
-
-
-@dataclass(frozen=True)
-class KubeletSpec:
-    """Which of the kubelet's APIs answer (both do by default, where the scenario has pods)."""
-
-    pod_resources: bool = True  # the pod-resources gRPC socket exists
-    pod_list: bool = True  # /pods answers; False: it answers 503
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    path: str
-    driver_version: str
-    description: str | None
-    users: dict[int, str]
-    containers: tuple[ContainerSpec, ...]
-    pods: tuple[PodSpec, ...]
-    gpus: tuple[GpuSpec, ...]
-    host: HostSpec | None
-    kubelet: KubeletSpec = field(default_factory=KubeletSpec)
-
-    def resolve_device(self, ref: str) -> str | None:
-        """The UUID a device reference (a UUID or a hw.name like gpu3 or gpu0/mig1) names."""
-        return _device_refs(self.gpus).get(ref)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -437,85 +166,35 @@ def _derive_serial(gpu_uuid: str) -> str:
     return str(1_320_000_000_000 + uuidlib.UUID(gpu_uuid[4:]).int % 10**10)
 
 
-def _device_refs(gpus: Iterable[GpuSpec]) -> dict[str, str]:
-    refs: dict[str, str] = {}
-    for gpu in gpus:
-        refs[gpu.uuid] = gpu.uuid
-        refs[gpu.hw_name] = gpu.uuid
-        for layout in gpu.mig.layouts if gpu.mig else ():
-            for instance in layout.instances:
-                refs[instance.uuid] = instance.uuid
-                refs.setdefault(f"{gpu.hw_name}/mig{instance.index}", instance.uuid)
-    return refs
+def _keys(model: type, *, without: Iterable[str] = ()) -> frozenset[str]:
+    """The keys a file may give for ``model``: its dataclass fields, less those the loader
+    derives (an index, a resolved id)."""
+    names = {f.name for f in dataclasses.fields(model)}
+    missing = set(without) - names
+    if missing:
+        raise TypeError(f"{model.__name__} has no field {sorted(missing)}")
+    return frozenset(names - set(without))
 
 
-_TOP_KEYS = {
-    "name",
-    "description",
-    "driver_version",
-    "users",
-    "containers",
-    "pods",
-    "gpus",
-    "host",
-    "kubelet",
-}
-_GPU_KEYS = {
-    "model",
-    "uuid",
-    "serial",
-    "utilization",
-    "memory_utilization",
-    "memory_used_bytes",
-    "power_watts",
-    "power_limit_watts",
-    "temperature_celsius",
-    "memory_temperature_celsius",
-    "clocks_mhz",
-    "clocks_event_reasons",
-    "encoder_utilization",
-    "decoder_utilization",
-    "ecc_errors",
-    "remapped_rows",
-    "pcie_tx_bytes_per_s",
-    "pcie_rx_bytes_per_s",
-    "mig_pending",
-    "xid_events",
-    "faults",
-    "mig",
-    "gpm",
-    "processes",
-}
-_PROCESS_KEYS = {
-    "pid",
-    "uid",
-    "comm",
-    "cgroup",
-    "cmdline",
-    "used_memory_bytes",
-    "sm_utilization",
-    "memory_utilization",
-    "mig_instance",
-    "running",
-}
-_INSTANCE_KEYS = {"profile", "start", "memory_used_bytes", "uuid", "gpm"}
-_GPM_KEYS = (
-    "sm_utilization",
-    "sm_occupancy",
-    "tensor_utilization",
-    "dram_utilization",
-    "graphics_engine_utilization",
-)
-_RESOURCE_KEYS = (
-    "cpu_limit",
-    "cpu_utilization",
-    "cpu_throttled_ratio",
-    "memory_limit_bytes",
-    "memory_used_bytes",
-    "oom_kills",
-    "disk_read_bytes_per_s",
-    "disk_write_bytes_per_s",
-)
+_TOP_KEYS = _keys(Scenario, without=("path",))
+_GPU_KEYS = _keys(GpuSpec, without=("index",))
+_PROCESS_KEYS = _keys(ProcessSpec)
+_INSTANCE_KEYS = _keys(MigInstanceSpec, without=("index", "gpu_instance_id"))
+_LAYOUT_KEYS = _keys(MigLayout, without=("generation",))
+_GPM_KEYS = _keys(GpmValues)
+_RESOURCE_KEYS = _keys(Resources)
+_CLOCK_KEYS = _keys(ClockValues)
+_ECC_KEYS = _keys(EccCounts)
+_REMAPPED_KEYS = _keys(RemappedRows)
+_XID_KEYS = _keys(XidEvent)
+_FAULT_KEYS = _keys(Fault)
+_CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
+_POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels"}
+_POD_KEYS = _keys(PodSpec)
+_HOST_KEYS = _keys(HostSpec)
+_FILESYSTEM_KEYS = _keys(FilesystemSpec)
+_KUBELET_KEYS = _keys(KubeletSpec)
+_MIG_KEYS = frozenset({"instances", "reconfigure"})  # MigSpec holds the resulting layouts
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -617,7 +296,7 @@ class _Loader:
         )
         self.check_unique_uuids(gpus)
         self.check_processes_consistent(gpus)
-        refs = _device_refs(gpus)
+        refs = device_refs(gpus)
         containers = tuple(
             self.container(item, f"containers[{i}]", refs)
             for i, item in enumerate(self.list_of(raw.get("containers", []), "containers"))
@@ -643,7 +322,7 @@ class _Loader:
         )
 
     def kubelet(self, value: Any) -> KubeletSpec:
-        raw = self.mapping(value, "kubelet", ("pod_resources", "pod_list"))
+        raw = self.mapping(value, "kubelet", _KUBELET_KEYS)
         return KubeletSpec(
             **{name: self.boolean(flag, f"kubelet.{name}") for name, flag in raw.items()}
         )
@@ -752,7 +431,7 @@ class _Loader:
         return check
 
     def clocks(self, value: Any, key: str) -> ClockValues:
-        raw = self.mapping(value, key, ("graphics", "sm", "memory", "video"))
+        raw = self.mapping(value, key, _CLOCK_KEYS)
         return ClockValues(**{name: self.optional(raw, key, name, self.mhz) for name in raw})
 
     def mhz(self, value: Any, key: str) -> int:
@@ -772,13 +451,13 @@ class _Loader:
         return tuple(items)
 
     def ecc(self, value: Any, key: str) -> EccCounts:
-        raw = self.mapping(value, key, ("corrected", "uncorrected"))
+        raw = self.mapping(value, key, _ECC_KEYS)
         return EccCounts(
             **{name: self.varying(raw[name], _join(key, name), self.integer) for name in raw}
         )
 
     def remapped(self, value: Any, key: str) -> RemappedRows:
-        raw = self.mapping(value, key, ("corrected", "uncorrected", "pending", "failed"))
+        raw = self.mapping(value, key, _REMAPPED_KEYS)
         checks = {
             "corrected": self.integer,
             "uncorrected": self.integer,
@@ -803,7 +482,7 @@ class _Loader:
         events = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
-            raw = self.mapping(item, item_key, ("cycle", "code", "mig_instance"), ("cycle", "code"))
+            raw = self.mapping(item, item_key, _XID_KEYS, ("cycle", "code"))
             cycle = self.integer(raw["cycle"], f"{item_key}.cycle")
             code = self.integer(raw["code"], f"{item_key}.code")
             instance = None
@@ -824,7 +503,7 @@ class _Loader:
         faults = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
-            raw = self.mapping(item, item_key, ("call", "error", "cycles"), ("call", "error"))
+            raw = self.mapping(item, item_key, _FAULT_KEYS, ("call", "error"))
             call = self.string(raw["call"], f"{item_key}.call")
             if call != "*" and call not in FAULTABLE_CALLS:
                 raise self.error(
@@ -850,7 +529,7 @@ class _Loader:
     # -- MIG --
 
     def mig(self, value: Any, key: str, model: GpuModel, gpu_index: int) -> MigSpec:
-        raw = self.mapping(value, key, ("instances", "reconfigure"), required=("instances",))
+        raw = self.mapping(value, key, _MIG_KEYS, required=("instances",))
         layouts = [
             MigLayout(
                 0, 0, self.instances(raw["instances"], f"{key}.instances", model, gpu_index, 0), ()
@@ -859,9 +538,7 @@ class _Loader:
         previous_cycle = 0
         for g, item in enumerate(self.list_of(raw.get("reconfigure", []), f"{key}.reconfigure"), 1):
             item_key = f"{key}.reconfigure[{g - 1}]"
-            entry = self.mapping(
-                item, item_key, ("cycle", "instances", "processes"), ("cycle", "instances")
-            )
+            entry = self.mapping(item, item_key, _LAYOUT_KEYS, ("cycle", "instances"))
             cycle = self.integer(entry["cycle"], f"{item_key}.cycle", minimum=1)
             if cycle <= previous_cycle:
                 raise self.error(
@@ -1070,8 +747,7 @@ class _Loader:
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 
     def container(self, value: Any, key: str, refs: dict[str, str]) -> ContainerSpec:
-        keys = ("id", "name", "image", "labels", "devices", "resources")
-        raw = self.mapping(value, key, keys, required=("id", "name"))
+        raw = self.mapping(value, key, _CONTAINER_KEYS, required=("id", "name"))
         labels_raw = raw.get("labels", {})
         if not isinstance(labels_raw, dict):
             raise self.error(f"{key}.labels", f"expected a mapping, got {_kind(labels_raw)}")
@@ -1091,9 +767,7 @@ class _Loader:
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
-        raw = self.mapping(
-            value, key, ("namespace", "name", "uid", "containers"), ("namespace", "name", "uid")
-        )
+        raw = self.mapping(value, key, _POD_KEYS, ("namespace", "name", "uid"))
         uid = self.string(raw["uid"], f"{key}.uid")
         try:
             uuidlib.UUID(uid)
@@ -1102,9 +776,7 @@ class _Loader:
         containers = []
         for i, item in enumerate(self.list_of(raw.get("containers", []), f"{key}.containers")):
             item_key = f"{key}.containers[{i}]"
-            self.mapping(
-                item, item_key, ("name", "id", "image", "devices", "resources"), ("name", "id")
-            )
+            self.mapping(item, item_key, _POD_CONTAINER_KEYS, ("name", "id"))
             containers.append(self.container(item, item_key, refs))
         return PodSpec(
             namespace=self.string(raw["namespace"], f"{key}.namespace"),
@@ -1126,16 +798,11 @@ class _Loader:
             seen[value] = key
 
     def host(self, value: Any) -> HostSpec:
-        raw = self.mapping(value, "host", ("memory_used_ratio", "filesystems"))
+        raw = self.mapping(value, "host", _HOST_KEYS)
         filesystems = []
         for i, item in enumerate(self.list_of(raw.get("filesystems", []), "host.filesystems")):
             key = f"host.filesystems[{i}]"
-            fs = self.mapping(
-                item,
-                key,
-                ("mountpoint", "size_bytes", "used_bytes"),
-                ("mountpoint", "size_bytes", "used_bytes"),
-            )
+            fs = self.mapping(item, key, _FILESYSTEM_KEYS, required=sorted(_FILESYSTEM_KEYS))
             mountpoint = self.string(fs["mountpoint"], f"{key}.mountpoint")
             if not mountpoint.startswith("/"):
                 raise self.error(f"{key}.mountpoint", "expected an absolute path")

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from otel_gpu.simulate import HostOverrides, SimulatedServer
 from otel_gpu.simulate.docker_api import DockerApiServer, serve_docker_api
 from otel_gpu.simulate.kubelet_api import (
     PodListServer,
@@ -26,7 +25,8 @@ from otel_gpu.simulate.kubelet_api import (
     serve_pod_list,
     serve_pod_resources,
 )
-from otel_gpu.simulate.scenario import ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.simulate.server import HostOverrides, SimulatedServer
+from otel_gpu.simulate.spec import ContainerSpec, PodSpec, ProcessSpec, at_cycle
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
@@ -68,9 +68,7 @@ class SimulatedWorld:
         os.makedirs(self.cgroup_root)
         _write(os.path.join(self.cgroup_root, "cgroup.controllers"), "cpuset cpu io memory pids\n")
         self._closers: list[Callable[[], Any]] = []
-        self._finalizer = weakref.finalize(
-            self, _cleanup, self.root, self._closers, os.getpid()
-        )
+        self._finalizer = weakref.finalize(self, _cleanup, self.root, self._closers, os.getpid())
         self._pids: set[int] = set()
         self._last_cycle = -1
         self._cgroups = self._cgroup_states()
@@ -162,8 +160,12 @@ class SimulatedWorld:
             migs = [profiles[d] for d in container.device_uuids if d in profiles]
             entry["resource_name"] = MIG_RESOURCE_PREFIX + migs[0] if migs else GPU_RESOURCE
             containers.append(entry)
-        return {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid,
-                "containers": containers}
+        return {
+            "namespace": pod.namespace,
+            "name": pod.name,
+            "uid": pod.uid,
+            "containers": containers,
+        }
 
     # -- /proc --
 
@@ -227,9 +229,7 @@ class SimulatedWorld:
                     ratio = at_cycle(res.cpu_throttled_ratio, k) or 0.0
                     state.throttled += round(ratio * periods)
                 state.read_bytes += int((at_cycle(res.disk_read_bytes_per_s, k) or 0) * interval)
-                state.write_bytes += int(
-                    (at_cycle(res.disk_write_bytes_per_s, k) or 0) * interval
-                )
+                state.write_bytes += int((at_cycle(res.disk_write_bytes_per_s, k) or 0) * interval)
             usage = round(state.usage_us)
             user = round(usage * USER_SHARE)
             memory_limit = at_cycle(res.memory_limit_bytes, cycle)
@@ -247,8 +247,7 @@ class SimulatedWorld:
                 "memory.current": f"{at_cycle(res.memory_used_bytes, cycle) or 0}\n",
                 "memory.max": f"{memory_limit}\n" if memory_limit else "max\n",
                 "memory.events": (
-                    "low 0\nhigh 0\nmax 0\noom 0\n"
-                    f"oom_kill {at_cycle(res.oom_kills, cycle) or 0}\n"
+                    f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {at_cycle(res.oom_kills, cycle) or 0}\n"
                 ),
                 "io.stat": (
                     f"259:0 rbytes={state.read_bytes} wbytes={state.write_bytes} "

@@ -2,8 +2,11 @@
 
 Every call goes through one failsafe wrapper: an NVML error becomes a recorded ``SourceError`` and
 an absent value; ``GPU_IS_LOST`` marks that GPU failed and the others go on; a missing library or
-driver leaves the source unavailable with one message. Units are converted here: mW -> W,
-mJ -> J, MHz -> Hz, percent -> ratio.
+driver leaves the source unavailable with one message. NOT_SUPPORTED is a capability, not a
+failure: the device lacks that field (fan speed on an SXM board), so the value is absent, nothing
+is recorded, and that call (with those arguments) is not made on that device again until
+``CAPABILITY_RECHECK_S`` (10 minutes) of the source's clock have passed, when it is tried once
+more. Units are converted here: mW -> W, mJ -> J, MHz -> Hz, percent -> ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, SourceErro
 SOURCE = "nvml"
 _NO_ID = 0xFFFFFFFF
 _MAX_EVENTS_PER_CYCLE = 1000
+CAPABILITY_RECHECK_S = 600.0  # how long a NOT_SUPPORTED answer stands before the call is retried
 
 # nvmlClocksEventReason* bits (nvml.h); names are the catalog's attribute values.
 CLOCK_EVENT_REASONS: dict[str, int] = {
@@ -56,24 +60,63 @@ _ABSENT: Any = object()
 _EXPECTED: Any = object()  # an error the caller anticipated (NOT_FOUND for an empty MIG slot)
 
 
+class _Capabilities:
+    """The calls each device answered NOT_SUPPORTED to, and until when that answer stands."""
+
+    def __init__(self) -> None:
+        self.now = 0.0  # the source's clock at the current cycle
+        self._until: dict[tuple[str, str, tuple[int, ...]], float] = {}
+
+    @staticmethod
+    def key(device: str, fn: str, args: tuple[Any, ...]) -> tuple[str, str, tuple[int, ...]]:
+        # Integer arguments (clock domain, sensor, counter) select a field; handles do not.
+        ints = tuple(a for a in args if isinstance(a, int) and not isinstance(a, bool))
+        return device, fn, ints
+
+    def lacks(self, key: tuple[str, str, tuple[int, ...]]) -> bool:
+        until = self._until.get(key)
+        return until is not None and self.now < until
+
+    def unsupported(self, key: tuple[str, str, tuple[int, ...]]) -> None:
+        self._until[key] = self.now + CAPABILITY_RECHECK_S
+
+    def supported(self, key: tuple[str, str, tuple[int, ...]]) -> None:
+        self._until.pop(key, None)
+
+
 class _Caller:
     """Calls NVML functions for one device, recording failures instead of raising them."""
 
     def __init__(
-        self, nvml: Any, errors: list[SourceError], error_names: dict[int, str], device: str | None
+        self,
+        nvml: Any,
+        errors: list[SourceError],
+        error_names: dict[int, str],
+        device: str | None,
+        capabilities: _Capabilities | None = None,
     ) -> None:
         self._nvml = nvml
         self._errors = errors
         self._names = error_names
         self.device = device
+        self._capabilities = capabilities if device is not None else None
 
     def __call__(self, fn: str, *args: Any, expected: tuple[str, ...] = ()) -> Any:
+        capabilities = self._capabilities
+        key = None
+        if capabilities is not None:
+            key = capabilities.key(self.device or "", fn, args)
+            if capabilities.lacks(key):
+                return _ABSENT
         try:
-            return getattr(self._nvml, fn)(*args)
+            result = getattr(self._nvml, fn)(*args)
         except self._nvml.NVMLError as err:
             name = self._names.get(getattr(err, "value", -1), "UNKNOWN")
             if name in expected:
                 return _EXPECTED
+            if name == "NOT_SUPPORTED" and key is not None:
+                capabilities.unsupported(key)  # type: ignore[union-attr]
+                return _ABSENT
             self._errors.append(SourceError(SOURCE, fn, name, self.device))
             if name == "GPU_IS_LOST":
                 raise _GpuLost from err
@@ -84,6 +127,9 @@ class _Caller:
         except Exception as err:  # a binding bug must not stop the cycle
             self._errors.append(SourceError(SOURCE, fn, type(err).__name__, self.device))
             return _ABSENT
+        if key is not None:
+            capabilities.supported(key)  # type: ignore[union-attr]
+        return result
 
 
 def _handle_key(handle: Any) -> int:
@@ -173,6 +219,7 @@ class NvmlSource:
         self._gpm_samples: dict[str, Any] = {}
         self._event_set: Any = None
         self._last_read: float | None = None
+        self._capabilities = _Capabilities()
         self.unavailable_reason: str | None = None
 
     @property
@@ -231,6 +278,7 @@ class NvmlSource:
         now = time.monotonic() if now is None else now
         elapsed = 0.0 if self._last_read is None else max(0.0, now - self._last_read)
         self._last_read = now
+        self._capabilities.now = now
         call = _Caller(self._nvml, errors, self._error_names, None)
         count = call("nvmlDeviceGetCount")
         count = count if _present(count) else 0
@@ -257,7 +305,7 @@ class NvmlSource:
         pending_gpm: list,
     ) -> Gpu:
         name = f"gpu{index}"
-        call = _Caller(self._nvml, errors, self._error_names, name)
+        call = _Caller(self._nvml, errors, self._error_names, name, self._capabilities)
         try:
             handle = call("nvmlDeviceGetHandleByIndex", index)
             if not _present(handle):
@@ -512,7 +560,8 @@ class NvmlSource:
             )
             if not _present(handle):
                 continue
-            mig_call = _Caller(self._nvml, call._errors, self._error_names, f"gpu{index}/mig{j}")
+            mig_call = _Caller(self._nvml, call._errors, self._error_names, f"gpu{index}/mig{j}",
+                               self._capabilities)
             devices.append(self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm))
         return tuple(devices)
 

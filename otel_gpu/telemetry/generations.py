@@ -45,8 +45,13 @@ class MeterGenerations:
     def __init__(self, make_readers: Callable[[], list[MetricReader]], resource: Resource,
                  cache: SnapshotSource, tally: FailureTally, *,
                  policy: RotationPolicy | None = None,
-                 metrics: Iterable[Metric] | None = None) -> None:
+                 metrics: Iterable[Metric] | None = None,
+                 provider: MeterProvider | None = None, rotate: bool = True) -> None:
+        """``provider``: the instruments go on this one (an application's) and stay there;
+        ``rotate`` False: one generation for good."""
         self._make_readers = make_readers
+        self._given = provider
+        self._rotate = rotate and provider is None
         self._resource = resource
         self._cache = cache
         self._tally = tally
@@ -60,7 +65,7 @@ class MeterGenerations:
 
     def _start(self, ledger: SeriesLedger) -> MeterProvider:
         self.readers = self._make_readers()
-        provider = build_meter_provider(self.readers, self._resource)
+        provider = self._given or build_meter_provider(self.readers, self._resource)
         self.ledger = ledger
         self.instruments = register_catalog(get_meter(provider), self._cache, self._metrics,
                                             tally=self._tally, ledger=ledger)
@@ -80,6 +85,8 @@ class MeterGenerations:
 
     def maybe_rotate(self, cycle: int) -> bool:
         """Start a new generation if one instrument holds too many gone series."""
+        if not self._rotate:
+            return False
         stale = self.ledger.stale(cycle, self.policy.stale_after)
         if max(stale.values(), default=0) < self.policy.max_stale:
             return False

@@ -26,18 +26,9 @@ _SEVERITY = {
 }
 
 
-def insight_attributes(insight: Insight) -> dict[str, Any]:
-    """The attributes of the ``otel_gpu.insight.active`` point for this insight."""
-    return {
-        **insight.attributes,
-        "otel_gpu.insight.rule": insight.rule,
-        "otel_gpu.insight.severity": insight.severity,
-    }
-
-
 def log_attributes(insight: Insight, state: str) -> dict[str, Any]:
     return {
-        **insight_attributes(insight),
+        **insight.point_attributes(),
         "otel_gpu.insight.state": state,
         "otel_gpu.insight.remedy": insight.remedy,
     }

@@ -172,3 +172,11 @@ class TrainingInstruments:
             self.samples.add(samples, attributes=attributes, context=context)
 
 
+
+    def carry(self, steps: int, samples: int, attributes: Mapping[str, str]) -> None:
+        """Start the counters where an earlier process's left off, so that a cumulative series
+        continues across a restart of the process that records."""
+        if steps:
+            self.steps.add(steps, attributes=attributes)
+        if samples:
+            self.samples.add(samples, attributes=attributes)

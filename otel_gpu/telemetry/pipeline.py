@@ -1,8 +1,12 @@
-"""The pipeline: Collector -> SnapshotCache -> instruments -> MeterProvider -> readers."""
+"""The pipeline: Collector -> SnapshotCache -> instruments -> MeterProvider -> readers.
+
+``assemble_pipeline`` is the one assembly, used by the agent (``build_pipeline``), by a training
+process that reports through its own providers and by a session's collector process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +16,12 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
-from otel_gpu.insights.engine import Thresholds
+from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.generations import MeterGenerations, RotationPolicy
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
+from otel_gpu.telemetry.instruments import SnapshotSource
 from otel_gpu.telemetry.providers import (
     ReaderFactory,
     agent_export_timeout_s,
@@ -30,10 +35,14 @@ class Pipeline:
     collector: Collector
     cache: SnapshotCache
     meters: MeterGenerations
-    outputs: ReaderFactory
     driver_message: str | None = None
     logger_provider: Any = None  # insight log records, when an exporter for them is set
+    #: whether ``shutdown`` shuts the providers down (else it flushes them: they belong to
+    #: the application)
+    owns_provider: bool = True
+    owns_logger_provider: bool = True
     tally: FailureTally = field(default_factory=FailureTally)
+    outputs: ReaderFactory | None = None  # the exporters the generations' readers borrow
 
     @property
     def provider(self) -> MeterProvider:
@@ -53,23 +62,80 @@ class Pipeline:
 
     def collect_and_export(self) -> Snapshot:
         """One cycle: read the world once, then let every push reader collect it and hand it to
-        its exporter, which queues it (see ``QueuedExporter``): a slow backend never holds the
-        cycle up. Then, if too many series are gone, a new MeterProvider generation."""
+        its exporter (the agent's queues it, see ``QueuedExporter``: a slow backend never holds
+        the cycle up). Then, if too many series are gone, a new MeterProvider generation."""
         snapshot = self.cache.refresh()
         self.meters.collect()
         self.meters.maybe_rotate(snapshot.cycle)
         return snapshot
 
     def shutdown(self) -> None:
+        """The last export of the providers, then the sources."""
         try:
-            try:
-                self.meters.shutdown()
-            finally:
-                self.outputs.close()
+            if self.owns_provider:
+                try:
+                    self.meters.shutdown()
+                finally:
+                    if self.outputs is not None:
+                        self.outputs.close()
+            else:
+                self.provider.force_flush()
             if self.logger_provider is not None:
-                self.logger_provider.shutdown()
+                if self.owns_logger_provider:
+                    self.logger_provider.shutdown()
+                else:
+                    self.logger_provider.force_flush()
         finally:
             self.collector.close()
+
+
+def assemble_pipeline(
+    collector: Collector,
+    *,
+    cache_max_age_s: float,
+    resource: Resource | None = None,
+    readers: Sequence[MetricReader] = (),
+    make_readers: Callable[[], list[MetricReader]] | None = None,
+    provider: MeterProvider | None = None,
+    logger_provider: Any = None,
+    owns_logger_provider: bool = True,
+    view: Callable[[SnapshotCache], SnapshotSource] | None = None,
+    in_memory: bool = False,
+    tally: FailureTally | None = None,
+    policy: RotationPolicy | None = None,
+) -> Pipeline:
+    """Start ``collector`` and put the catalog's instruments over it.
+
+    The instruments go on ``provider`` when given (an application's, left running by
+    ``shutdown``), else on a new MeterProvider over ``readers`` and ``resource``. With
+    ``make_readers`` instead of ``readers`` (fresh readers on each call, the agent's), the
+    MeterProvider is replaced by a new generation whenever too many of its series are gone
+    (``MeterGenerations``). Each insight that fires or clears goes to ``logger_provider`` as a
+    log record, when there is one. ``view`` narrows what the instruments see of each Snapshot
+    (a training rank's devices).
+    """
+    tally = tally if tally is not None else FailureTally()
+    if logger_provider is not None:
+        collector.add_insight_listener(InsightLogEmitter(logger_provider))
+    message = collector.start()
+    cache = SnapshotCache(collector, max_age_s=cache_max_age_s)
+    source = view(cache) if view else cache
+    resource = resource or build_resource()
+    memory = [InMemoryMetricReader] if in_memory else []
+    owns_provider = provider is None
+    if provider is None and make_readers is not None:
+        rotating = make_readers
+
+        def fresh() -> list[MetricReader]:
+            return [*rotating(), *(make() for make in memory)]
+
+        meters = MeterGenerations(fresh, resource, source, tally, policy=policy)
+    else:
+        fixed = [*readers, *(make() for make in memory)]
+        meters = MeterGenerations(lambda: fixed, resource, source, tally, provider=provider,
+                                  rotate=False)
+    return Pipeline(collector, cache, meters, message, logger_provider, owns_provider,
+                    owns_logger_provider, tally)
 
 
 def build_pipeline(
@@ -96,12 +162,8 @@ def build_pipeline(
     logger_provider = None
     if "otlp" in exporters:
         logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
-        collector.add_insight_listener(InsightLogEmitter(logger_provider))
-    message = collector.start()
-    cache = SnapshotCache(collector, max_age_s=1.5 * interval_s)
-
-    def make_readers() -> list[MetricReader]:
-        return [*outputs(), *([InMemoryMetricReader()] if in_memory else [])]
-
-    meters = MeterGenerations(make_readers, resource, cache, tally, policy=policy)
-    return Pipeline(collector, cache, meters, outputs, message, logger_provider, tally)
+    pipeline = assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
+                                 make_readers=outputs, logger_provider=logger_provider,
+                                 in_memory=in_memory, tally=tally, policy=policy)
+    pipeline.outputs = outputs
+    return pipeline

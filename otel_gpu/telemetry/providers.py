@@ -9,7 +9,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -23,9 +23,11 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from otel_gpu._version import __version__
 from otel_gpu.config import ConfigError
-from otel_gpu.sources.identity import SelfInfo
 from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
+
+if TYPE_CHECKING:  # the training process needs no source to build its providers
+    from otel_gpu.sources.identity import SelfInfo
 
 log = logging.getLogger("otel_gpu")
 

@@ -129,14 +129,14 @@ def test_lost_gpu_is_failed_while_the_others_report(write_scenario) -> None:
     assert errors.get("GPU_IS_LOST", 0) >= 2
 
 
-def test_not_supported_is_absent_and_counted(write_scenario) -> None:
+def test_a_transient_error_is_absent_and_counted(write_scenario) -> None:
     path = write_scenario(_two_gpus(faults=[{"call": "nvmlDeviceGetPowerUsage",
-                                             "error": "NOT_SUPPORTED", "cycles": [0, 1]}]))
+                                             "error": "UNKNOWN", "cycles": [0, 1]}]))
     during = snapshot_json("--simulate", path, "--cycles", "2")
     assert {p["attributes"]["hw.name"] for p in points_named(during, "hw.power")} == {"gpu0"}
     errors = {(p["attributes"]["otel_gpu.source"], p["attributes"]["error.type"]): p["value"]
               for p in points_named(during, "otel_gpu.collection.errors")}
-    assert errors[("nvml", "NOT_SUPPORTED")] >= 2
+    assert errors[("nvml", "UNKNOWN")] >= 2
     after = snapshot_json("--simulate", path, "--cycles", "3")
     assert {p["attributes"]["hw.name"] for p in points_named(after, "hw.power")} == {"gpu0",
                                                                                     "gpu1"}

@@ -433,14 +433,14 @@ def test_steady_state_asks_the_runtime_nothing_new() -> None:
     collector = build_collector(str(SCENARIOS / "docker-only.yaml"))
     collector.start()
     try:
-        world = collector.simulation
+        world = collector.sources.simulation
         first = collector.collect()
         asked = list(world.docker_api.requests)
         second = collector.collect()
         assert world.docker_api.requests == asked  # the list and the inspects are cached
         assert sorted(p.rsplit("/", 2)[-2] for p in asked) == sorted(
             [c.id for c in world.scenario.containers] + ["containers"])
-        assert collector.attributor.procfs.cached_pids == {2001, 2003, 3001}
+        assert collector.sources.attributor.procfs.cached_pids == {2001, 2003, 3001}
         assert {w.attributes.get("process.owner") for w in first.workloads} == {
             "alice", "4321", "bob"}
         assert len(second.containers) == 1 and second.containers[0].resources.oom_kills == 1
@@ -452,7 +452,7 @@ def test_close_stops_the_simulated_world() -> None:
     collector = build_collector("dgx-a100")
     collector.start()
     collector.collect()
-    world = collector.simulation
+    world = collector.sources.simulation
     sockets = [world.docker_socket, world.pod_resources_socket]
     assert all(s and os.path.exists(s) for s in sockets)
     assert os.path.isdir(os.path.join(world.proc_root, "4242"))

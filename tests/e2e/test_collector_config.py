@@ -112,8 +112,7 @@ def test_agent_daemonset_has_what_attribution_needs_and_no_more() -> None:
     assert "privileged" not in security
     assert container["resources"]["limits"]["memory"]
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert set(host_paths.values()) == {"/sys/fs/cgroup", "/var/lib/kubelet/pod-resources",
-                                        "/var/run/docker.sock"}
+    assert set(host_paths.values()) == {"/sys/fs/cgroup", "/var/lib/kubelet/pod-resources"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name].get("readOnly") is True for name in host_paths)
     env = {e["name"]: e for e in container["env"]}

@@ -25,10 +25,9 @@ from otel_gpu.insights.engine import (
     USER_RULES,
     InsightEngine,
     InsightUpdate,
-    Thresholds,
-    ThresholdsError,
-    load_thresholds,
 )
+from otel_gpu.insights.thresholds import Thresholds, ThresholdsError
+from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Gpu, Snapshot, TrainingSignals
 
 SCENARIOS = ROOT / "tests" / "scenarios" / "insights"
@@ -74,7 +73,7 @@ def run_timeline(
 
     collector.add_insight_listener(listen)
     if training is not None:
-        collector.add_training_source(lambda: training(collector.cycles - 1))
+        collector.add_training_source(lambda: training(collector.sources.cycles - 1))
     collector.start()
     snapshots = []
     try:

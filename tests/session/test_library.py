@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     MetricExporter,
@@ -22,8 +23,9 @@ from otlp_receiver import OtlpReceiver, points
 from runner import ROOT
 
 from otel_gpu.collect.build import build_collector
-from otel_gpu.session.api import rank_devices
-from otel_gpu.session.scope import scope_snapshot
+from otel_gpu.collect.collector import LocalSources
+from otel_gpu.session.modes import Mode
+from otel_gpu.session.scope import rank_devices, scope_snapshot
 from otel_gpu.sources.identity import visible_devices
 
 
@@ -113,11 +115,34 @@ def test_the_collector_process_feeds_training_signals_to_the_rules(tmp_path: Pat
     assert any("input-bound" in body for body in bodies), bodies
 
 
+def test_the_training_process_loads_no_grpc_protobuf_or_sources() -> None:
+    # The export child does the collection and the OTLP encoding; the training process relays.
+    with OtlpReceiver() as receiver:
+        _run_script("""
+            import sys
+            import otel_gpu
+            session = otel_gpu.start(simulate="h200")
+            for _ in otel_gpu.track(range(5)):
+                pass
+            loaded = [name for name in sys.modules
+                      if name.split(".")[0] == "grpc" or name.startswith("google.protobuf")
+                      or name == "otel_gpu.sources" or name.startswith("otel_gpu.sources.")
+                      or name.startswith("otel_gpu.collect")]
+            assert session.mode.name == "EXPORT_CHILD", session.mode
+            assert not loaded, loaded
+            otel_gpu.stop()
+        """, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint})
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        names = {p["name"] for p in points(receiver.metric_requests)}
+    assert {"otel_gpu.training.steps", "hw.gpu.memory.usage"} <= names
+
+
 def test_a_forked_worker_adds_nothing_to_what_the_two_processes_export() -> None:
     with OtlpReceiver() as receiver:
         _run_script("""
             import os, time
             import otel_gpu
+            from otel_gpu.session.protocol import Kind
             session = otel_gpu.start()
             list(otel_gpu.track(range(7)))
             pid = os.fork()
@@ -125,8 +150,8 @@ def test_a_forked_worker_adds_nothing_to_what_the_two_processes_export() -> None
                 again = otel_gpu.start()
                 list(otel_gpu.track(range(50)))
                 time.sleep(0.5)
-                relayed = session.exporting.send("spans", [])
-                os._exit(0 if again is not session and again.exporting is None
+                relayed = session.child.send(Kind.SPANS, [])
+                os._exit(0 if again is not session and again.child is None
                          and not relayed else 3)
             _, status = os.waitpid(pid, 0)
             assert status == 0, status
@@ -334,9 +359,8 @@ def test_the_sources_run_in_a_child_process_and_stop_with_the_session() -> None:
 
     session = start(simulate="dgx-a100", export_interval_s=100.0, metric_exporters=[])
     try:
-        remote = session.collector.remote
-        assert remote is not None
-        child = remote._process
+        assert session.mode is Mode.SOURCES_CHILD
+        child = session.collector.sources.child.process
         assert child.pid != os.getpid() and child.poll() is None
         snapshot = session.collector.collect()
         assert len(snapshot.gpus) == 8 and snapshot.workloads
@@ -346,14 +370,15 @@ def test_the_sources_run_in_a_child_process_and_stop_with_the_session() -> None:
     assert child.poll() is not None
 
 
-def test_a_dead_collector_process_is_a_counted_error_not_a_crash() -> None:
+def test_a_dead_sources_process_is_a_counted_error_then_restarts() -> None:
     from otel_gpu.session.api import start, stop
 
     session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
     try:
-        remote = session.collector.remote
-        remote._process.kill()
-        remote._process.wait()
+        child = session.collector.sources.child
+        first = child.process
+        first.kill()
+        first.wait()
         def remote_failures(snap: object) -> int:
             return sum(n for (source, _), n in snap.error_counts.items() if source == "collector")
 
@@ -361,9 +386,55 @@ def test_a_dead_collector_process_is_a_counted_error_not_a_crash() -> None:
         assert snapshot.gpus == ()
         assert remote_failures(snapshot) == 1
         assert [e.call for e in snapshot.errors if e.source == "collector"] == ["remote"]
+        # Within its back-off (1 s after the first failure) the child is not started again.
         assert remote_failures(session.collector.collect()) == 2
+        assert child.restarts == 0 and child.failures == 1
+        failed_cycles = 2
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            snapshot = session.collector.collect()
+            if snapshot.gpus:
+                break
+            failed_cycles += 1
+        assert len(snapshot.gpus) == 1 and child.restarts == 1
+        assert child.process.pid != first.pid
+        # Counted once per failed cycle, and kept after the restart.
+        assert remote_failures(snapshot) == failed_cycles
     finally:
         stop()
+
+
+def test_the_application_provider_gets_gpu_metrics_again_after_the_sources_child_restarts(
+        ) -> None:
+    from otel_gpu.session.api import start, stop
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+
+    def gpu_points() -> int:
+        data = reader.get_metrics_data()
+        return sum(len(m.data.data_points) for rm in (data.resource_metrics if data else ())
+                   for sm in rm.scope_metrics for m in sm.metrics
+                   if m.name == "hw.gpu.memory.usage")
+
+    session = start(simulate="h200", meter_provider=provider, export_interval_s=100.0)
+    try:
+        assert session.mode is Mode.SOURCES_CHILD
+        assert gpu_points() == 1
+        child = session.collector.sources.child
+        child.process.kill()
+        child.process.wait()
+        time.sleep(1.1)  # the cached Snapshot ages out
+        assert gpu_points() == 0
+        deadline = time.monotonic() + 20
+        while gpu_points() == 0 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert child.restarts == 1
+        assert gpu_points() == 1
+    finally:
+        stop()
+        provider.shutdown()
 
 
 def test_in_process_collection_on_request_and_bad_scenarios_still_exit_clearly(
@@ -374,7 +445,8 @@ def test_in_process_collection_on_request_and_bad_scenarios_still_exit_clearly(
     monkeypatch.setenv("OTEL_GPU_COLLECT_IN_PROCESS", "true")
     session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
     try:
-        assert session.collector.remote is None
+        assert session.mode is Mode.IN_PROCESS
+        assert isinstance(session.collector.sources, LocalSources)
         assert len(session.collector.collect().gpus) == 1
     finally:
         stop()
@@ -392,7 +464,8 @@ def test_a_child_that_cannot_start_leaves_collection_in_the_process(
     monkeypatch.setattr(otel_gpu.session.child.sys, "executable", "/bin/false")
     session = start(simulate="h200", export_interval_s=100.0, metric_exporters=[])
     try:
-        assert session.collector.remote is None
+        assert session.mode is Mode.IN_PROCESS
+        assert isinstance(session.collector.sources, LocalSources)
         assert len(session.collector.collect().gpus) == 1
         assert any("collecting in the training process" in r.getMessage() for r in caplog.records)
     finally:
@@ -411,16 +484,17 @@ def test_a_collector_process_that_dies_is_restarted(monkeypatch: pytest.MonkeyPa
     _quiet_exporters(monkeypatch)
     session = start(simulate="h200", export_interval_s=0.1)
     try:
-        exporting = session.exporting
-        assert exporting is not None and session.collector is None and session.active
-        first = exporting._child.process
+        child = session.child
+        assert session.mode is Mode.EXPORT_CHILD
+        assert child is not None and session.collector is None and session.active
+        first = child.process
         first.kill()
         first.wait()
         deadline = time.monotonic() + 20
-        while exporting.restarts == 0 and time.monotonic() < deadline:
+        while child.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert exporting.restarts == 1 and exporting.failures == 1
-        second = exporting._child.process
+        assert child.restarts == 1 and child.failures == 1
+        second = child.process
         assert second.pid != first.pid and second.poll() is None
         assert any("collector process is gone" in r.getMessage() for r in caplog.records)
     finally:
@@ -436,14 +510,14 @@ def test_steps_drained_for_a_dead_collector_process_reach_its_successor() -> Non
             session = otel_gpu.start(export_interval_s=0.2)
             list(otel_gpu.track(range(10)))
             time.sleep(0.5)
-            first = session.exporting._child.process
+            first = session.child.process
             first.kill()
             first.wait()
             list(otel_gpu.track(range(25)))  # drained by the send that finds the child gone
             deadline = time.monotonic() + 20
-            while session.exporting.restarts == 0 and time.monotonic() < deadline:
+            while session.child.restarts == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert session.exporting.restarts == 1
+            assert session.child.restarts == 1
             otel_gpu.stop()
         """, {"OTEL_GPU_SIMULATE": "h200", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
               "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
@@ -451,8 +525,9 @@ def test_steps_drained_for_a_dead_collector_process_reach_its_successor() -> Non
         time.sleep(0.3)
         requests = list(receiver.metric_requests)
     steps = [p["value"] for p in points(requests) if p["name"] == "otel_gpu.training.steps"]
-    # The first process exported the first 10; its successor, from its own start, the 25.
-    assert 10 in steps and steps[-1] == 25
+    # The first process exported the first 10; its successor continues the count with the 25.
+    assert 10 in steps and steps[-1] == 35
+    assert steps == sorted(steps)
 
 
 def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(
@@ -464,7 +539,7 @@ def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(
     monkeypatch.setattr(otel_gpu.session.child.sys, "executable", "/bin/false")
     session = start(simulate="h200", export_interval_s=100.0)
     try:
-        assert session.exporting is None and session.collector is not None
+        assert session.child is None and session.mode is Mode.IN_PROCESS
         assert len(session.collector.collect().gpus) == 1
         assert any("exporting from the training process" in r.getMessage()
                    for r in caplog.records)
@@ -474,7 +549,7 @@ def test_a_collector_process_that_cannot_start_leaves_export_in_the_process(
 
 def test_a_bad_thresholds_file_is_a_clear_error(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from otel_gpu.insights.engine import ThresholdsError
+    from otel_gpu.insights.thresholds import ThresholdsError
     from otel_gpu.session.api import session, start
 
     bad = tmp_path / "thresholds.yaml"

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link
 
+from otel_gpu.session.protocol import Kind
 from otel_gpu.session.relay import (
     RelayMetricExporter,
     metrics_from_wire,
@@ -64,12 +65,17 @@ def test_spans_cross_the_pipe_unchanged() -> None:
 
 def test_the_relay_asks_for_what_the_otlp_exporter_would(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_gpu.session.child_main import _otlp_preferences
+
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
-    sent: list[tuple[str, object]] = []
-    relay = RelayMetricExporter(lambda kind, payload: sent.append((kind, payload)) or True)
+    sent: list[tuple[Kind, object]] = []
+    # The child reads the preferences and hands them over in its Ready message.
+    temporality, aggregation = pickle.loads(pickle.dumps(_otlp_preferences()))
+    relay = RelayMetricExporter(lambda kind, payload: sent.append((kind, payload)) or True,
+                                temporality, aggregation)
     assert relay._preferred_temporality[Histogram] == AggregationTemporality.DELTA
     data = MetricsData(resource_metrics=[])
-    assert relay.export(data).name == "SUCCESS" and sent == [("metrics", [])]
+    assert relay.export(data).name == "SUCCESS" and sent == [(Kind.METRICS, [])]
     gone = RelayMetricExporter(lambda kind, payload: False)
     assert gone.export(data).name == "FAILURE"
 
@@ -78,11 +84,11 @@ def test_exports_the_backend_cannot_keep_up_with_are_dropped_and_counted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from otel_gpu.session.export_child import _RelayWorker
+    from otel_gpu.session.child_main import RelayWorker
 
     for signal in ("METRICS", "TRACES"):
         monkeypatch.setenv(f"OTEL_{signal}_EXPORTER", "none")
-    monkeypatch.setattr(_RelayWorker, "QUEUE_SIZE", 1)
+    monkeypatch.setattr(RelayWorker, "QUEUE_SIZE", 1)
     release, exporting = threading.Event(), threading.Event()
 
     class Stuck:
@@ -94,12 +100,12 @@ def test_exports_the_backend_cannot_keep_up_with_are_dropped_and_counted(
             pass
 
     dropped: list[str] = []
-    worker = _RelayWorker(RESOURCE, "", on_drop=dropped.append)
-    worker._exporters["spans"] = Stuck()
-    worker.put("spans", [])  # taken by the worker, which hangs in the backend
+    worker = RelayWorker(RESOURCE, "", on_drop=dropped.append)
+    worker._exporters[Kind.SPANS] = Stuck()
+    worker.put(Kind.SPANS, [])  # taken by the worker, which hangs in the backend
     assert exporting.wait(10)
-    worker.put("spans", [])  # waits in the queue
-    worker.put("spans", [])  # no room
-    assert dropped == ["spans"] and worker.dropped == 1
+    worker.put(Kind.SPANS, [])  # waits in the queue
+    worker.put(Kind.SPANS, [])  # no room
+    assert dropped == [Kind.SPANS] and worker.dropped == 1
     release.set()
     worker.close(timeout_s=10)

@@ -15,10 +15,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanContext
 
 from otel_gpu.session import tracker as training
-from otel_gpu.session.export_child import _SignalBox
+from otel_gpu.session.child_main import TrainingFeed
+from otel_gpu.session.protocol import StepReport
 from otel_gpu.session.steps import StepBatch, StepBuffer, merge, replay
 from otel_gpu.session.tracker import TrainingTracker
-from otel_gpu.snapshot import SourceError
+from otel_gpu.snapshot import SourceError, TrainingSignals
 from otel_gpu.telemetry.instruments import (
     DATA_WAIT_DURATION,
     DATA_WAIT_RATIO,
@@ -212,19 +213,21 @@ def test_a_deferred_tracker_replayed_elsewhere_reports_what_a_direct_one_does(
 
 def test_the_collector_process_side_records_batches_and_counts_overflow() -> None:
     telemetry = Telemetry()
-    box = _SignalBox(TrainingInstruments(telemetry.meter_provider))
+    box = TrainingFeed(TrainingInstruments(telemetry.meter_provider), {"run": "b"})
     buffer = StepBuffer({"run": "b"}, capacity=2)
     for _ in range(5):
         buffer.add(20 * MS, 5 * MS, 0.25, 8, None)
-    box.put((None, (), buffer.drain()))
+    box.put(StepReport(buffer.drain()))
     points = telemetry.metrics()
     assert points[STEPS][0].value == 2  # three were dropped before the drain
     assert points[SAMPLES][0].value == 16
     assert dict(points[STEPS][0].attributes) == {"run": "b"}
     assert box.dropped_steps == 3
     assert list(box.take_errors()) == [SourceError("training", "step_buffer", "Overflow")]
-    box.put((None, (), None))  # signals without steps
+    box.put(StepReport(None))  # a report without steps
     assert telemetry.metrics()[STEPS][0].value == 2
+    # The training signals the insight rules read are derived from the steps received.
+    assert box.read() == TrainingSignals(0.25, 2, {"run": "b"})
 
 
 def test_a_step_the_buffer_cannot_hold_is_a_counted_failure_not_a_crash() -> None:

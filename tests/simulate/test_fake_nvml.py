@@ -229,13 +229,14 @@ def test_health_counters(tmp_path: Path) -> None:
 def test_processes_on_a_whole_gpu() -> None:
     srv = server("dgx-a100")
     nvml = srv.nvml
+    nvml.wall_clock = lambda: 1_800_000_000.0  # samples are stamped by the wall clock
     gpu4 = nvml.nvmlDeviceGetHandleByIndex(4)
     (proc,) = nvml.nvmlDeviceGetComputeRunningProcesses(gpu4)
     assert (proc.pid, proc.usedGpuMemory) == (5120, 11811160064)
     assert (proc.gpuInstanceId, proc.computeInstanceId) == (NO_ID, NO_ID)
     (sample,) = nvml.nvmlDeviceGetProcessUtilization(gpu4, 0)
     assert (sample.pid, sample.smUtil, sample.memUtil) == (5120, 33, 11)
-    assert sample.timeStamp == round(srv.clock(0) * 1_000_000)
+    assert sample.timeStamp == 1_800_000_000_000_000 - 1_800_000_000_000_000 % 167_000
     raises(
         pynvml.NVML_ERROR_NOT_FOUND, nvml.nvmlDeviceGetProcessUtilization, gpu4, sample.timeStamp
     )
@@ -570,7 +571,7 @@ def test_pcie_traffic_comes_from_the_drivers_byte_counters_where_it_has_them() -
     from otel_gpu.collect.build import build_collector
 
     collector = build_collector("h200", 10.0, attribution=False)
-    fake = collector.nvml._nvml
+    fake = collector.sources.nvml._nvml
     counters = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: 5_000_000,
                 pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: 7_000_000}
     original = fake.nvmlDeviceGetFieldValues

@@ -146,8 +146,9 @@ def test_backend_down_then_back_loses_no_sampling_and_recovers() -> None:
         if agent.poll() is None:
             agent.kill()
             agent.communicate()
-    # The cycles sampled while the backend was down were queued and delivered on its return
-    # (the queue holds 32), at one per interval: before, one cycle every ~7 s got through.
-    during = [t for t in cycles if t < back]
-    assert len(during) >= 0.6 * down_s, len(during)
+    # One cycle per interval while the backend was down (before, one every ~7 s): each was
+    # delivered on its return, or dropped from the bounded queue and counted.
+    delivered = [t for t in cycles if t < back]
+    dropped = errors.get((EXPORT, ABANDONED), 0) + errors.get((EXPORT, QUEUE_FULL), 0)
+    assert delivered and len(delivered) + dropped >= 0.6 * down_s, (len(delivered), dropped)
     assert errors.get((EXPORT, EXPORT_FAILED), 0) >= 1

@@ -1,0 +1,151 @@
+"""The thresholds and durations the insight rules use.
+
+Every value is checked once, by ``Thresholds`` itself, whether it comes from code or from a
+file (``thresholds_file``); which rules exist is the engine's to check (``check_rules``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, get_args, get_origin, get_type_hints
+
+from otel_gpu.config import ConfigError
+
+
+class ThresholdsError(ConfigError):
+    """Thresholds that cannot be used; names the key (and the file, when read from one)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold and duration the rules use. Durations are seconds of Snapshot time."""
+
+    # input_bound from training signals. TensorFlow's profiler: input >= 20 % of step time is
+    # "highly", 5-20 % "moderately" input-bound; PyTorch's profiler plugin flags data loading
+    # over 5 % of step time.
+    data_wait_warning: float = 0.20
+    data_wait_warning_clear: float = 0.15
+    data_wait_info: float = 0.05
+    data_wait_info_clear: float = 0.03
+    data_wait_min_steps: int = 20
+    data_wait_for_s: float = 300.0
+    # input_bound without training signals: the device mostly idle while the container's CPUs
+    # sit at their quota (torch-tb-profiler calls GPU utilization under 50 % low; no tool
+    # publishes a combined rule, hence the stricter 30 % and a longer duration).
+    input_bound_device_activity: float = 0.30
+    input_bound_device_activity_clear: float = 0.40
+    input_bound_cpu_of_limit: float = 0.90
+    input_bound_cpu_of_limit_clear: float = 0.80
+    input_bound_for_s: float = 600.0
+    # device_idle: a device given to a container or pod with no process on it, or activity at
+    # about 0, for half an hour.
+    device_idle_activity: float = 0.01
+    device_idle_activity_clear: float = 0.05
+    device_idle_for_s: float = 1800.0
+    # gpu_memory_pressure: device memory nearly full; the next allocation may fail.
+    gpu_memory_used: float = 0.95
+    gpu_memory_used_clear: float = 0.90
+    gpu_memory_for_s: float = 300.0
+    # container_memory_pressure: cgroup memory near its limit, or an OOM kill seen.
+    container_memory_used: float = 0.90
+    container_memory_used_clear: float = 0.85
+    container_memory_for_s: float = 300.0
+    oom_kill_hold_s: float = 600.0
+    # cpu_throttled: kubernetes-mixin CPUThrottlingHigh, throttled periods over 25 % for 15 min.
+    cpu_throttled: float = 0.25
+    cpu_throttled_clear: float = 0.15
+    cpu_throttled_for_s: float = 900.0
+    # Counters (CPU time, CFS periods) become rates over this trailing span, as rate(...[5m]).
+    rate_span_s: float = 300.0
+    # low_sm_activity: a high duty cycle ("utilization", a kernel ran) over low SM activity
+    # from GPM: kernels run but occupy few SMs.
+    low_sm_duty_cycle: float = 0.80
+    low_sm_duty_cycle_clear: float = 0.70
+    low_sm_activity: float = 0.30
+    low_sm_activity_clear: float = 0.40
+    low_sm_for_s: float = 600.0
+    # xid_critical: nvidia_gpu_exporter's rules, active for 10 min after the last Xid.
+    xid_critical_codes: tuple[int, ...] = (48, 62, 64, 74, 79, 95, 119, 120)
+    xid_warning_codes: tuple[int, ...] = (94,)
+    xid_hold_s: float = 600.0
+    # ecc_uncorrectable: any uncorrectable ECC error (nvidia_gpu_exporter, critical). NVML's
+    # aggregate count is kept across reboots, so a new error is an event, held this long.
+    ecc_hold_s: float = 3600.0
+    # thermal_throttle and power_brake: nvidia_gpu_exporter, hardware thermal slowdown or power
+    # brake slowdown for 5 min.
+    thermal_throttle_for_s: float = 300.0
+    power_brake_for_s: float = 300.0
+    # high_temperature: nvidia_gpu_exporter and Datadog, over 85 C for 10 min.
+    temperature_celsius: float = 85.0
+    temperature_clear_celsius: float = 80.0
+    temperature_for_s: float = 600.0
+    # host_memory_pressure: node-mixin NodeMemoryHighUtilization, over 90 % for 15 min.
+    host_memory_used: float = 0.90
+    host_memory_used_clear: float = 0.85
+    host_memory_for_s: float = 900.0
+    # filesystem_full: node-mixin NodeFilesystemAlmostOutOfSpace (under 5 % free: warning,
+    # under 3 %: critical, 30 min) and NodeFilesystemSpaceFillingUp (under 20 % free and
+    # predicted full within 4 h by a linear fit: critical).
+    filesystem_free: float = 0.05
+    filesystem_free_clear: float = 0.08
+    filesystem_critical_free: float = 0.03
+    filesystem_critical_free_clear: float = 0.04
+    filesystem_fill_horizon_s: float = 4 * 3600.0
+    filesystem_fill_horizon_clear_s: float = 6 * 3600.0
+    filesystem_fill_max_free: float = 0.20
+    filesystem_fill_min_span_s: float = 300.0  # history the fit needs
+    filesystem_for_s: float = 1800.0
+    # mig_reconfigured: a MIG layout change, for information.
+    mig_reconfigured_hold_s: float = 600.0
+    # An active insight whose subject is not seen (a failed read, a container gone) clears
+    # after this long.
+    missing_grace_s: float = 60.0
+    disabled_rules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        types = _field_types()
+        for item in fields(self):
+            value = _checked(item.name, types[item.name], getattr(self, item.name))
+            object.__setattr__(self, item.name, value)
+
+
+@cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(Thresholds)
+
+
+def _checked(key: str, expected: Any, value: Any) -> Any:
+    """``value`` as the field's type (an int as a float, a list as a tuple), or ThresholdsError."""
+
+    def wrong(what: str, where: str = key, got: Any = value) -> ThresholdsError:
+        return ThresholdsError(f"{where}: {what}, got {got!r}")
+
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("expected a number")
+        value = float(value)
+        if math.isnan(value) or value < 0:
+            raise wrong("expected a number >= 0")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise wrong("expected a whole number >= 0")
+        return value
+    if get_origin(expected) is tuple:
+        (item_type, _) = get_args(expected)
+        if not isinstance(value, (list, tuple)):
+            raise wrong("expected a list")
+        for i, item in enumerate(value):
+            where = f"{key}[{i}]"
+            if item_type is int and (isinstance(item, bool) or not isinstance(item, int)):
+                raise wrong("expected a whole number", where, item)
+            if item_type is str and not isinstance(item, str):
+                raise wrong("expected a string", where, item)
+        return tuple(value)
+    raise AssertionError(f"unhandled threshold type {expected!r}")
+
+
+def threshold_names() -> frozenset[str]:
+    return frozenset(_field_types())

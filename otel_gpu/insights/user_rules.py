@@ -1,0 +1,278 @@
+"""Rules for the people who run work on the GPUs: what slows their job or wastes a device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from otel_gpu.insights.thresholds import Thresholds
+from otel_gpu.insights.window import (
+    ContainerKey,
+    Finding,
+    Sample,
+    cap,
+    condition,
+    container_key,
+    counter_increase,
+    device_label,
+    duty_cycle,
+    event,
+    level,
+    minutes,
+    pct,
+    run_key,
+    single_holder,
+    span_start,
+    who,
+    workload_devices,
+)
+from otel_gpu.snapshot import (
+    CRITICAL,
+    INFO,
+    WARNING,
+    Attributes,
+    TrainingSignals,
+    cpu_rates,
+    format_gib,
+)
+
+
+def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    newest = window[-1]
+    signals = [s for s in newest.training if s.data_wait_ratio is not None]
+    if signals:
+        for signal in signals:
+            if signal.steps < t.data_wait_min_steps or not _steps_advanced(window, signal):
+                continue
+            ratio = signal.data_wait_ratio
+            assert ratio is not None
+            verdict = level(
+                ratio,
+                True,
+                (
+                    (INFO, t.data_wait_info, t.data_wait_info_clear),
+                    (WARNING, t.data_wait_warning, t.data_wait_warning_clear),
+                ),
+            )
+            degree = "highly" if ratio >= t.data_wait_warning else "moderately"
+            yield condition(
+                ("training", *sorted(signal.attributes.items())),
+                dict(signal.attributes),
+                verdict,
+                f"The training loop is {degree} input-bound: {pct(ratio)} of step time "
+                "is spent waiting for the next batch.",
+                "Feed the device faster: more DataLoader workers, pin_memory and "
+                "prefetching, faster storage or caching, or preprocessing on the GPU.",
+                t.data_wait_for_s,
+            )
+        return
+    yield from _input_bound_from_cpu(window, t)
+
+
+def _steps_advanced(window: Sequence[Sample], signal: TrainingSignals) -> bool:
+    """Whether the run made progress since the previous sample (a stalled run says nothing)."""
+    key = run_key(signal)
+    for i in range(len(window) - 2, -1, -1):
+        earlier = window[i].runs.get(key)
+        if earlier is not None:
+            return signal.steps > earlier.steps
+    return True
+
+
+def _cpu_of_limit(newest: Sample, start: Sample, key: ContainerKey) -> float | None:
+    """The container's CPU use since ``start`` (the trailing rate span), as a share of its CPU
+    limit."""
+    now = newest.containers.get(key)
+    if now is None or not now.resources.cpu_limit:
+        return None
+    before = start.containers.get(key)
+    if before is None or start is newest:
+        return None
+    elapsed = newest.snapshot.timestamp - start.snapshot.timestamp
+    used, _ = cpu_rates(before.resources, now.resources, elapsed)
+    return None if used is None else used / now.resources.cpu_limit
+
+
+def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    newest = window[-1]
+    snap = newest.snapshot
+    start = span_start(window, t.rate_span_s)
+    devices = {dev.uuid: dev for dev, _ in workload_devices(snap)}
+    for usage in snap.containers:
+        key = container_key(usage.attributes)
+        cpu = _cpu_of_limit(newest, start, key)
+        cid = usage.attributes.get("container.id")
+        if cpu is None or cid is None:
+            continue
+        used = newest.container_devices.get(cid, frozenset())
+        activities = [a for a in (duty_cycle(devices[u]) for u in used if u in devices)
+                      if a is not None]
+        if not activities:
+            continue
+        activity = sum(activities) / len(activities)
+        raised = WARNING if (
+            activity < t.input_bound_device_activity and cpu >= t.input_bound_cpu_of_limit
+        ) else None
+        held = WARNING if (
+            activity < t.input_bound_device_activity_clear
+            and cpu > t.input_bound_cpu_of_limit_clear
+        ) else None
+        limit = usage.resources.cpu_limit
+        yield condition(
+            key,
+            usage.attributes,
+            (raised, held),
+            f"{cap(who(usage.attributes))} looks input-bound: its GPU activity "
+            f"is {pct(activity)} while it uses {pct(cpu)} of its limit of {limit:g} CPUs.",
+            "Give the container more CPUs, or do less on the CPU per batch (more "
+            "efficient decoding, preprocessing on the GPU, cached datasets).",
+            t.input_bound_for_s,
+        )
+
+
+def device_idle(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    snap = window[-1].snapshot
+    devices = {dev.uuid: (dev, ident) for dev, ident in workload_devices(snap)}
+    for assignment in snap.assignments:
+        found = devices.get(assignment.device_uuid)
+        if found is None:
+            continue
+        device, ident = found
+        activity = duty_cycle(device)
+        if not device.processes:
+            idle = still_idle = True
+            what = "no process has run on it"
+        elif activity is None:
+            idle = still_idle = False
+            what = ""
+        else:
+            idle = activity <= t.device_idle_activity
+            still_idle = activity < t.device_idle_activity_clear
+            what = f"its activity is {pct(activity)}"
+        attrs: Attributes = {**ident, **assignment.attributes}
+        yield condition(
+            (assignment.device_uuid, *sorted(assignment.attributes.items())),
+            attrs,
+            (WARNING if idle else None, WARNING if still_idle else None),
+            f"{device_label(ident)} is given to {who(assignment.attributes)} but "
+            f"{what} for {minutes(t.device_idle_for_s)} or more.",
+            "Release the device (stop the idle notebook or job, or lower its GPU "
+            "request) so that someone else can use it.",
+            t.device_idle_for_s,
+        )
+
+
+def gpu_memory_pressure(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    snap = window[-1].snapshot
+    for device, ident in workload_devices(snap):
+        used, total = device.memory_used_bytes, device.memory_total_bytes
+        if used is None or not total:
+            continue
+        ratio = used / total
+        yield condition(
+            (device.uuid,),
+            {**ident, **single_holder(window[-1], device.uuid)},
+            level(ratio, True, ((WARNING, t.gpu_memory_used, t.gpu_memory_used_clear),)),
+            f"{device_label(ident)} memory is {pct(ratio)} full "
+            f"({format_gib(used)} of {format_gib(total)}); the next allocation may fail.",
+            "Lower the batch size or sequence length, use mixed precision, activation "
+            "checkpointing or gradient accumulation, or ask for a larger device or MIG profile.",
+            t.gpu_memory_for_s,
+        )
+
+
+def container_memory_pressure(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    snap = window[-1].snapshot
+    for usage in snap.containers:
+        res = usage.resources
+        key = container_key(usage.attributes)
+        whose = who(usage.attributes)
+        if res.memory_usage_bytes is not None and res.memory_limit_bytes:
+            ratio = res.memory_usage_bytes / res.memory_limit_bytes
+            yield condition(
+                key,
+                usage.attributes,
+                level(
+                    ratio,
+                    True,
+                    ((WARNING, t.container_memory_used, t.container_memory_used_clear),),
+                ),
+                f"{cap(whose)} uses {pct(ratio)} of its memory limit "
+                f"({format_gib(res.memory_usage_bytes)} of {format_gib(res.memory_limit_bytes)});"
+                " the kernel will kill a process when it reaches the limit.",
+                "Raise the container's memory limit, or use less host memory (fewer or "
+                "lighter DataLoader workers, smaller prefetch buffers, memory-mapped datasets).",
+                t.container_memory_for_s,
+            )
+        kills = counter_increase(
+            window,
+            lambda s, key=key: _oom_kills(s, key),
+            first_from_zero=False,
+        )
+        if kills:
+            yield event(
+                (*key, "oom_kill"),
+                usage.attributes,
+                CRITICAL,
+                f"The kernel killed {kills} process{'es' if kills > 1 else ''} of "
+                f"{whose} for exceeding its memory limit"
+                + (f" of {format_gib(res.memory_limit_bytes)}." if res.memory_limit_bytes
+                   else "."),
+                "Raise the container's memory limit or lower the job's host memory use; "
+                "check which process died (often a DataLoader worker).",
+                t.oom_kill_hold_s,
+            )
+
+
+def _oom_kills(sample: Sample, key: ContainerKey) -> int | None:
+    usage = sample.containers.get(key)
+    return usage.resources.oom_kills if usage is not None else None
+
+
+def cpu_throttled(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    if len(window) < 2:
+        return
+    snap = window[-1].snapshot
+    start = span_start(window, t.rate_span_s)
+    before_all = start.containers
+    elapsed = snap.timestamp - start.snapshot.timestamp
+    for usage in snap.containers:
+        before = before_all.get(container_key(usage.attributes))
+        if before is None:
+            continue
+        _, share = cpu_rates(before.resources, usage.resources, elapsed)
+        if share is None:
+            continue
+        res = usage.resources
+        limit = f" of {res.cpu_limit:g} CPUs" if res.cpu_limit else ""
+        yield condition(
+            container_key(usage.attributes),
+            usage.attributes,
+            level(share, True, ((WARNING, t.cpu_throttled, t.cpu_throttled_clear),)),
+            f"{cap(who(usage.attributes))} was throttled by its CPU quota"
+            f"{limit} in {pct(share)} of scheduling periods.",
+            "Raise the container's CPU limit, or lower its CPU work (fewer DataLoader "
+            "workers than CPUs, fewer threads per worker).",
+            t.cpu_throttled_for_s,
+        )
+
+
+def low_sm_activity(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    snap = window[-1].snapshot
+    for device, ident in workload_devices(snap):
+        duty = duty_cycle(device)
+        sm = device.gpm.sm_utilization if device.gpm is not None else None
+        if duty is None or sm is None:
+            continue
+        raised = WARNING if duty >= t.low_sm_duty_cycle and sm < t.low_sm_activity else None
+        held = WARNING if duty > t.low_sm_duty_cycle_clear and sm < t.low_sm_activity_clear \
+            else None
+        yield condition(
+            (device.uuid,),
+            {**ident, **single_holder(window[-1], device.uuid)},
+            (raised, held),
+            f"{device_label(ident)} is busy {pct(duty)} of the time but its SMs are "
+            f"only {pct(sm)} active: its kernels are too small to fill the device.",
+            "Use larger batches or fused kernels (torch.compile, CUDA graphs), overlap "
+            "work on several streams, or move to a smaller MIG profile.",
+            t.low_sm_for_s,
+        )

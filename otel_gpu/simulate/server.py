@@ -1,0 +1,63 @@
+"""The simulated GPU server: a scenario, the stand-in ``pynvml`` that serves it, and its clock.
+
+``SimulatedServer(load_scenario("dgx-a100"))`` gives ``.nvml`` to pass where the ``pynvml``
+module would go; call ``begin_cycle(k)`` before collection cycle k. Time is simulated: cycle k is
+at ``clock(k)``, ``interval_s`` after cycle k - 1, without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otel_gpu.simulate.fake_nvml import SIMULATION_EPOCH, FakeNvml
+from otel_gpu.simulate.scenario import load_scenario
+from otel_gpu.simulate.spec import Scenario, at_cycle
+
+
+@dataclass(frozen=True)
+class HostOverrides:
+    """The host figures a scenario imposes at one cycle."""
+
+    memory_used_ratio: float | None
+    filesystems: tuple[tuple[str, int, int], ...]  # (mountpoint, size_bytes, used_bytes)
+
+
+class SimulatedServer:
+    """A scenario served through :class:`FakeNvml`, one collection cycle at a time."""
+
+    def __init__(self, scenario: Scenario | str, interval_s: float = 10.0) -> None:
+        if isinstance(scenario, str):
+            scenario = load_scenario(scenario)
+        self.scenario = scenario
+        self.interval_s = interval_s
+        self.nvml = FakeNvml(scenario, interval_s=interval_s, start_time=SIMULATION_EPOCH)
+
+    @property
+    def cycle(self) -> int:
+        return self.nvml.cycle
+
+    def begin_cycle(self, cycle: int) -> None:
+        """Serve the state of ``cycle``: values, MIG layout, faults and Xid events."""
+        self.nvml.begin_cycle(cycle)
+
+    def clock(self, cycle: int) -> float:
+        """Simulated epoch seconds at ``cycle``."""
+        return self.nvml.clock(cycle)
+
+    def host_overrides(self, cycle: int) -> HostOverrides | None:
+        """The scenario's host figures at ``cycle``, or None when it gives none."""
+        host = self.scenario.host
+        if host is None:
+            return None
+        ratio = at_cycle(host.memory_used_ratio, cycle)
+        return HostOverrides(
+            memory_used_ratio=None if ratio is None else float(ratio),
+            filesystems=tuple(
+                (
+                    fs.mountpoint,
+                    int(at_cycle(fs.size_bytes, cycle)),
+                    int(at_cycle(fs.used_bytes, cycle)),
+                )
+                for fs in host.filesystems
+            ),
+        )

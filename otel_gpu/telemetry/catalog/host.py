@@ -1,0 +1,238 @@
+"""The host: CPUs, memory, swap, disks, network interfaces and filesystems."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from otel_gpu.snapshot import Snapshot
+from otel_gpu.telemetry.catalog.metric import COUNTER, GAUGE, UPDOWNCOUNTER, Observe, Point, Section
+
+HOST = Section("Host")
+
+_FS = (
+    "system.device",
+    "system.filesystem.state",
+    "system.filesystem.type",
+    "system.filesystem.mode",
+    "system.filesystem.mountpoint",
+)
+_DISK = ("system.device", "disk.io.direction")
+_NET = ("network.interface.name", "network.io.direction")
+
+
+def _host_map(attr: str, key: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if snap.host is not None:
+            for state, value in getattr(snap.host, attr).items():
+                yield value, {key: state}
+
+    return observe
+
+
+def _host_value(attr: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        value = getattr(snap.host, attr) if snap.host is not None else None
+        if value is not None:
+            yield value, {}
+
+    return observe
+
+
+HOST.add(
+    name="system.cpu.time",
+    instrument=COUNTER,
+    unit="s",
+    description="CPU time of all logical CPUs by mode.",
+    attributes=("cpu.mode",),
+    observe=_host_map("cpu_time_s", "cpu.mode"),
+    semconv=True,
+)
+HOST.add(
+    name="system.cpu.utilization",
+    instrument=GAUGE,
+    unit="1",
+    description="CPU time by mode over the last cycle, divided by elapsed time and logical CPUs.",
+    attributes=("cpu.mode",),
+    observe=_host_map("cpu_utilization", "cpu.mode"),
+    semconv=True,
+)
+HOST.add(
+    name="system.cpu.logical.count",
+    instrument=UPDOWNCOUNTER,
+    unit="{cpu}",
+    description="Logical CPUs.",
+    attributes=(),
+    observe=_host_value("cpu_logical_count"),
+    semconv=True,
+)
+HOST.add(
+    name="system.memory.usage",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Memory by state (used: total - available).",
+    attributes=("system.memory.state",),
+    observe=_host_map("memory_state_bytes", "system.memory.state"),
+    semconv=True,
+)
+
+
+@HOST.observed_by(
+    name="system.memory.utilization",
+    instrument=GAUGE,
+    unit="1",
+    description="Memory by state over total memory.",
+    attributes=("system.memory.state",),
+    semconv=True,
+)
+def _memory_state_utilization(snap: Snapshot) -> Iterator[Point]:
+    host = snap.host
+    if host is not None and host.memory_total_bytes:
+        for state, value in host.memory_state_bytes.items():
+            yield value / host.memory_total_bytes, {"system.memory.state": state}
+
+
+HOST.add(
+    name="system.memory.limit",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Total memory.",
+    attributes=(),
+    observe=_host_value("memory_total_bytes"),
+    semconv=True,
+)
+HOST.add(
+    name="system.memory.linux.available",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Memory available to start new work without swapping (MemAvailable).",
+    attributes=(),
+    observe=_host_value("memory_available_bytes"),
+    semconv=True,
+)
+HOST.add(
+    name="system.paging.usage",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Swap space by state.",
+    attributes=("system.paging.state",),
+    observe=_host_map("swap_state_bytes", "system.paging.state"),
+    semconv=True,
+)
+
+
+def _disk(field_read: str, field_write: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if snap.host is not None:
+            for device, io in snap.host.disks.items():
+                yield (
+                    getattr(io, field_read),
+                    {"system.device": device, "disk.io.direction": "read"},
+                )
+                yield (
+                    getattr(io, field_write),
+                    {"system.device": device, "disk.io.direction": "write"},
+                )
+
+    return observe
+
+
+HOST.add(
+    name="system.disk.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes read from and written to each disk.",
+    attributes=_DISK,
+    observe=_disk("read_bytes", "write_bytes"),
+    semconv=True,
+)
+HOST.add(
+    name="system.disk.operations",
+    instrument=COUNTER,
+    unit="{operation}",
+    description="Disk reads and writes.",
+    attributes=_DISK,
+    observe=_disk("read_operations", "write_operations"),
+    semconv=True,
+)
+
+
+def _net(field_rx: str, field_tx: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if snap.host is not None:
+            for name, io in snap.host.networks.items():
+                yield (
+                    getattr(io, field_rx),
+                    {"network.interface.name": name, "network.io.direction": "receive"},
+                )
+                yield (
+                    getattr(io, field_tx),
+                    {"network.interface.name": name, "network.io.direction": "transmit"},
+                )
+
+    return observe
+
+
+HOST.add(
+    name="system.network.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes received and sent per interface.",
+    attributes=_NET,
+    observe=_net("receive_bytes", "transmit_bytes"),
+    semconv=True,
+)
+HOST.add(
+    name="system.network.packet.dropped",
+    instrument=COUNTER,
+    unit="{packet}",
+    description="Packets dropped per interface.",
+    attributes=_NET,
+    observe=_net("receive_dropped", "transmit_dropped"),
+    semconv=True,
+)
+
+
+def _filesystem(ratio: bool) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if snap.host is None:
+            return
+        for fs in snap.host.filesystems:
+            size = fs.size_bytes
+            base = {
+                "system.device": fs.device,
+                "system.filesystem.mountpoint": fs.mountpoint,
+                "system.filesystem.type": fs.type,
+                "system.filesystem.mode": fs.mode,
+            }
+            for state, value in (
+                ("used", fs.used_bytes),
+                ("free", fs.free_bytes),
+                ("reserved", fs.reserved_bytes),
+            ):
+                if ratio:
+                    if size:
+                        yield value / size, {**base, "system.filesystem.state": state}
+                else:
+                    yield value, {**base, "system.filesystem.state": state}
+
+    return observe
+
+
+HOST.add(
+    name="system.filesystem.usage",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Filesystem space by state.",
+    attributes=_FS,
+    observe=_filesystem(ratio=False),
+    semconv=True,
+)
+HOST.add(
+    name="system.filesystem.utilization",
+    instrument=GAUGE,
+    unit="1",
+    description="Filesystem space by state over its size.",
+    attributes=_FS,
+    observe=_filesystem(ratio=True),
+    semconv=True,
+)

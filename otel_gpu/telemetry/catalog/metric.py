@@ -1,0 +1,90 @@
+"""A catalog row, the instrument kinds, the attribute sets rows share, and the sections rows
+are written in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from otel_gpu.snapshot import Attributes, Snapshot
+
+Point = tuple[float, Attributes]
+Observe = Callable[[Snapshot], Iterable[Point]]
+
+COUNTER = "counter"
+UPDOWNCOUNTER = "updowncounter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+GPU_IDENTITY = ("hw.id", "hw.name", "hw.model", "hw.vendor")
+MIG_IDENTITY = (*GPU_IDENTITY, "hw.parent", "nvidia.gpu.mig.profile")
+LABEL_TEMPLATE = "container.label.<key>"  # one attribute per allow-listed container label
+CONTAINER_ATTRIBUTES = (
+    "container.id",
+    "container.name",
+    "container.image.name",
+    "container.runtime.name",
+    "k8s.pod.name",
+    "k8s.pod.uid",
+    "k8s.namespace.name",
+    "k8s.container.name",
+    LABEL_TEMPLATE,
+)
+WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One instrument: its name, kind, unit and description, the attributes of its points, and
+    how to read those points off a Snapshot (None: a synchronous instrument recorded elsewhere)."""
+
+    name: str
+    instrument: str
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+    section: str
+    observe: Observe | None = None
+    semconv: bool = False  # the name comes from the OpenTelemetry semantic conventions
+
+
+class Section:
+    """The rows of one section of the docs page, in the order they are written."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.metrics: list[Metric] = []
+
+    def add(
+        self,
+        *,
+        name: str,
+        instrument: str,
+        unit: str,
+        description: str,
+        attributes: tuple[str, ...],
+        observe: Observe | None = None,
+        semconv: bool = False,
+    ) -> None:
+        self.metrics.append(
+            Metric(name, instrument, unit, description, attributes, self.title, observe, semconv)
+        )
+
+    def observed_by(
+        self,
+        *,
+        name: str,
+        instrument: str,
+        unit: str,
+        description: str,
+        attributes: tuple[str, ...],
+        semconv: bool = False,
+    ) -> Callable[[Observe], Observe]:
+        """A decorator: the row whose points the decorated function yields."""
+
+        def register(observe: Observe) -> Observe:
+            self.add(name=name, instrument=instrument, unit=unit, description=description,
+                     attributes=attributes, observe=observe, semconv=semconv)
+            return observe
+
+        return register

@@ -1,0 +1,169 @@
+"""Who uses what: workloads on each device, the devices given to containers and pods, and the
+cgroups of the containers that hold GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from otel_gpu.snapshot import Attributes, ContainerUsage, Snapshot, Workload
+from otel_gpu.telemetry.catalog.gpu import all_devices
+from otel_gpu.telemetry.catalog.metric import (
+    CONTAINER_ATTRIBUTES,
+    COUNTER,
+    GAUGE,
+    MIG_IDENTITY,
+    UPDOWNCOUNTER,
+    WORKLOAD_ATTRIBUTES,
+    Observe,
+    Point,
+    Section,
+)
+
+WHO = Section("Who uses what")
+CONTAINERS = Section("Containers that hold GPUs")
+
+_WORKLOAD = (*MIG_IDENTITY, *WORKLOAD_ATTRIBUTES)
+
+
+def _identities(snap: Snapshot) -> dict[str, Attributes]:
+    return {dev.uuid: ident for dev, ident in all_devices(snap)}
+
+
+def _workload(value_of: Callable[[Workload], float | None]) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        if not snap.workloads:
+            return
+        identities = _identities(snap)
+        for workload in snap.workloads:
+            identity = identities.get(workload.device_uuid)
+            value = value_of(workload)
+            if identity is not None and value is not None:
+                yield value, {**identity, **workload.attributes}
+
+    return observe
+
+
+WHO.add(
+    name="otel_gpu.workload.gpu.memory.usage",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="GPU or MIG device memory used by the processes of one user in one container.",
+    attributes=_WORKLOAD,
+    observe=_workload(lambda w: w.memory_bytes),
+)
+WHO.add(
+    name="otel_gpu.workload.gpu.processes",
+    instrument=UPDOWNCOUNTER,
+    unit="{process}",
+    description="Processes of one user in one container holding a context on the GPU or MIG "
+    "device.",
+    attributes=_WORKLOAD,
+    observe=_workload(lambda w: w.processes),
+)
+WHO.add(
+    name="otel_gpu.workload.gpu.utilization",
+    instrument=GAUGE,
+    unit="1",
+    description="Sum of the workload's per-process SM utilization samples, at most 1; absent "
+    "on MIG.",
+    attributes=_WORKLOAD,
+    observe=_workload(lambda w: None if w.mig else w.sm_utilization),
+)
+
+
+@WHO.observed_by(
+    name="otel_gpu.device.assignment",
+    instrument=GAUGE,
+    unit="1",
+    description="1 per device and container or pod that the runtime or the kubelet gave it, "
+    "busy or idle.",
+    attributes=(*MIG_IDENTITY, *CONTAINER_ATTRIBUTES),
+)
+def _assignments(snap: Snapshot) -> Iterator[Point]:
+    if not snap.assignments:
+        return
+    identities = _identities(snap)
+    for assignment in snap.assignments:
+        identity = identities.get(assignment.device_uuid)
+        if identity is not None:
+            yield 1, {**identity, **assignment.attributes}
+
+
+# -- containers -----------------------------------------------------------------------------------
+
+
+def _container(value_of: Callable[[ContainerUsage], float | None]) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            value = value_of(usage)
+            if value is not None:
+                yield value, dict(usage.attributes)
+
+    return observe
+
+
+def _container_pair(key: str, pairs: tuple[tuple[str, str], ...]) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            for state, attr in pairs:
+                value = getattr(usage.resources, attr)
+                if value is not None:
+                    yield value, {**usage.attributes, key: state}
+
+    return observe
+
+
+CONTAINERS.add(
+    name="container.cpu.time",
+    instrument=COUNTER,
+    unit="s",
+    description="CPU time of a container that holds a GPU process, by mode (from its cgroup).",
+    attributes=(*CONTAINER_ATTRIBUTES, "cpu.mode"),
+    observe=_container_pair("cpu.mode", (("user", "cpu_user_s"), ("system", "cpu_system_s"))),
+    semconv=True,
+)
+CONTAINERS.add(
+    name="container.memory.usage",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="Memory charged to the container's cgroup (memory.current, "
+    "memory.usage_in_bytes).",
+    attributes=CONTAINER_ATTRIBUTES,
+    observe=_container(lambda c: c.resources.memory_usage_bytes),
+    semconv=True,
+)
+CONTAINERS.add(
+    name="otel_gpu.container.memory.limit",
+    instrument=UPDOWNCOUNTER,
+    unit="By",
+    description="The container's cgroup memory limit; absent when it has none.",
+    attributes=CONTAINER_ATTRIBUTES,
+    observe=_container(lambda c: c.resources.memory_limit_bytes),
+)
+CONTAINERS.add(
+    name="otel_gpu.container.cpu.limit",
+    instrument=GAUGE,
+    unit="{cpu}",
+    description="The container's CPU quota over its period, in CPUs; absent when it has none.",
+    attributes=CONTAINER_ATTRIBUTES,
+    observe=_container(lambda c: c.resources.cpu_limit),
+)
+CONTAINERS.add(
+    name="otel_gpu.container.oom_kills",
+    instrument=COUNTER,
+    unit="{event}",
+    description="Processes of the container killed by the out-of-memory killer.",
+    attributes=CONTAINER_ATTRIBUTES,
+    observe=_container(lambda c: c.resources.oom_kills),
+)
+CONTAINERS.add(
+    name="container.disk.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes the container's cgroup read from and wrote to block devices.",
+    attributes=(*CONTAINER_ATTRIBUTES, "disk.io.direction"),
+    observe=_container_pair(
+        "disk.io.direction", (("read", "disk_read_bytes"), ("write", "disk_write_bytes"))
+    ),
+    semconv=True,
+)
