@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from otel_gpu.cli.report import snapshot_document, snapshot_table
 from otel_gpu.config import ConfigError
 from otel_gpu.insights.thresholds_file import load_thresholds
+from otel_gpu.telemetry.node_agent import AGENT_FILE_ENV, Announcement
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 from otel_gpu.telemetry.providers import EXPORTERS
 
@@ -153,11 +154,14 @@ def run_agent(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     pipeline = _pipeline(args, "otlp", in_memory=False)
+    announcement = _announcement(args, pipeline)
     try:
         done = 0
         while not stop.is_set():
             started = time.monotonic()
             pipeline.collect_and_export()
+            if announcement is not None:
+                announcement.beat()
             done += 1
             if args.cycles and done >= args.cycles:
                 break
@@ -165,8 +169,21 @@ def run_agent(args: argparse.Namespace) -> int:
         if stop.is_set():
             pipeline.collect_and_export()  # the state at shutdown goes out too
     finally:
-        pipeline.shutdown()
+        try:
+            if announcement is not None:
+                announcement.close()
+        finally:
+            pipeline.shutdown()
     return EXIT_OK
+
+
+def _announcement(args: argparse.Namespace, pipeline: Pipeline) -> Announcement | None:
+    """The agent tells training sessions on this node that it runs (see ``node_agent``); a
+    simulated one only where ``OTEL_GPU_AGENT_FILE`` names a file for it."""
+    if args.simulate is not None and not os.environ.get(AGENT_FILE_ENV):
+        return None
+    host = pipeline.resource.attributes.get("host.name")
+    return Announcement(str(host) if host else None, args.interval)
 
 
 def run_snapshot(args: argparse.Namespace) -> int:

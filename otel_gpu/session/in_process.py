@@ -20,6 +20,7 @@ from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
+from otel_gpu.telemetry.node_agent import agent_running
 from otel_gpu.telemetry.pipeline import Pipeline, assemble_pipeline
 from otel_gpu.telemetry.providers import self_resource
 
@@ -92,7 +93,8 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
 
         pipeline = assemble_pipeline(collector, cache_max_age_s=min(1.0, interval_s / 2),
                                      provider=providers.meter, logger_provider=logger_provider,
-                                     owns_logger_provider=owns_logger, view=view)
+                                     owns_logger_provider=owns_logger, view=view,
+                                     own_only=agent_running())
     except BaseException:
         # Nothing half-started stays behind: not our providers as the globals of a later start.
         if providers is not None:

@@ -52,7 +52,7 @@ class MeterGenerations:
         self._make_readers = make_readers
         self._given = provider
         self._rotate = rotate and provider is None
-        self._resource = resource
+        self.resource = resource
         self._cache = cache
         self._tally = tally
         self._metrics = None if metrics is None else tuple(metrics)
@@ -65,7 +65,7 @@ class MeterGenerations:
 
     def _start(self, ledger: SeriesLedger) -> MeterProvider:
         self.readers = self._make_readers()
-        provider = self._given or build_meter_provider(self.readers, self._resource)
+        provider = self._given or build_meter_provider(self.readers, self.resource)
         self.ledger = ledger
         self.instruments = register_catalog(get_meter(provider), self._cache, self._metrics,
                                             tally=self._tally, ledger=ledger)
@@ -77,10 +77,10 @@ class MeterGenerations:
         return next((r for r in self.readers if isinstance(r, InMemoryMetricReader)), None)
 
     def collect(self) -> None:
-        """Every push reader collects and hands the result to its exporter; pull readers (a
-        Prometheus scrape, the in-memory reader) collect when they are read."""
+        """Every push reader collects and hands the result to its exporter, and the in-memory
+        reader keeps the cycle; a Prometheus scrape collects when it comes."""
         for reader in self.readers:
-            if isinstance(reader, PeriodicExportingMetricReader):
+            if isinstance(reader, (PeriodicExportingMetricReader, InMemoryMetricReader)):
                 reader.collect()
 
     def maybe_rotate(self, cycle: int) -> bool:

@@ -22,6 +22,7 @@ from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.generations import MeterGenerations, RotationPolicy
 from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
 from otel_gpu.telemetry.instruments import SnapshotSource
+from otel_gpu.telemetry.node_agent import OwnSeries
 from otel_gpu.telemetry.providers import (
     ReaderFactory,
     agent_export_timeout_s,
@@ -47,6 +48,10 @@ class Pipeline:
     @property
     def provider(self) -> MeterProvider:
         return self.meters.provider
+
+    @property
+    def resource(self) -> Resource:
+        return self.meters.resource
 
     @property
     def readers(self) -> list[MetricReader]:
@@ -103,6 +108,7 @@ def assemble_pipeline(
     in_memory: bool = False,
     tally: FailureTally | None = None,
     policy: RotationPolicy | None = None,
+    own_only: bool = False,
 ) -> Pipeline:
     """Start ``collector`` and put the catalog's instruments over it.
 
@@ -112,14 +118,18 @@ def assemble_pipeline(
     MeterProvider is replaced by a new generation whenever too many of its series are gone
     (``MeterGenerations``). Each insight that fires or clears goes to ``logger_provider`` as a
     log record, when there is one. ``view`` narrows what the instruments see of each Snapshot
-    (a training rank's devices).
+    (a training rank's devices). ``own_only``: a node agent reports this node's devices,
+    workloads and containers, so the instruments report only what is the session's own
+    (``OwnSeries``).
     """
     tally = tally if tally is not None else FailureTally()
     if logger_provider is not None:
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
     message = collector.start()
     cache = SnapshotCache(collector, max_age_s=cache_max_age_s)
-    source = view(cache) if view else cache
+    source: SnapshotSource = view(cache) if view else cache
+    if own_only:
+        source = OwnSeries(source)
     resource = resource or build_resource()
     memory = [InMemoryMetricReader] if in_memory else []
     owns_provider = provider is None

@@ -6,7 +6,6 @@ import importlib
 import logging
 import math
 import os
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from otel_gpu._version import __version__
 from otel_gpu.config import ConfigError
 from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
+from otel_gpu.telemetry.node_agent import node_host_name
 
 if TYPE_CHECKING:  # the training process needs no source to build its providers
     from otel_gpu.sources.identity import SelfInfo
@@ -40,18 +40,19 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
                    stable_instance: bool = False) -> Resource:
     """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``.
 
-    ``stable_instance``: a node agent's ``service.instance.id`` is derived from its service and
-    host names instead of drawn at random, so that a restart continues the same series.
+    ``host.name`` is the node's name (``node_host_name``): inside a container, never the
+    container's own host name, which is its id. ``stable_instance``: a node agent's
+    ``service.instance.id`` is derived from its service and host names instead of drawn at
+    random, so that a restart continues the same series.
     """
-    ours = Resource(
-        {
-            "service.name": service_name,
-            "host.name": socket.gethostname(),
-            "service.version": __version__,
-        }
-    )
+    from otel_gpu.sources.identity import detect_self
+
+    defaults: dict[str, str] = {"service.name": service_name, "service.version": __version__}
+    host = node_host_name(detect_self().in_container)
+    if host:
+        defaults["host.name"] = host
     env = OTELResourceDetector().detect()
-    resource = Resource.create({}).merge(ours).merge(env)
+    resource = Resource.create({}).merge(Resource(defaults)).merge(env)
     if stable_instance and "service.instance.id" not in env.attributes:
         attrs = resource.attributes
         name = f"{attrs.get('service.name')}/{attrs.get('host.name')}"
