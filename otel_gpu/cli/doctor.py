@@ -414,7 +414,7 @@ def check_prometheus(environ: Mapping[str, str] | None = None,
                      timeout_s: float = 2.0) -> list[Check]:
     name = "prometheus"
     env = os.environ if environ is None else environ
-    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", "0.0.0.0")
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost"  # the exporter's default
     text = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
     try:
         port = int(text)

@@ -76,6 +76,18 @@ def agent_running(environ: Mapping[str, str] | None = None, now: float | None = 
     return read_announcement(env, now) is not None
 
 
+def in_container(environ: Mapping[str, str] | None = None, root: str = "/") -> bool:
+    """Whether this process runs in a container, by the markers runtimes leave: Kubernetes sets
+    ``KUBERNETES_SERVICE_HOST`` in every pod, Docker creates ``/.dockerenv``, Podman
+    ``/run/.containerenv``. (The sources' fuller detection is not loaded in a training
+    process.)"""
+    env = os.environ if environ is None else environ
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    return any(os.path.exists(os.path.join(root, marker))
+               for marker in (".dockerenv", "run/.containerenv"))
+
+
 def node_host_name(in_container: bool, environ: Mapping[str, str] | None = None) -> str | None:
     """The node's name for ``host.name`` (see the module's rule), or None."""
     env = os.environ if environ is None else environ

@@ -24,7 +24,7 @@ from otel_gpu._version import __version__
 from otel_gpu.config import ConfigError
 from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
-from otel_gpu.telemetry.node_agent import node_host_name
+from otel_gpu.telemetry.node_agent import in_container, node_host_name
 
 if TYPE_CHECKING:  # the training process needs no source to build its providers
     from otel_gpu.sources.identity import SelfInfo
@@ -45,10 +45,8 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
     ``service.instance.id`` is derived from its service and host names instead of drawn at
     random, so that a restart continues the same series.
     """
-    from otel_gpu.sources.identity import detect_self
-
     defaults: dict[str, str] = {"service.name": service_name, "service.version": __version__}
-    host = node_host_name(detect_self().in_container)
+    host = node_host_name(in_container())
     if host:
         defaults["host.name"] = host
     env = OTELResourceDetector().detect()
