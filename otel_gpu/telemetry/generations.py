@@ -18,11 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    InMemoryMetricReader,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.telemetry.catalog import Metric
@@ -77,11 +73,12 @@ class MeterGenerations:
         return next((r for r in self.readers if isinstance(r, InMemoryMetricReader)), None)
 
     def collect(self) -> None:
-        """Every push reader collects and hands the result to its exporter, and the in-memory
-        reader keeps the cycle; a Prometheus scrape collects when it comes."""
+        """Every reader collects the cycle: a push reader hands it to its exporter, the
+        in-memory one keeps it, a Prometheus one keeps it for nothing but this: every series is
+        first read in the cycle that has it, which is when a counter takes its baseline (a
+        scrape collects again when it comes)."""
         for reader in self.readers:
-            if isinstance(reader, (PeriodicExportingMetricReader, InMemoryMetricReader)):
-                reader.collect()
+            reader.collect()
 
     def maybe_rotate(self, cycle: int) -> bool:
         """Start a new generation if one instrument holds too many gone series."""

@@ -12,8 +12,9 @@ the file when it stops. A session decides with ``agent_running()``:
 
 ``node_host_name`` is the ``host.name`` rule: ``OTEL_GPU_NODE_NAME``, then ``NODE_NAME`` (the
 Kubernetes downward API, as the shipped DaemonSets set it), then the announcing agent's host
-name; outside a container the host's own name. Inside a container with none of these there is no
-``host.name``: the container's host name is its id, never the node's.
+name; outside a container the host's own name. Inside a container with none of these, the
+host's name when it is neither a pod's (Kubernetes) nor a container id (Docker's default);
+else there is no ``host.name``: never a container id.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -35,6 +37,7 @@ AGENT_FILE_ENV = "OTEL_GPU_AGENT_FILE"
 AGENT_ENV = "OTEL_GPU_NODE_AGENT"
 NODE_NAME_ENVS = ("OTEL_GPU_NODE_NAME", "NODE_NAME")
 MIN_FRESH_S = 30.0
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12}(?:[0-9a-f]{52})?")
 
 
 def agent_file(environ: Mapping[str, str] | None = None) -> Path:
@@ -98,7 +101,14 @@ def node_host_name(in_container: bool, environ: Mapping[str, str] | None = None)
     announced = read_announcement(env)
     if announced is not None and announced.host_name:
         return announced.host_name
-    return None if in_container else socket.gethostname()
+    own = socket.gethostname()
+    if not in_container:
+        return own
+    # A pod's host name is the pod's; a Docker container's, its short id unless set otherwise
+    # (--hostname, or the host's with --network host).
+    if env.get("KUBERNETES_SERVICE_HOST") or _CONTAINER_ID.fullmatch(own):
+        return None
+    return own
 
 
 class Announcement:

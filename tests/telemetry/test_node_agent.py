@@ -55,7 +55,10 @@ def test_an_unwritable_place_is_logged_not_fatal(tmp_path: Path, caplog) -> None
     assert sum("cannot announce" in r.message for r in caplog.records) == 1
 
 
-def test_host_name_is_the_nodes_never_the_containers(tmp_path: Path) -> None:
+def test_host_name_is_the_nodes_never_the_containers(tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f4e5d6c7b8a")  # a container id
     env = {AGENT_FILE_ENV: str(tmp_path / "agent.json")}
     assert node_host_name(in_container=True, environ=env) is None
     assert node_host_name(in_container=True, environ={**env, "NODE_NAME": "gpu-7"}) == "gpu-7"
@@ -64,6 +67,19 @@ def test_host_name_is_the_nodes_never_the_containers(tmp_path: Path) -> None:
     Announcement("node-from-agent", 10.0, env).beat()
     assert node_host_name(in_container=True, environ=env) == "node-from-agent"
     assert node_host_name(in_container=False, environ={AGENT_FILE_ENV: str(tmp_path / "x")})
+
+
+def test_a_container_id_or_a_pod_name_is_never_the_host_name(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    import socket
+
+    env = {AGENT_FILE_ENV: str(tmp_path / "none.json")}
+    monkeypatch.setattr(socket, "gethostname", lambda: "3f4e5d6c7b8a")
+    assert node_host_name(in_container=True, environ=env) is None
+    monkeypatch.setattr(socket, "gethostname", lambda: "trainer-0")
+    assert node_host_name(in_container=True, environ={**env, "KUBERNETES_SERVICE_HOST": "x"}) \
+        is None
+    assert node_host_name(in_container=True, environ=env) == "trainer-0"  # --hostname
 
 
 def test_the_agent_announces_itself_while_it_runs(tmp_path: Path) -> None:
