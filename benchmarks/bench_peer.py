@@ -69,7 +69,7 @@ def cycle_variants() -> list[Variant]:
     message = collector.start()
     if message is not None:
         raise SystemExit(f"simulated driver did not start: {message}")
-    fake = collector.simulation.nvml  # type: ignore[union-attr]
+    fake = collector.sources.simulation.nvml  # type: ignore[attr-defined]
     install(fake)  # nvitop imports pynvml: the same simulated driver
     import logging
 

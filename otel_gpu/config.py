@@ -1,8 +1,179 @@
-"""Settings: the error every bad setting raises, and the environment readers shared by the
-command line, the agent and ``otel_gpu.start()``."""
+"""Settings: the error every bad setting raises, and the one reader of each environment setting,
+shared by the command line, ``otel-gpu doctor``, the agent and ``otel_gpu.start()``.
+
+Each reader takes an optional ``environ`` mapping (default: ``os.environ``), validates what it
+reads and raises :class:`ConfigError` naming the variable. The OpenTelemetry variables follow
+the SDK environment variable specification
+(https://opentelemetry.io/docs/specs/otel/configuration/sdk-environment-variables/) and the OTLP
+exporter specification
+(https://opentelemetry.io/docs/specs/otel/protocol/exporter/#configuration-options).
+"""
 
 from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+AGENT_EXPORTERS = ("otlp", "console", "prometheus", "none")  # what --exporter may name
+SIGNAL_EXPORTERS = ("otlp", "console", "none")
+DEFAULT_PROMETHEUS_HOST = "localhost"  # the OpenTelemetry specification's default
+DEFAULT_PROMETHEUS_PORT = 9464
+_DEFAULT_OTLP_ENDPOINT = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
+_HTTP_PATHS = {"metrics": "/v1/metrics", "traces": "/v1/traces", "logs": "/v1/logs"}
 
 
 class ConfigError(ValueError):
     """A setting that cannot work; the CLI exits 2 with this message."""
+
+
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def _signal(signal: str) -> str:
+    if signal not in _HTTP_PATHS:
+        raise ValueError(f"unknown signal {signal!r}")
+    return signal
+
+
+def env_list(name: str, default: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """A comma-separated variable as lower-case items, blanks dropped."""
+    raw = _env(environ).get(name, default)
+    return [item.strip().lower() for item in raw.split(",") if item.strip()]
+
+
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """A boolean variable: only ``true`` (any case) is true, as the SDK specification says."""
+    return _env(environ).get(name, "").strip().lower() == "true"
+
+
+def signal_exporters(signal: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The exporters ``OTEL_<SIGNAL>_EXPORTER`` names (default otlp): otlp, console or none."""
+    variable = f"OTEL_{_signal(signal).upper()}_EXPORTER"
+    names = env_list(variable, "otlp", environ)
+    for name in names:
+        if name not in SIGNAL_EXPORTERS:
+            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
+    return names
+
+
+def otlp_protocol(signal: str = "metrics", environ: Mapping[str, str] | None = None) -> str:
+    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc."""
+    env = _env(environ)
+    specific = f"OTEL_EXPORTER_OTLP_{_signal(signal).upper()}_PROTOCOL"
+    name = specific if env.get(specific) else "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = (env.get(name) or "grpc").strip().lower()
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigError(
+            f"{name}: {protocol!r} is not supported (use {' or '.join(OTLP_PROTOCOLS)})"
+        )
+    return protocol
+
+
+class OtlpTarget(NamedTuple):
+    """Where the OTLP exporter of one signal sends; a Unix socket's path is its ``host``, with
+    port 0."""
+
+    protocol: str
+    url: str
+    host: str
+    port: int
+
+
+def otlp_target(environ: Mapping[str, str] | None = None, signal: str = "metrics") -> OtlpTarget:
+    """The OTLP endpoint of ``signal``: the per-signal endpoint as is, else the general one
+    (plus ``/v1/<signal>`` over HTTP), else the protocol's default."""
+    env = _env(environ)
+    protocol = otlp_protocol(signal, env)
+    specific_name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    specific = (env.get(specific_name) or "").strip()
+    general = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    name = specific_name if specific else "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if protocol == "grpc" or specific:
+        url = specific or general or _DEFAULT_OTLP_ENDPOINT[protocol]
+    else:
+        base = general or _DEFAULT_OTLP_ENDPOINT[protocol]
+        url = base.rstrip("/") + _HTTP_PATHS[signal]
+    if protocol == "grpc" and url.startswith("unix:"):
+        # gRPC's unix:PATH and unix:///PATH targets (grpc/doc/naming.md): a socket, no port.
+        path = url.removeprefix("unix:").removeprefix("//")
+        if not path:
+            raise ConfigError(f"{name}: {url!r} names no socket")
+        return OtlpTarget(protocol, url, path, 0)
+    # gRPC targets without a port use 443, whatever the scheme says.
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        default = 443 if parts.scheme == "https" or protocol == "grpc" else 80
+        port = parts.port or default
+    except ValueError as err:
+        raise ConfigError(f"{name}: {url!r}: {err}") from None
+    if not parts.hostname:
+        raise ConfigError(f"{name}: {url!r} names no host")
+    return OtlpTarget(protocol, url, parts.hostname, port)
+
+
+def export_interval_ms(default_ms: float, environ: Mapping[str, str] | None = None) -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds: a positive, finite number."""
+    raw = _env(environ).get("OTEL_METRIC_EXPORT_INTERVAL")
+    if raw is None:
+        return default_ms
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
+    return value
+
+
+class PrometheusAddress(NamedTuple):
+    host: str
+    port: int
+
+
+def prometheus_address(environ: Mapping[str, str] | None = None) -> PrometheusAddress:
+    """Where the scrape endpoint listens: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (default localhost,
+    the OpenTelemetry specification's default)
+    and ``OTEL_EXPORTER_PROMETHEUS_PORT`` (default 9464, 1..65535)."""
+    env = _env(environ)
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or DEFAULT_PROMETHEUS_HOST
+    text = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", str(DEFAULT_PROMETHEUS_PORT))
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: {text!r} is not a port (1..65535)")
+    return PrometheusAddress(host, port)
+
+
+# -- otel-gpu's own settings ----------------------------------------------------------------
+
+
+def thresholds_file(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTEL_GPU_THRESHOLDS``: the insight thresholds file, or None."""
+    return _env(environ).get("OTEL_GPU_THRESHOLDS") or None
+
+
+def simulated_scenario(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTEL_GPU_SIMULATE``: the scenario ``otel_gpu.start()`` simulates, or None."""
+    return _env(environ).get("OTEL_GPU_SIMULATE") or None
+
+
+def collect_in_process(environ: Mapping[str, str] | None = None) -> bool:
+    """``OTEL_GPU_COLLECT_IN_PROCESS=true``: ``otel_gpu.start()`` collects in its own process."""
+    return env_flag("OTEL_GPU_COLLECT_IN_PROCESS", environ)
+
+
+def kubelet_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTEL_GPU_KUBELET_URL``: the kubelet's pod list URL, when not the default."""
+    return _env(environ).get("OTEL_GPU_KUBELET_URL") or None
+
+
+def kubelet_insecure(environ: Mapping[str, str] | None = None) -> bool:
+    """``OTEL_GPU_KUBELET_INSECURE=true``: do not verify the kubelet's certificate."""
+    return env_flag("OTEL_GPU_KUBELET_INSECURE", environ)

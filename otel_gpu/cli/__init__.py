@@ -1,29 +1,35 @@
-"""``otel-gpu``: the node agent and one-shot snapshot (see the contract for every option)."""
+"""The ``otel-gpu`` command: its parser, and ``main``, which installs the signal handlers before
+anything heavy is imported and turns every bad setting into exit 2 with one line on stderr."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
+from types import FrameType
 
-from otel_gpu.cli.report import snapshot_document, snapshot_table
-from otel_gpu.config import ConfigError
-from otel_gpu.insights.thresholds_file import load_thresholds
-from otel_gpu.telemetry.node_agent import AGENT_FILE_ENV, Announcement
-from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
-from otel_gpu.telemetry.providers import EXPORTERS
+from otel_gpu._version import __version__
+from otel_gpu.config import AGENT_EXPORTERS, ConfigError, thresholds_file
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+
+DESCRIPTION = (
+    "OpenTelemetry metrics for shared GPU servers: GPUs, MIG devices, the host, and who uses "
+    "what. Run a command with --help for its options."
+)
+AGENT_EPILOG = (
+    "Signals: SIGTERM, SIGINT and SIGHUP each stop the agent cleanly: it collects and exports "
+    "once more, flushes the exporters and exits 0."
+)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as the contract says
+    def error(self, message: str) -> None:  # one line on stderr, exit 2
         sys.stderr.write(f"otel-gpu: {message}\n")
         sys.exit(EXIT_USAGE)
 
@@ -48,17 +54,18 @@ def _count(text: str) -> int:
     return value
 
 
+_SIMULATE_HELP = (
+    "use a simulated GPU server: a built-in name (dgx-a100, dgx-h100-mig, h200) or a scenario "
+    "file (YAML or JSON)"
+)
+
+
 def _add_common(parser: argparse.ArgumentParser, default_exporter: str) -> None:
-    parser.add_argument(
-        "--simulate",
-        metavar="SCENARIO",
-        help="use a simulated GPU server: a built-in name (dgx-a100, "
-        "dgx-h100-mig, h200) or a scenario file (YAML or JSON)",
-    )
+    parser.add_argument("--simulate", metavar="SCENARIO", help=_SIMULATE_HELP)
     parser.add_argument(
         "--exporter",
         action="append",
-        choices=EXPORTERS,
+        choices=AGENT_EXPORTERS,
         help=f"where metrics go (repeatable; default {default_exporter}); "
         "OTLP honours the standard OTEL_EXPORTER_OTLP_* variables",
     )
@@ -76,17 +83,21 @@ def _add_thresholds(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--thresholds",
         metavar="FILE",
-        default=os.environ.get("OTEL_GPU_THRESHOLDS") or None,
+        default=thresholds_file(),
         help="insight thresholds and durations to change (YAML or JSON; see docs/insights.md); "
         "default: $OTEL_GPU_THRESHOLDS",
     )
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="otel-gpu", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="otel-gpu", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"otel-gpu {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     agent = commands.add_parser(
-        "agent", help="collect every interval and export until SIGTERM/SIGINT"
+        "agent",
+        help="collect every interval and export until SIGTERM, SIGINT or SIGHUP",
+        description="Collect every --interval seconds and export until stopped.",
+        epilog=AGENT_EPILOG,
     )
     _add_common(agent, "otlp")
     agent.add_argument(
@@ -104,7 +115,7 @@ def make_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="my containers, the GPUs and limits I was given, what I use, insights"
     )
-    status.add_argument("--simulate", metavar="SCENARIO", help=snap_help(snap, "--simulate"))
+    status.add_argument("--simulate", metavar="SCENARIO", help=_SIMULATE_HELP)
     status.add_argument(
         "--interval",
         type=_positive,
@@ -119,102 +130,53 @@ def make_parser() -> argparse.ArgumentParser:
     _add_thresholds(status)
     doctor = commands.add_parser("doctor", help="check the environment and say what to fix")
     doctor.add_argument("--format", choices=("json", "table"), default="table")
-    doctor.add_argument("--exporter", action="append", choices=EXPORTERS,
+    doctor.add_argument("--exporter", action="append", choices=AGENT_EXPORTERS,
                         help="check what this exporter needs too (repeatable)")
     doctor.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="limit for each network check (default 2)")
     return parser
 
 
-def snap_help(parser: argparse.ArgumentParser, option: str) -> str | None:
-    """The help text of one of ``parser``'s options, so that shared options read the same."""
-    for action in parser._actions:
-        if option in action.option_strings:
-            return action.help
-    return None
+class StopSignals:
+    """Records SIGTERM, SIGINT and SIGHUP from the moment it is installed, so that a signal that
+    arrives while the pipeline is still being imported or built stops the agent after its first
+    export instead of killing it."""
 
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
-def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) -> Pipeline:
-    exporters = args.exporter or [default_exporter]
-    thresholds = load_thresholds(args.thresholds)
-    pipeline = build_pipeline(
-        simulate=args.simulate,
-        exporters=exporters,
-        interval_s=args.interval,
-        in_memory=in_memory,
-        thresholds=thresholds,
-    )
-    if pipeline.driver_message:
-        print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
-    return pipeline
+    def restore(self) -> None:
+        """Put back the handlers there were before."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        self.event.set()
 
-def run_agent(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    pipeline = _pipeline(args, "otlp", in_memory=False)
-    announcement = _announcement(args, pipeline)
-    try:
-        done = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            pipeline.collect_and_export()
-            if announcement is not None:
-                announcement.beat()
-            done += 1
-            if args.cycles and done >= args.cycles:
-                break
-            stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
-        if stop.is_set():
-            pipeline.collect_and_export()  # the state at shutdown goes out too
-    finally:
-        try:
-            if announcement is not None:
-                announcement.close()
-        finally:
-            pipeline.shutdown()
-    return EXIT_OK
-
-
-def _announcement(args: argparse.Namespace, pipeline: Pipeline) -> Announcement | None:
-    """The agent tells training sessions on this node that it runs (see ``node_agent``); a
-    simulated one only where ``OTEL_GPU_AGENT_FILE`` names a file for it."""
-    if args.simulate is not None and not os.environ.get(AGENT_FILE_ENV):
-        return None
-    host = pipeline.resource.attributes.get("host.name")
-    return Announcement(str(host) if host else None, args.interval)
-
-
-def run_snapshot(args: argparse.Namespace) -> int:
-    pipeline = _pipeline(args, "none", in_memory=True)
-    try:
-        cycles = max(1, args.cycles)
-        snapshot = None
-        for i in range(cycles):
-            if i and args.simulate is None:
-                time.sleep(args.interval)
-            snapshot = pipeline.collect_and_export()
-        assert pipeline.memory_reader is not None and snapshot is not None
-        data = pipeline.memory_reader.get_metrics_data()
-        if args.format == "json":
-            insights = [insight.to_dict() for insight in snapshot.insights]
-            json.dump(snapshot_document(data, insights), sys.stdout, indent=1, sort_keys=False)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(snapshot_table(snapshot))
-    finally:
-        pipeline.shutdown()
-    return EXIT_OK
+    def for_one_shot(self) -> None:
+        """For a command that does not run until signalled: Ctrl-C interrupts it (ending in exit
+        130 without a traceback), SIGTERM and SIGHUP end it as usual."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        if self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is not None:
+            signal.raise_signal(self.received)
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from otel_gpu.cli.status import collect_view, print_status
+    from otel_gpu.cli.status import collect_view
+    from otel_gpu.cli.status_render import print_status
+    from otel_gpu.insights.thresholds_file import load_thresholds
 
+    options = {"thresholds": load_thresholds(args.thresholds)}
     view, message = collect_view(simulate=args.simulate, interval_s=args.interval,
                                  cycles=args.cycles, as_user=args.as_user,
-                                 collector_options={"thresholds": load_thresholds(
-                                     args.thresholds)})
+                                 collector_options=options)
     if message:
         print(f"otel-gpu: {message}; showing CPU and memory only", file=sys.stderr)
     print_status(view, args.format)
@@ -228,25 +190,46 @@ def run_doctor(args: argparse.Namespace) -> int:
     return print_report(results, args.format)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from otel_gpu.simulate import ScenarioError
+def _run(args: argparse.Namespace, stop: StopSignals) -> int:
+    if args.command == "agent":
+        from otel_gpu.cli.agent import run_agent
 
-    logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
-    args = make_parser().parse_args(argv)
+        return run_agent(args, stop.event)
+    stop.for_one_shot()
+    if args.command == "status":
+        return run_status(args)
+    if args.command == "doctor":
+        return run_doctor(args)
+    from otel_gpu.cli.agent import run_snapshot
+
+    return run_snapshot(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    stop = StopSignals()
     try:
-        if args.command == "agent":
-            return run_agent(args)
-        if args.command == "status":
-            return run_status(args)
-        if args.command == "doctor":
-            return run_doctor(args)
-        return run_snapshot(args)
-    except (ScenarioError, ConfigError) as err:
-        print(f"otel-gpu: {err}", file=sys.stderr)
+        return _main(argv, stop)
+    finally:
+        stop.restore()
+
+
+def _main(argv: Sequence[str] | None, stop: StopSignals) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
+    try:
+        from otel_gpu.simulate.scenario import ScenarioError
+
+        try:
+            return _run(args, stop)
+        except (ScenarioError, ConfigError) as err:
+            print(f"otel-gpu: {err}", file=sys.stderr)
+            return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
     except Exception as err:
         print(f"otel-gpu: unexpected error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_UNEXPECTED
-

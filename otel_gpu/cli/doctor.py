@@ -9,28 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
-import re
 import socket
-import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import urlsplit
 
+from otel_gpu.cli.terminal import WIDTH, Style, emit
+from otel_gpu.config import ConfigError, otlp_target, prometheus_address
+from otel_gpu.sources._text import parse_uid
 from otel_gpu.sources.cgroup import CgroupReader
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import UnixHTTPConnection
 from otel_gpu.sources.identity import ATTRIBUTION_NOTE, detect_self
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodResourcesClient
+from otel_gpu.sources.libnvml import error_names
+from otel_gpu.sources.nvml import INIT_RETRY_NOTE
 
 SCHEMA = "otel-gpu.doctor/1"
 OK, WARN, FAIL = "ok", "warn", "fail"
 EXIT_CHECKS_FAILED = 3
-WIDTH = 80
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ def check_nvml(nvml: Any | None = None) -> list[Check]:
         except ImportError:
             return [Check("nvml", FAIL, "nvidia-ml-py (module pynvml) is not installed",
                           "pip install nvidia-ml-py (it comes with otel-gpu)")]
-    names = {getattr(nvml, n): n.removeprefix("NVML_ERROR_") for n in dir(nvml)
-             if n.startswith("NVML_ERROR_")}
+    names = error_names(nvml)
     error = getattr(nvml, "NVMLError", Exception)
     try:
         nvml.nvmlInit()
@@ -85,10 +84,12 @@ def check_nvml(nvml: Any | None = None) -> list[Check]:
         code = names.get(getattr(err, "value", None), "UNKNOWN")
         if code in ("LIBRARY_NOT_FOUND", "DRIVER_NOT_LOADED"):
             return [Check("nvml", WARN, f"no NVIDIA driver (nvmlInit: {code}); the agent "
-                                        "reports host metrics only",
+                                        "reports host metrics only" + (
+                                            "" if code == "LIBRARY_NOT_FOUND" else
+                                            f" until then: {INIT_RETRY_NOTE}"),
                           "on a GPU server: install the NVIDIA driver; in a container: run "
                           "it with --gpus all (Docker) or the NVIDIA runtime / device plugin")]
-        return [Check("nvml", FAIL, f"nvmlInit failed: {code}",
+        return [Check("nvml", FAIL, f"nvmlInit failed: {code}; {INIT_RETRY_NOTE}",
                       "check `nvidia-smi`; after a driver upgrade, reboot or reload the "
                       "kernel module so that library and driver versions match")]
     except OSError as err:
@@ -217,8 +218,7 @@ def _hidepid(proc_root: str) -> str | None:
 
 
 def _uid_of(status: str) -> int | None:
-    match = re.search(r"^Uid:\s+(\d+)", status, re.M)
-    return int(match.group(1)) if match else None
+    return parse_uid(status)
 
 
 def _read(path: str, limit: int = 1 << 16) -> str | None:
@@ -358,54 +358,31 @@ def check_kubelet(socket_path: str = POD_RESOURCES_SOCKET, timeout_s: float = 2.
 # -- exporters -----------------------------------------------------------------------------------
 
 
-def otlp_target(environ: Mapping[str, str] | None = None) -> tuple[str, str, str, int]:
-    """(protocol, URL, host, port) the OTLP metric exporter sends to, from the standard
-    variables: the metrics endpoint as is, else the general one (plus /v1/metrics over HTTP),
-    else the default of the protocol."""
-    env = os.environ if environ is None else environ
-    raw = (env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-           or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip().lower()
-    if raw not in ("grpc", "http/protobuf"):
-        raise ValueError(f"OTLP protocol {raw!r} is not supported (use grpc or http/protobuf)")
-    specific = (env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or "").strip()
-    general = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
-    if raw == "grpc":
-        url = specific or general or "http://localhost:4317"
-    elif specific:
-        url = specific
-    else:
-        url = (general or "http://localhost:4318").rstrip("/") + "/v1/metrics"
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    # gRPC targets without a port use 443, whatever the scheme says.
-    default = 443 if parts.scheme == "https" or raw == "grpc" else 80
-    try:
-        port = parts.port or default
-    except ValueError as err:
-        raise ValueError(f"OTLP endpoint {url!r}: {err}") from err
-    if not parts.hostname:
-        raise ValueError(f"OTLP endpoint {url!r} names no host")
-    return raw, url, parts.hostname, port
-
-
 def check_otlp(environ: Mapping[str, str] | None = None, timeout_s: float = 2.0) -> list[Check]:
     name = "otlp"
     try:
         protocol, url, host, port = otlp_target(environ)
-    except ValueError as err:
+    except ConfigError as err:
         return [Check(name, FAIL, str(err), "fix OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT / "
                                             "_PROTOCOL")]
 
+    where = host if port == 0 else f"{host}:{port}"
+
     def connect() -> list[Check]:
         try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                pass
+            if port == 0:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+                    unix.settimeout(timeout_s)
+                    unix.connect(host)
+            else:
+                with socket.create_connection((host, port), timeout=timeout_s):
+                    pass
         except OSError as err:
             why = "timed out" if isinstance(err, TimeoutError) else type(err).__name__
-            return [Check(name, FAIL, f"{url} ({protocol}): cannot connect to {host}:{port} "
-                                      f"({why})",
+            return [Check(name, FAIL, f"{url} ({protocol}): cannot connect to {where} ({why})",
                           "start the Collector there, or point OTEL_EXPORTER_OTLP_ENDPOINT "
                           "at one; a firewall may drop the port")]
-        return [Check(name, OK, f"{url} ({protocol}): {host}:{port} accepts connections")]
+        return [Check(name, OK, f"{url} ({protocol}): {where} accepts connections")]
 
     return _with_deadline(name, timeout_s + 1.0, connect)
 
@@ -413,16 +390,10 @@ def check_otlp(environ: Mapping[str, str] | None = None, timeout_s: float = 2.0)
 def check_prometheus(environ: Mapping[str, str] | None = None,
                      timeout_s: float = 2.0) -> list[Check]:
     name = "prometheus"
-    env = os.environ if environ is None else environ
-    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost"  # the exporter's default
-    text = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
     try:
-        port = int(text)
-        if not 0 < port < 65536:
-            raise ValueError
-    except ValueError:
-        return [Check(name, FAIL, f"OTEL_EXPORTER_PROMETHEUS_PORT: {text!r} is not a port",
-                      "set it to a free TCP port, 9464 by default")]
+        host, port = prometheus_address(environ)
+    except ConfigError as err:
+        return [Check(name, FAIL, str(err), "set it to a free TCP port, 9464 by default")]
     probe = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
     def probe_port() -> list[Check]:
@@ -510,10 +481,10 @@ _STYLE = {OK: "32", WARN: "33", FAIL: "1;31"}
 
 
 def report_table(checks: Sequence[Check], colour: bool = False) -> str:
+    style = Style(colour)
     lines = []
     for check in checks:
-        status = f"{check.status:<4}"
-        shown = f"\033[{_STYLE[check.status]}m{status}\033[0m" if colour else status
+        shown = style(f"{check.status:<4}", _STYLE[check.status])
         head = f"{check.name:<14} "
         body = textwrap.wrap(check.message, WIDTH - 5 - len(head)) or [""]
         lines.append(f"{shown} {head}{body[0]}")
@@ -528,12 +499,5 @@ def report_table(checks: Sequence[Check], colour: bool = False) -> str:
 
 
 def print_report(checks: Sequence[Check], fmt: str, stream: IO[str] | None = None) -> int:
-    from otel_gpu.cli.status import use_colour
-
-    out = sys.stdout if stream is None else stream
-    if fmt == "json":
-        json.dump(report_document(checks), out, indent=1)
-        out.write("\n")
-    else:
-        out.write(report_table(checks, colour=use_colour(out)))
+    emit(fmt, lambda: report_document(checks), lambda colour: report_table(checks, colour), stream)
     return exit_code(checks)

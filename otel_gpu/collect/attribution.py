@@ -14,7 +14,6 @@ Nothing here reads or keeps a command line, an argument or an environment, and n
 
 from __future__ import annotations
 
-import pwd
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from otel_gpu.snapshot import (
     Workload,
     each_device,
 )
+from otel_gpu.sources._text import clean_value, passwd_name
 from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -56,10 +56,7 @@ _K8S_LABELS = (
 
 def passwd_user_name(uid: int) -> str | None:
     """The user name of ``uid`` in the passwd database, or None when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
+    return passwd_name(uid)
 
 
 @dataclass(frozen=True)
@@ -168,7 +165,7 @@ class Attributor:
             name = self._user_name(uid)
         except Exception:  # an NSS backend (LDAP, sssd) that fails must not stop the cycle
             name = None
-        owner = name or str(uid)
+        owner = clean_value(name) or str(uid)  # any lookup's answer is outside text
         self._users[uid] = (now + self._user_ttl_s, owner)
         return owner
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.collect.collector import Collector, LocalSources
+from otel_gpu.config import kubelet_insecure, kubelet_url
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.simulate import SimulatedServer, load_scenario
@@ -64,9 +65,9 @@ def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributo
     pod_list = None
     if env.get("KUBERNETES_SERVICE_HOST"):
         pod_list = PodListClient(
-            url=env.get("OTEL_GPU_KUBELET_URL") or None,
+            url=kubelet_url(env),
             node=env.get("NODE_NAME") or "localhost",
-            verify=env.get("OTEL_GPU_KUBELET_INSECURE", "").strip().lower() != "true",
+            verify=not kubelet_insecure(env),
         )
     return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list)
 

@@ -95,7 +95,7 @@ class LocalSources:
         started = time.perf_counter()
         gpus: tuple = ()
         driver_version = None
-        if self.nvml.available:
+        if self.nvml.available or self.nvml.retrying:
             try:
                 reading = self.nvml.read(now if sim is not None else None)
                 gpus, driver_version = tuple(reading.gpus), reading.driver_version

@@ -176,13 +176,12 @@ def high_temperature(window: Sequence[Sample], t: Thresholds) -> Iterator[Findin
 
 def gpu_lost(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     for gpu in window[-1].snapshot.gpus:
-        if not gpu.lost:
-            continue
+        # A GPU that answers again clears the insight in that cycle, not after the grace period.
         ident = gpu_identity(gpu)
         yield condition(
             (gpu.uuid,),
             ident,
-            flag(True, CRITICAL),
+            flag(gpu.lost, CRITICAL),
             f"{device_label(ident)} is lost: the driver no longer reaches it.",
             "Drain the node and reboot it; look for Xid 79 in the kernel log, check "
             "PCIe, power and cooling, and replace the GPU if it recurs.",
@@ -253,13 +252,9 @@ def _time_to_full(window: Sequence[Sample], mountpoint: str, min_span_s: float) 
     """Seconds until free space reaches 0 by a least-squares line through the window."""
     points = []
     for sample in window:
-        host = sample.snapshot.host
-        if host is None:
-            continue
-        for fs in host.filesystems:
-            if fs.mountpoint == mountpoint:
-                points.append((sample.snapshot.timestamp, float(fs.free_bytes)))
-                break
+        fs = sample.filesystems.get(mountpoint)
+        if fs is not None:
+            points.append((sample.snapshot.timestamp, float(fs.free_bytes)))
     if len(points) < 3 or points[-1][0] - points[0][0] < min_span_s:
         return None
     n = len(points)

@@ -109,6 +109,28 @@ class Thresholds:
         for item in fields(self):
             value = _checked(item.name, types[item.name], getattr(self, item.name))
             object.__setattr__(self, item.name, value)
+        for clear, fire, fires_above in _hysteresis_pairs():
+            low, high = (clear, fire) if fires_above else (fire, clear)
+            if getattr(self, low) > getattr(self, high):
+                side, other = ("above", "below") if fires_above else ("below", "above")
+                raise ThresholdsError(
+                    f"{clear}: {getattr(self, clear)!r} is {side} {fire} "
+                    f"({getattr(self, fire)!r}): the insight fires {side} {fire} and clears "
+                    f"{other} {clear}, so {clear} must be at or {other} it (set both)"
+                )
+
+
+@cache
+def _hysteresis_pairs() -> tuple[tuple[str, str, bool], ...]:
+    """(clear field, fire field, whether the rule fires above it) for every clear threshold:
+    ``x_clear`` or ``x_clear_unit`` clears ``x`` or ``x_unit``; the defaults give the side."""
+    defaults = {item.name: item.default for item in fields(Thresholds)}
+    pairs = []
+    for name, default in defaults.items():
+        fire = name.replace("_clear", "", 1)
+        if fire != name and fire in defaults:
+            pairs.append((name, fire, default < defaults[fire]))
+    return tuple(pairs)
 
 
 @cache

@@ -39,10 +39,15 @@ def load_thresholds(path: str | os.PathLike[str] | None) -> Thresholds:
             text = handle.read()
     except OSError as err:
         raise ThresholdsError(f"{name}: cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        why = f"{err.reason} at byte {err.start}"
+        raise ThresholdsError(f"{name}: not UTF-8 text ({why})") from None
     import yaml
 
     try:
         raw = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
         raise ThresholdsError(f"{name}: not valid YAML or JSON: {err}") from err
+    except RecursionError:
+        raise ThresholdsError(f"{name}: nested too deeply to be a thresholds file") from None
     return thresholds_from_mapping(raw, name)

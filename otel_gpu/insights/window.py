@@ -13,6 +13,7 @@ from typing import Any
 from otel_gpu.snapshot import (
     Attributes,
     ContainerUsage,
+    Filesystem,
     Gpu,
     MigDevice,
     Snapshot,
@@ -42,6 +43,7 @@ class Sample:
         init=False, repr=False, compare=False
     )
     runs: Mapping[ContainerKey, TrainingSignals] = field(init=False, repr=False, compare=False)
+    filesystems: Mapping[str, Filesystem] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         snap = self.snapshot
@@ -65,6 +67,9 @@ class Sample:
             "given": {uuid: tuple(found) for uuid, found in given.items()},
             "container_devices": {cid: frozenset(found) for cid, found in used.items()},
             "runs": runs,
+            "filesystems": {} if snap.host is None else {
+                fs.mountpoint: fs for fs in reversed(snap.host.filesystems)
+            },
         }
         for name, value in indexes.items():
             object.__setattr__(self, name, value)

@@ -8,6 +8,7 @@ collector nor exports what its parent recorded.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
+from otel_gpu.config import env_flag, simulated_scenario, thresholds_file
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.session.child import ChildError, CollectorChild
 from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
@@ -151,12 +153,13 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
             return _session
         inherited = _session is not None and _session.pid != os.getpid()
         if inherited or _in_worker_process() or \
-                os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+                env_flag("OTEL_SDK_DISABLED"):
             return _worker_session()
         request = _request(simulate, meter_provider, tracer_provider, metric_exporters,
                            export_interval_s, attributes, resource)
         _session = _start(request, choose_mode(meter_provider=meter_provider,
                                                metric_exporters=metric_exporters))
+        _stop_at_exit.register()
         return _session
 
 
@@ -165,14 +168,14 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
              attributes: Mapping[str, str] | None, resource: Resource | None) -> Request:
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
-    thresholds = load_thresholds(os.environ.get("OTEL_GPU_THRESHOLDS") or None)
+    thresholds = load_thresholds(thresholds_file())
     for signal in ("metrics", "traces", "logs"):  # a misspelt exporter fails before anything
         env_exporters(signal, console=lambda: None, otlp=lambda: None)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(
             Resource({"process.pid": os.getpid()}))
-    return Request(simulate or os.environ.get("OTEL_GPU_SIMULATE") or None, interval_ms,
+    return Request(simulate or simulated_scenario(), interval_ms,
                    thresholds, resource, detect, dict(attributes or {}), meter_provider,
                    tracer_provider, metric_exporters)
 
@@ -242,6 +245,31 @@ def stop() -> None:
         session, _session = _session, None
     if session is not None:
         session.stop()
+
+
+class _AtExit:
+    """``stop()`` when the interpreter exits, for a script that never calls it: every step
+    written is exported. Registered once per process, after the session's providers, so that
+    it runs before their own exit handlers."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+
+    def register(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            atexit.register(self._run)
+
+    def _run(self) -> None:
+        current = _session
+        try:
+            stop()
+        except KeyboardInterrupt:  # a second Ctrl-C while flushing: give up quietly
+            if current is not None and current.child is not None:
+                current.child.kill()
+
+
+_stop_at_exit = _AtExit()
 
 
 def session() -> Session | None:

@@ -74,8 +74,10 @@ class _Process:
         command = [sys.executable, "-m", "otel_gpu.session.child_main",
                    "--fd", str(child.fileno())]
         try:
+            # Its own session: a Ctrl-C meant for the training script is not its to handle.
             self.process = subprocess.Popen(command, pass_fds=(child.fileno(),),
-                                            env=child_environment(), stdin=subprocess.DEVNULL)
+                                            env=child_environment(), stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
         except BaseException:
             parent.close()
             raise
@@ -182,6 +184,13 @@ class CollectorChild:
         log.warning("otel-gpu: the collector process restarted")
         return self._current
 
+    def _last_successor(self) -> None:
+        """A child gone at ``close``, its back-off not over: one more, for the last steps."""
+        try:
+            self._current = _Process(self._successor_task(), self._ready_timeout_s)
+        except Exception as err:
+            log.warning("otel-gpu: the last training steps were not exported (%s)", err)
+
     def _successor_task(self) -> Task:
         settings = self._task.settings
         if isinstance(settings, ExportSettings):
@@ -267,6 +276,14 @@ class CollectorChild:
                 if current is not None and not self._stopping.is_set():
                     self._deliver(Kind.STEPS, current, self._report())
 
+    def kill(self) -> None:
+        """End the child now, without its last export."""
+        self._stopping.set()
+        current, self._current = self._current, None
+        if current is not None:
+            with contextlib.suppress(OSError):
+                current.process.kill()
+
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Send the last report; the child collects and exports once more, then exits."""
         self._stopping.set()
@@ -277,15 +294,32 @@ class CollectorChild:
                 current.process.kill()  # a child that stopped reading: the blocked send fails
                 self._thread.join(timeout=5.0)
         with self._lock:
-            current, self._current = self._current, None
-            if current is None:
-                return
             if self._feed is None:
+                current, self._current = self._current, None
+                if current is not None:
+                    current.close(wait_s=5.0)
+                return
+            report = self._report()
+            for _ in range(2):  # the child, else one successor when it is found gone
+                if self._current is None:
+                    self._last_successor()
+                current = self._current
+                if current is None:
+                    return
+                try:
+                    current.conn.send((Kind.CLOSE, report))
+                except (OSError, ValueError) as err:
+                    self._lost(current, err)
+                    continue
+                except Exception as err:  # e.g. run attributes that do not pickle
+                    log.warning("otel-gpu: could not send the last training steps (%s)", err)
+                    with contextlib.suppress(OSError, ValueError):
+                        current.conn.send((Kind.CLOSE, None))
+                self._current = None
+                try:
+                    current.receive(timeout_s)
+                except Exception as err:
+                    log.warning("otel-gpu: the collector process did not finish cleanly (%s)",
+                                err)
                 current.close(wait_s=5.0)
                 return
-            try:
-                current.conn.send((Kind.CLOSE, self._report()))
-                current.receive(timeout_s)
-            except Exception as err:
-                log.warning("otel-gpu: the collector process did not finish cleanly (%s)", err)
-            current.close(wait_s=5.0)

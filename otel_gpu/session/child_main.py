@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from otel_gpu.collect.build import build_collector
+from otel_gpu.session.delivery import Backend, guarded_otlp
 from otel_gpu.session.protocol import (
     ExportSettings,
     Kind,
@@ -54,7 +56,11 @@ def serve_sources(conn: Connection, settings: SourceSettings) -> None:
     except Exception as err:
         _fail(conn, err)
         return
-    conn.send((Kind.READY, Ready(message)))
+    try:
+        conn.send((Kind.READY, Ready(message)))
+    except (OSError, ValueError):  # the training process is gone already
+        collector.close()
+        return
     try:
         while True:
             try:
@@ -64,9 +70,15 @@ def serve_sources(conn: Connection, settings: SourceSettings) -> None:
             if kind is not Kind.COLLECT:
                 break
             try:
-                conn.send((Kind.SNAPSHOT, (seq, collector.sources.read())))
+                snapshot = collector.sources.read()
             except Exception as err:
-                conn.send((Kind.FAILED, type(err).__name__))
+                reply: tuple[Kind, Any] = (Kind.FAILED, type(err).__name__)
+            else:
+                reply = (Kind.SNAPSHOT, (seq, snapshot))
+            try:
+                conn.send(reply)
+            except (OSError, ValueError):
+                break
     finally:
         collector.close()
 
@@ -78,17 +90,19 @@ class RelayWorker:
     QUEUE_SIZE = 256
 
     def __init__(self, resource: Any, schema_url: str,
-                 on_drop: Callable[[Kind], None] = lambda kind: None) -> None:
-        from otel_gpu.telemetry.providers import env_list, otlp_exporter
+                 on_drop: Callable[[Kind], None] = lambda kind: None,
+                 backend: Backend | None = None) -> None:
+        from otel_gpu.config import env_list
 
+        backend = backend if backend is not None else Backend()
         self._on_drop = on_drop
         self._resource = resource
         self._schema_url = schema_url
         self._exporters: dict[Kind, Any] = {}
         if "otlp" in env_list("OTEL_METRICS_EXPORTER", "otlp"):
-            self._exporters[Kind.METRICS] = otlp_exporter("metrics")
+            self._exporters[Kind.METRICS] = guarded_otlp("metrics", backend)
         if "otlp" in env_list("OTEL_TRACES_EXPORTER", "otlp"):
-            self._exporters[Kind.SPANS] = otlp_exporter("traces")
+            self._exporters[Kind.SPANS] = guarded_otlp("traces", backend)
         self._queue: queue.Queue[tuple[Kind, Any] | None] = queue.Queue(self.QUEUE_SIZE)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="otel-gpu-relay", daemon=True)
@@ -229,10 +243,13 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         feed = TrainingFeed(None, settings.run_attributes, settings.carried)
         collector.add_training_source(feed.read)
         collector.add_error_source(feed.take_errors)
-        log_exporters = env_exporters("logs", ConsoleLogRecordExporter)
+        backend = Backend()  # one line on stderr, whichever export finds no collector first
+        log_exporters = env_exporters("logs", ConsoleLogRecordExporter,
+                                      otlp=lambda: guarded_otlp("logs", backend))
         readers = [PeriodicExportingMetricReader(e, export_interval_millis=settings.interval_s
                                                  * 1e3)
-                   for e in env_exporters("metrics", ConsoleMetricExporter)]
+                   for e in env_exporters("metrics", ConsoleMetricExporter,
+                                          otlp=lambda: guarded_otlp("metrics", backend))]
         pipeline = assemble_pipeline(
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),
@@ -243,15 +260,20 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         feed.instruments.carry(settings.carried.steps, settings.carried.samples,
                                settings.run_attributes)
         relay = RelayWorker(resource, settings.schema_url, on_drop=lambda kind: feed.add_error(
-            SourceError("relay", kind.value, "QueueFull")))
+            SourceError("relay", kind.value, "QueueFull")), backend=backend)
         temporality, aggregation = _otlp_preferences()
     except Exception as err:
         _fail(conn, err)
         if pipeline is not None:
             pipeline.shutdown()
         return
-    conn.send((Kind.READY, Ready(pipeline.driver_message, dict(resource.attributes),
-                                 info.attribution_note, temporality, aggregation)))
+    try:
+        conn.send((Kind.READY, Ready(pipeline.driver_message, dict(resource.attributes),
+                                     info.attribution_note, temporality, aggregation)))
+    except (OSError, ValueError):  # the training process is gone already: nothing to serve
+        relay.close(timeout_s=1.0)
+        pipeline.shutdown()
+        return
     try:
         while True:
             try:
@@ -275,6 +297,10 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # In a session of its own, Ctrl-C in the training script's terminal never reaches this
+    # process; it ends with the pipe, when the training process has finished with it.
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="python -m otel_gpu.session.child_main")
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -12,6 +11,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
+from otel_gpu.config import collect_in_process
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.session.providers import app_logger_provider, app_meter_provider
 
@@ -36,8 +36,7 @@ FALLBACK_NOTES = {Mode.EXPORT_CHILD: "exporting from the training process",
 def choose_mode(*, meter_provider: Any, metric_exporters: Any,
                 environ: Mapping[str, str] | None = None) -> list[Mode]:
     """The modes to try, in order: the first that starts is the session's."""
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_GPU_COLLECT_IN_PROCESS", "").strip().lower() == "true":
+    if collect_in_process(environ):
         return [Mode.IN_PROCESS]
     if meter_provider is not None or metric_exporters is not None or \
             app_meter_provider() is not None or app_logger_provider() is not None:

@@ -56,7 +56,6 @@ from typing import Any
 import pynvml
 
 from otel_gpu.simulate.spec import (
-    CLOCK_EVENT_REASONS,
     GpmValues,
     GpuSpec,
     MigInstanceSpec,
@@ -65,6 +64,7 @@ from otel_gpu.simulate.spec import (
     Scenario,
     at_cycle,
 )
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS, gpm_metric_ids
 
 SIMULATION_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the simulated clock at cycle 0
 
@@ -90,13 +90,7 @@ _PCI_DEVICE_IDS = {
 _BAR1_USED_BYTES = 5 * _MIB
 _DRIVER_UPTIME_S = 86_400.0  # energy is counted since the driver loaded, a day before cycle 0
 
-_GPM_METRIC_FIELDS = {
-    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: "graphics_engine_utilization",
-    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_utilization",
-    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy",
-    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_utilization",
-    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_utilization",
-}
+_GPM_METRIC_FIELDS = gpm_metric_ids(pynvml)
 
 
 def _fail(code: int) -> pynvml.NVMLError:
@@ -354,10 +348,17 @@ class FakeNvml:
     # -- library and system --
 
     def nvmlInit(self) -> None:
+        if self.cycle < self.scenario.driver.init_fails_cycles:
+            raise _fail(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)  # the driver is still loading
         self._init_count += 1
 
     def nvmlInitWithFlags(self, flags: int) -> None:
-        self._init_count += 1
+        self.nvmlInit()
+
+    def _check_driver_faults(self, call: str) -> None:
+        for fault in self.scenario.driver.faults:
+            if fault.applies_to(call) and fault.active(self.cycle):
+                raise _fail(fault.code)
 
     def nvmlShutdown(self) -> None:
         self._require_init()
@@ -365,6 +366,7 @@ class FakeNvml:
 
     def nvmlSystemGetDriverVersion(self) -> str:
         self._require_init()
+        self._check_driver_faults("nvmlSystemGetDriverVersion")
         return self.scenario.driver_version
 
     def nvmlSystemGetNVMLVersion(self) -> str:
@@ -373,6 +375,7 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         self._require_init()
+        self._check_driver_faults("nvmlDeviceGetCount")
         return len(self.scenario.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _GpuHandle:
@@ -980,6 +983,7 @@ class FakeNvml:
 
     def nvmlEventSetCreate(self) -> _EventSet:
         self._require_init()
+        self._check_driver_faults("nvmlEventSetCreate")
         return _EventSet()
 
     def _check_event_set(self, event_set: Any) -> _EventSet:
@@ -999,6 +1003,7 @@ class FakeNvml:
 
     def nvmlEventSetWait_v2(self, eventSet: Any, timeoutms: int) -> _EventData:
         self._require_init()
+        self._check_driver_faults("nvmlEventSetWait_v2")
         event_set = self._check_event_set(eventSet)
         for n, (cycle, gpu_index, _, event) in enumerate(self._events):
             if cycle > self.cycle:

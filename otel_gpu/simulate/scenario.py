@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,11 +56,12 @@ import yaml
 
 from otel_gpu.simulate.hardware import MODELS, GpuModel, find_model, gpu_instance_id
 from otel_gpu.simulate.spec import (
-    CLOCK_EVENT_REASONS,
+    DRIVER_FAULTABLE_CALLS,
     FAULTABLE_CALLS,
     NVML_ERROR_NAMES,
     ClockValues,
     ContainerSpec,
+    DriverSpec,
     EccCounts,
     Fault,
     FilesystemSpec,
@@ -81,6 +83,7 @@ from otel_gpu.simulate.spec import (
     at_cycle,
     device_refs,
 )
+from otel_gpu.sources.libnvml import CLOCK_EVENT_REASONS
 
 __all__ = [
     "BUILTIN_DIR",
@@ -96,6 +99,12 @@ __all__ = [
 
 BUILTIN_DIR = Path(__file__).with_name("scenarios")
 DEFAULT_DRIVER_VERSION = "550.54.15"
+# Linux's PID_MAX_LIMIT on 64-bit kernels (include/linux/threads.h: 4 * 1024 * 1024).
+MAX_PID = 4 * 1024 * 1024
+# uid_t is 32 bits and (uid_t) -1 means "no uid" (setresuid(2)), so the largest is 2**32 - 2.
+MAX_UID = 2**32 - 2
+# Every other integer (counters, bytes, cycles) fits the driver's 64-bit signed range.
+MAX_INTEGER = 2**63 - 1
 
 _UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://github.com/otel-gpu/simulate")
 
@@ -139,6 +148,14 @@ def load_scenario(spec: str) -> Scenario:
 
 
 def _parse(text: str, path: str) -> Any:
+    try:
+        return _parse_text(text, path)
+    except RecursionError:
+        # Both parsers recurse once per level of brackets or indentation.
+        raise ScenarioError(path, "(file)", "nested too deeply to be a scenario") from None
+
+
+def _parse_text(text: str, path: str) -> Any:
     if path.endswith(".json"):
         try:
             return json.loads(text)
@@ -188,6 +205,7 @@ _ECC_KEYS = _keys(EccCounts)
 _REMAPPED_KEYS = _keys(RemappedRows)
 _XID_KEYS = _keys(XidEvent)
 _FAULT_KEYS = _keys(Fault)
+_DRIVER_KEYS = _keys(DriverSpec)
 _CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
 _POD_CONTAINER_KEYS = _CONTAINER_KEYS - {"labels"}
 _POD_KEYS = _keys(PodSpec)
@@ -235,11 +253,15 @@ class _Loader:
             raise self.error(key, f"expected a non-empty string, got {_kind(value)}")
         return value
 
-    def integer(self, value: Any, key: str, minimum: int | None = 0) -> int:
+    def integer(
+        self, value: Any, key: str, minimum: int | None = 0, maximum: int = MAX_INTEGER
+    ) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {_kind(value)}")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise self.error(key, f"must be at most {maximum}, got {value}")
         return value
 
     def number(
@@ -247,6 +269,10 @@ class _Loader:
     ) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {value}")
+        if abs(value) > MAX_INTEGER:
+            raise self.error(key, f"must be at most {MAX_INTEGER}, got {value:g}")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum:g}, got {value}")
         if maximum is not None and value > maximum:
@@ -308,6 +334,7 @@ class _Loader:
         self.check_unique_containers(containers, pods)
         host = self.host(raw["host"]) if "host" in raw else None
         kubelet = self.kubelet(raw["kubelet"]) if "kubelet" in raw else KubeletSpec()
+        driver_spec = self.driver(raw["driver"]) if "driver" in raw else DriverSpec()
         return Scenario(
             name=self.name,
             path=self.path,
@@ -319,7 +346,18 @@ class _Loader:
             gpus=gpus,
             host=host,
             kubelet=kubelet,
+            driver=driver_spec,
         )
+
+    def driver(self, value: Any) -> DriverSpec:
+        raw = self.mapping(value, "driver", _DRIVER_KEYS)
+        init_fails = 0
+        if "init_fails_cycles" in raw:
+            init_fails = self.integer(raw["init_fails_cycles"], "driver.init_fails_cycles")
+        faults: tuple[Fault, ...] = ()
+        if "faults" in raw:
+            faults = self.faults(raw["faults"], "driver.faults", DRIVER_FAULTABLE_CALLS)
+        return DriverSpec(init_fails_cycles=init_fails, faults=faults)
 
     def kubelet(self, value: Any) -> KubeletSpec:
         raw = self.mapping(value, "kubelet", _KUBELET_KEYS)
@@ -339,6 +377,8 @@ class _Loader:
                 uid = raw_uid
             else:
                 raise self.error(key, "a uid must be a non-negative integer")
+            if uid > MAX_UID:
+                raise self.error(key, f"a uid must be at most {MAX_UID}")
             users[uid] = self.string(name, key)
         return users
 
@@ -445,6 +485,10 @@ class _Loader:
 
     def reason_names(self, items: list[Any], key: str) -> tuple[str, ...]:
         for k, item in enumerate(items):
+            if not isinstance(item, str):
+                raise self.error(
+                    f"{key}[{k}]", f"expected a clock event reason name, got {_kind(item)}"
+                )
             if item not in CLOCK_EVENT_REASONS:
                 known = ", ".join(CLOCK_EVENT_REASONS)
                 raise self.error(f"{key}[{k}]", f"unknown clock event reason {item!r} ({known})")
@@ -499,15 +543,18 @@ class _Loader:
             events.append(XidEvent(cycle, code, instance))
         return tuple(events)
 
-    def faults(self, value: Any, key: str) -> tuple[Fault, ...]:
+    def faults(
+        self, value: Any, key: str, calls: frozenset[str] = FAULTABLE_CALLS
+    ) -> tuple[Fault, ...]:
         faults = []
         for i, item in enumerate(self.list_of(value, key)):
             item_key = f"{key}[{i}]"
             raw = self.mapping(item, item_key, _FAULT_KEYS, ("call", "error"))
             call = self.string(raw["call"], f"{item_key}.call")
-            if call != "*" and call not in FAULTABLE_CALLS:
+            if call != "*" and call not in calls:
+                kind = "a device" if calls is FAULTABLE_CALLS else "a driver-wide"
                 raise self.error(
-                    f"{item_key}.call", f"'{call}' is not a device call of the simulated driver"
+                    f"{item_key}.call", f"'{call}' is not {kind} call of the simulated driver"
                 )
             error = self.string(raw["error"], f"{item_key}.error").removeprefix("NVML_ERROR_")
             if error not in NVML_ERROR_NAMES:
@@ -663,8 +710,8 @@ class _Loader:
             )
         comm = self.string(raw["comm"], f"{key}.comm") if "comm" in raw else "python3"
         return ProcessSpec(
-            pid=self.integer(raw["pid"], f"{key}.pid", minimum=1),
-            uid=self.integer(raw["uid"], f"{key}.uid") if "uid" in raw else 0,
+            pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID),
+            uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
             comm=comm,
             cgroup=self.string(raw["cgroup"], f"{key}.cgroup") if "cgroup" in raw else "0::/",
             cmdline=cmdline or (comm,),
@@ -818,6 +865,7 @@ class _Loader:
             filesystems.append(FilesystemSpec(mountpoint, size, used))
         return HostSpec(
             memory_used_ratio=self.optional(raw, "host", "memory_used_ratio", self.ratio),
+            cpu_utilization=self.optional(raw, "host", "cpu_utilization", self.ratio),
             filesystems=tuple(filesystems),
         )
 

@@ -20,6 +20,8 @@ class HostOverrides:
 
     memory_used_ratio: float | None
     filesystems: tuple[tuple[str, int, int], ...]  # (mountpoint, size_bytes, used_bytes)
+    # Share of CPU time by mode (user, system, idle), over the last cycle; None: the real host's.
+    cpu_utilization: dict[str, float] | None = None
 
 
 class SimulatedServer:
@@ -50,7 +52,9 @@ class SimulatedServer:
         if host is None:
             return None
         ratio = at_cycle(host.memory_used_ratio, cycle)
+        busy = at_cycle(host.cpu_utilization, cycle)
         return HostOverrides(
+            cpu_utilization=None if busy is None else _cpu_modes(float(busy)),
             memory_used_ratio=None if ratio is None else float(ratio),
             filesystems=tuple(
                 (
@@ -61,3 +65,8 @@ class SimulatedServer:
                 for fs in host.filesystems
             ),
         )
+
+
+def _cpu_modes(busy: float) -> dict[str, float]:
+    """Busy time split as the simulated containers split theirs: 80 % user, 20 % system."""
+    return {"user": busy * 0.8, "system": busy * 0.2, "idle": 1.0 - busy}

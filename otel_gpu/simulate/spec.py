@@ -16,16 +16,7 @@ from typing import Any
 import pynvml
 
 from otel_gpu.simulate.hardware import GpuModel, MigProfile
-
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
-    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
-    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
-    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
-    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
-    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
-}
+from otel_gpu.sources.libnvml import error_codes
 
 # The device-scoped calls of the simulated driver that a fault may name ("*" names them all).
 FAULTABLE_CALLS: frozenset[str] = frozenset(
@@ -73,11 +64,7 @@ FAULTABLE_CALLS: frozenset[str] = frozenset(
     }
 )
 
-NVML_ERROR_NAMES: dict[str, int] = {
-    name.removeprefix("NVML_ERROR_"): getattr(pynvml, name)
-    for name in dir(pynvml)
-    if name.startswith("NVML_ERROR_")
-}
+NVML_ERROR_NAMES: dict[str, int] = error_codes(pynvml)
 
 
 class PerCycle(tuple):
@@ -299,6 +286,7 @@ class FilesystemSpec:
 @dataclass(frozen=True)
 class HostSpec:
     memory_used_ratio: Varying = None
+    cpu_utilization: Varying = None  # the busy share of all the host's CPUs, 0..1
     filesystems: tuple[FilesystemSpec, ...] = ()
 
 
@@ -308,6 +296,25 @@ class KubeletSpec:
 
     pod_resources: bool = True  # the pod-resources gRPC socket exists
     pod_list: bool = True  # /pods answers; False: it answers 503
+
+
+# The driver-wide calls of the simulated driver that a ``driver.faults`` entry may name.
+DRIVER_FAULTABLE_CALLS: frozenset[str] = frozenset(
+    {
+        "nvmlDeviceGetCount",
+        "nvmlSystemGetDriverVersion",
+        "nvmlEventSetCreate",
+        "nvmlEventSetWait_v2",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """The driver itself: how many cycles it takes to load, and faults of its driver-wide calls."""
+
+    init_fails_cycles: int = 0  # nvmlInit answers DRIVER_NOT_LOADED before this cycle
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -322,6 +329,7 @@ class Scenario:
     gpus: tuple[GpuSpec, ...]
     host: HostSpec | None
     kubelet: KubeletSpec = field(default_factory=KubeletSpec)
+    driver: DriverSpec = field(default_factory=DriverSpec)
 
     def resolve_device(self, ref: str) -> str | None:
         """The UUID a device reference (a UUID or a hw.name like gpu3 or gpu0/mig1) names."""

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otel_gpu.snapshot import ContainerResources, ErrorLog
+from otel_gpu.sources._text import FULL_CONTAINER_ID, INT64_MAX, parse_count, parse_signed
 
 __all__ = [
     "CgroupReader",
@@ -24,7 +25,7 @@ __all__ = [
     "parse_cgroup_path",
 ]
 
-_ID = r"[0-9a-f]{64}"
+_ID = FULL_CONTAINER_ID
 _SCOPED_ID = re.compile(rf"^(docker|cri-containerd|crio|libpod)-({_ID})(?:\.scope)?$")
 _MONITOR = re.compile(rf"^(?:crio|libpod)-conmon-{_ID}(?:\.scope)?$")
 _BARE_ID = re.compile(rf"^{_ID}$")
@@ -129,9 +130,9 @@ _V1_UNLIMITED = 1 << 62
 
 
 class CgroupReader(ErrorLog):
-    source = "cgroup"
-
     """Reads cgroup accounting files under ``root``; never raises, records what failed."""
+
+    source = "cgroup"
 
     def __init__(self, root: str = "/sys/fs/cgroup") -> None:
         self.root = root
@@ -189,7 +190,7 @@ class CgroupReader(ErrorLog):
         cpu, cpuacct = dirs.get("cpu"), dirs.get("cpuacct")
         memory, blkio = dirs.get("memory"), dirs.get("blkio")
         stat = self._keyed(cpu, "cpu.stat") if cpu else {}
-        quota = self._int(cpu, "cpu.cfs_quota_us") if cpu else None
+        quota = self._int(cpu, "cpu.cfs_quota_us", signed=True) if cpu else None
         period = self._int(cpu, "cpu.cfs_period_us") if cpu else None
         limit = self._int(memory, "memory.limit_in_bytes") if memory else None
         oom = self._keyed(memory, "memory.oom_control") if memory else {}
@@ -232,12 +233,12 @@ class CgroupReader(ErrorLog):
     def _malformed(self, name: str) -> None:
         self.record(name, "Malformed")
 
-    def _int(self, base: str, name: str) -> int | None:
+    def _int(self, base: str, name: str, signed: bool = False) -> int | None:
         text = self._text(base, name)
         if text is None:
             return None
         try:
-            return int(text.strip())
+            return (parse_signed if signed else parse_count)(text)
         except ValueError:
             self._malformed(name)
             return None
@@ -253,7 +254,7 @@ class CgroupReader(ErrorLog):
             if len(fields) != 2:
                 continue
             try:
-                out[fields[0]] = int(fields[1])
+                out[fields[0]] = parse_count(fields[1])
             except ValueError:
                 self._malformed(name)
         return out
@@ -266,7 +267,7 @@ class CgroupReader(ErrorLog):
         if len(fields) == 2 and fields[0] == "max":
             return None, None
         try:
-            quota, period = (int(f) for f in fields)
+            quota, period = (parse_count(f) for f in fields)
         except ValueError:
             self._malformed("cpu.max")
             return None, None
@@ -277,7 +278,7 @@ class CgroupReader(ErrorLog):
         if text is None or text.strip() == "max":
             return None
         try:
-            return int(text.strip())
+            return parse_count(text)
         except ValueError:
             self._malformed("memory.max")
             return None
@@ -293,7 +294,7 @@ class CgroupReader(ErrorLog):
                 key, _, value = item.partition("=")
                 if key in ("rbytes", "wbytes"):
                     try:
-                        n = int(value)
+                        n = parse_count(value)
                     except ValueError:
                         self._malformed("io.stat")
                         return None
@@ -301,7 +302,7 @@ class CgroupReader(ErrorLog):
                         read += n
                     else:
                         write += n
-        return read, write
+        return min(read, INT64_MAX), min(write, INT64_MAX)
 
     def _io_v1(self, base: str) -> tuple[int, int] | None:
         """blkio.throttle.io_service_bytes: ``MAJ:MIN Read N`` / ``Write`` lines and a Total."""
@@ -315,7 +316,7 @@ class CgroupReader(ErrorLog):
             if len(fields) != 3 or fields[1] not in ("Read", "Write"):
                 continue
             try:
-                n = int(fields[2])
+                n = parse_count(fields[2])
             except ValueError:
                 self._malformed(name)
                 return None
@@ -323,7 +324,7 @@ class CgroupReader(ErrorLog):
                 read += n
             else:
                 write += n
-        return read, write
+        return min(read, INT64_MAX), min(write, INT64_MAX)
 
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio")

@@ -1,6 +1,8 @@
 """Container names, images, labels and GPUs from the Docker Engine API over its Unix socket.
 
-GET only, short timeouts, bounded answers. Names, images, labels and device ids are set by whoever
+GET only, bounded answers, and a deadline for each whole request (``deadline_s``, by default
+``timeout_s``): a daemon that trickles its answer costs at most that, then backs off like a
+timeout. Names, images, labels and device ids are set by whoever
 runs the container: they are cut to ``MAX_TEXT`` characters, stripped of control and format
 characters, and only allow-listed labels are kept. Of the environment only
 ``NVIDIA_VISIBLE_DEVICES`` is looked at, and only its device list is kept.
@@ -15,19 +17,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
-import socket
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._http import UnixHTTPConnection
+from otel_gpu.sources._text import CONTAINER_ID as _CONTAINER_ID
+from otel_gpu.sources._text import clean_text
 
 SOURCE = "docker"
 DEFAULT_SOCKET = "/var/run/docker.sock"
-MAX_TEXT = 128
 MAX_DEVICES = 64
 MAX_ANSWER_BYTES = 8 << 20
 MAX_CONTAINERS = 10_000
@@ -42,7 +43,6 @@ DEFAULT_LABELS = frozenset(
         "io.kubernetes.container.name",
     }
 )
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 
 
 @dataclass(frozen=True)
@@ -61,30 +61,6 @@ class ContainerMeta:
     gpu_count: int | None = None  # GPUs requested by number: the API does not say which
 
 
-def clean_text(value: Any, limit: int = MAX_TEXT) -> str:
-    """``value`` as a string without control/format characters, cut to ``limit`` characters."""
-    text = value if isinstance(value, str) else str(value)
-    return "".join(c for c in text if not unicodedata.category(c).startswith("C"))[:limit]
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 to a server listening on a Unix socket."""
-
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class _Failed(Exception):
     def __init__(self, error_type: str, transport: bool = False) -> None:
         super().__init__(error_type)
@@ -93,8 +69,6 @@ class _Failed(Exception):
 
 
 class DockerClient(ErrorLog):
-    source = SOURCE
-
     """``inspect(container_id)`` with a cache by container id, and ``list_containers()``; never
     raises.
 
@@ -102,6 +76,8 @@ class DockerClient(ErrorLog):
     reached or times out, it is not asked again for ``retry_after_s``, so that a hung daemon costs
     one timeout per ``retry_after_s`` rather than one per container per cycle.
     """
+
+    source = SOURCE
 
     def __init__(
         self,
@@ -114,9 +90,11 @@ class DockerClient(ErrorLog):
         api_version: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         list_ttl_s: float = 30.0,
+        deadline_s: float | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
+        self.deadline_s = timeout_s if deadline_s is None else deadline_s
         self.ttl_s = ttl_s
         self.list_ttl_s = list_ttl_s
         self.retry_after_s = retry_after_s
@@ -151,6 +129,9 @@ class DockerClient(ErrorLog):
                 self._down_until = now + self.retry_after_s
                 return cached[1] if cached is not None else None
             meta = None
+        except Exception as e:  # documented never to raise: whatever the answer held
+            self.record("inspect", type(e).__name__)
+            meta = None
         self._cache[container_id] = (now + self.ttl_s, meta)
         return meta
 
@@ -167,22 +148,22 @@ class DockerClient(ErrorLog):
             status, body = self._get(f"{self._prefix}/containers/json")
             if status != 200:
                 raise _Failed(f"HTTP{status}")
-            try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise _Failed("MalformedJSON") from e
+            doc = _json(body)
             if not isinstance(doc, list):
                 raise _Failed("Malformed")
+            ids = (entry.get("Id") for entry in doc if isinstance(entry, dict))
+            listed = tuple(
+                dict.fromkeys(i for i in ids if isinstance(i, str) and _CONTAINER_ID.match(i))
+            )[:MAX_CONTAINERS]
         except _Failed as e:
             self.record("list", e.error_type)
             if e.transport:
                 self._down_until = now + self.retry_after_s
                 return stale
             return None
-        ids = (entry.get("Id") for entry in doc if isinstance(entry, dict))
-        listed = tuple(
-            dict.fromkeys(i for i in ids if isinstance(i, str) and _CONTAINER_ID.match(i))
-        )[:MAX_CONTAINERS]
+        except Exception as e:  # documented never to raise
+            self.record("list", type(e).__name__)
+            return None
         self._listed = (now + self.list_ttl_s, listed)
         return listed
 
@@ -204,16 +185,14 @@ class DockerClient(ErrorLog):
             raise _Failed("NotFound")
         if status != 200:
             raise _Failed(f"HTTP{status}")
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _Failed("MalformedJSON") from e
+        doc = _json(body)
         if not isinstance(doc, dict):
             raise _Failed("Malformed")
         return self._meta(container_id, doc)
 
     def _get(self, path: str) -> tuple[int, bytes]:
-        conn = UnixHTTPConnection(self.socket_path, self.timeout_s)
+        deadline = time.monotonic() + self.deadline_s
+        conn = UnixHTTPConnection(self.socket_path, self.timeout_s, deadline)
         try:
             conn.request("GET", path, headers={"Accept": "application/json"})
             response = conn.getresponse()
@@ -255,6 +234,13 @@ class DockerClient(ErrorLog):
             all_gpus=all_gpus,
             gpu_count=count,
         )
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _Failed("MalformedJSON") from e
 
 
 def _dict(value: Any) -> dict[str, Any]:

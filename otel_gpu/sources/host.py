@@ -20,31 +20,30 @@ compares against nothing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import re
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import psutil
 
 from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, SourceError
+from otel_gpu.sources.proc_files import (
+    SKIPPED_DISK,
+    SKIPPED_NETWORK,
+    Memory,
+    memory_from_meminfo,
+    parse_diskstats,
+    parse_meminfo,
+    parse_net_dev,
+    parse_proc_stat,
+    swap_from_meminfo,
+)
 
 SOURCE = "host"
 MALFORMED = "Malformed"
-
-# Block devices that are no disk of their own: loop devices (files and snap images), RAM disks,
-# zram (compressed RAM, usually swap) and floppies, plus the partitions of whole disks
-# (sda1, vda2, xvdb1, nvme0n1p1, mmcblk0p1), whose I/O the whole disk already counts; summing
-# system.disk.io over system.device stays meaningful. Device-mapper and md devices are kept.
-_SKIPPED_DISK = re.compile(
-    r"^(?:(?:z?ram|loop|fd)\d+|(?:h|s|v|xv)d[a-z]+\d+|(?:nvme\d+n\d+|mmcblk\d+)p\d+)$"
-)
-
-_SKIPPED_NETWORK = frozenset({"lo"})
 
 # Read-only images that are always full; reporting them would only look like full disks.
 _SKIPPED_FILESYSTEM_TYPES = frozenset({"squashfs"})
@@ -60,25 +59,6 @@ _CPU_MODES: dict[str, tuple[str, ...]] = {
     "interrupt": ("irq", "softirq", "interrupt", "dpc"),
     "steal": ("steal",),
 }
-
-# The columns of the "cpu " line of /proc/stat, in order (proc(5)); older kernels stop early.
-_PROC_STAT_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-# /proc/diskstats always counts 512-byte sectors, whatever the device's own sector size.
-DISKSTATS_SECTOR_BYTES = 512
-
-_MEMINFO_KEYS = frozenset(
-    {
-        b"MemTotal",
-        b"MemFree",
-        b"MemAvailable",
-        b"Buffers",
-        b"Cached",
-        b"SReclaimable",
-        b"SwapTotal",
-        b"SwapFree",
-    }
-)
 
 SIMULATED_DEVICE = "sim"
 
@@ -98,6 +78,7 @@ class HostOverrides(Protocol):
 
     memory_used_ratio: float | None
     filesystems: Sequence[tuple[str, int, int]]  # (mountpoint, size_bytes, used_bytes)
+    cpu_utilization: Mapping[str, float] | None  # share of CPU time by mode
 
 
 class _Partition(NamedTuple):
@@ -141,10 +122,10 @@ class HostSource:
         self._root_filesystems_only = root_filesystems_only
         self._procfs = procfs
         self._ticks = _clock_ticks() if procfs is not None else None
-        self._stat = _ProcFile(f"{procfs}/stat", limit=4096)
-        self._meminfo = _ProcFile(f"{procfs}/meminfo")
-        self._diskstats = _ProcFile(f"{procfs}/diskstats")
-        self._net_dev = _ProcFile(f"{procfs}/net/dev")
+        self._stat = _ProcFile(procfs, "stat", limit=4096)
+        self._meminfo = _ProcFile(procfs, "meminfo")
+        self._diskstats = _ProcFile(procfs, "diskstats")
+        self._net_dev = _ProcFile(procfs, "net/dev")
         files = (self._stat, self._meminfo, self._diskstats, self._net_dev)
         weakref.finalize(self, _close_all, files)
         self._clock = clock
@@ -158,67 +139,12 @@ class HostSource:
         self, overrides: HostOverrides | None = None
     ) -> tuple[HostSnapshot, list[SourceError]]:
         errors: list[SourceError] = []
-
-        def call(name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                errors.append(SourceError(SOURCE, f"psutil.{name}", type(exc).__name__))
-                return None
-
+        call = _PsutilCall(errors)
         now = self._clock()
-        procfs = self._procfs
-
-        cpu_time_s: dict[str, float] | None = None
-        if procfs is not None and self._ticks is not None:
-            data = self._stat.read()
-            if data is not None:
-                modes, malformed = parse_proc_stat(data.split(b"\n", 1)[0], self._ticks)
-                cpu_time_s = modes or {}
-                if malformed:
-                    errors.append(SourceError(SOURCE, "/proc/stat", MALFORMED))
-        if cpu_time_s is None:
-            cpu_times = call("cpu_times", psutil.cpu_times, percpu=False)
-            cpu_time_s = _cpu_modes(cpu_times) if cpu_times is not None else {}
-
-        logical_count = self._logical_count
-        if logical_count is None:
-            counted = call("cpu_count", psutil.cpu_count, logical=True)
-            logical_count = self._logical_count = int(counted) if counted else None
-
-        cpu_utilization: dict[str, float] = {}
-        if cpu_time_s:
-            previous = self._previous_cpu
-            if previous is not None and now - previous[0] < _MIN_CPU_INTERVAL_S:
-                pass  # too short for the kernel's tick: keep the older baseline
-            else:
-                if previous is not None and logical_count:
-                    cpu_utilization = _utilization(previous, (now, cpu_time_s), logical_count)
-                self._previous_cpu = (now, cpu_time_s)
-
-        memory: _Memory | None = None
-        swap_state: dict[str, int] | None = None
-        if procfs is not None:
-            data = self._meminfo.read()
-            if data is not None:
-                meminfo, malformed = parse_meminfo(data)
-                if malformed:
-                    errors.append(SourceError(SOURCE, "/proc/meminfo", MALFORMED))
-                memory = memory_from_meminfo(meminfo)
-                swap_state = swap_from_meminfo(meminfo)
-        if memory is None:
-            vm = call("virtual_memory", psutil.virtual_memory)
-            if vm is not None:
-                memory = _Memory(
-                    int(vm.total),
-                    int(vm.available),
-                    int(vm.free),
-                    _int_or_none(getattr(vm, "buffers", None)),
-                    _int_or_none(getattr(vm, "cached", None)),
-                )
-        if swap_state is None:
-            swap = call("swap_memory", psutil.swap_memory)
-            swap_state = {"used": int(swap.used), "free": int(swap.free)} if swap else {}
+        cpu_time_s = self._cpu_times(call, errors)
+        logical_count = self._logical_cpus(call)
+        cpu_utilization = self._cpu_utilization(now, cpu_time_s, logical_count)
+        memory, swap_state = self._memory(call, errors)
 
         memory_total: int | None = None
         memory_available: int | None = None
@@ -232,48 +158,8 @@ class HostSource:
             if memory.cached is not None:
                 memory_state["cached"] = memory.cached
 
-        disks: dict[str, DiskIo] | None = None
-        if procfs is not None:
-            data = self._diskstats.read()
-            if data is not None:
-                disks, malformed = parse_diskstats(data)
-                if malformed:
-                    errors.append(SourceError(SOURCE, "/proc/diskstats", MALFORMED))
-        if disks is None:
-            disks = {}
-            for name, io in (
-                call("disk_io_counters", psutil.disk_io_counters, perdisk=True) or {}
-            ).items():
-                if _SKIPPED_DISK.match(name):
-                    continue
-                disks[name] = DiskIo(
-                    read_bytes=int(io.read_bytes),
-                    write_bytes=int(io.write_bytes),
-                    read_operations=int(io.read_count),
-                    write_operations=int(io.write_count),
-                )
-
-        networks: dict[str, NetworkIo] | None = None
-        if procfs is not None:
-            data = self._net_dev.read()
-            if data is not None:
-                networks, malformed = parse_net_dev(data)
-                if malformed:
-                    errors.append(SourceError(SOURCE, "/proc/net/dev", MALFORMED))
-        if networks is None:
-            networks = {}
-            for name, io in (
-                call("net_io_counters", psutil.net_io_counters, pernic=True) or {}
-            ).items():
-                if name in _SKIPPED_NETWORK:
-                    continue
-                networks[name] = NetworkIo(
-                    receive_bytes=int(io.bytes_recv),
-                    transmit_bytes=int(io.bytes_sent),
-                    receive_dropped=int(io.dropin),
-                    transmit_dropped=int(io.dropout),
-                )
-
+        disks = self._disks(call, errors)
+        networks = self._networks(call, errors)
         filesystems = self._filesystems(self._listed_partitions(now, call), call)
 
         if overrides is not None:
@@ -285,6 +171,9 @@ class HostSource:
                 memory_available = memory_total - used
             simulated = getattr(overrides, "filesystems", None) or ()
             filesystems = _with_simulated(filesystems, simulated)
+            cpu = getattr(overrides, "cpu_utilization", None)
+            if cpu is not None:
+                cpu_utilization = dict(cpu)
 
         snapshot = HostSnapshot(
             cpu_time_s=cpu_time_s,
@@ -299,6 +188,107 @@ class HostSource:
             filesystems=tuple(filesystems),
         )
         return snapshot, errors
+
+    # -- one method per kind: /proc when it can be read, psutil else ----------------------------
+
+    def _proc(
+        self, file: _ProcFile, parse: Callable[[bytes], tuple[_T, bool]], errors: list[SourceError]
+    ) -> _T | None:
+        """``parse`` of ``file``'s contents; None when there is no procfs or the file cannot be
+        read. Malformed lines add one error for the file."""
+        if self._procfs is None:
+            return None
+        data = file.read()
+        if data is None:
+            return None
+        value, malformed = parse(data)
+        if malformed:
+            errors.append(SourceError(SOURCE, file.label, MALFORMED))
+        return value
+
+    def _cpu_times(self, call: _PsutilCall, errors: list[SourceError]) -> dict[str, float]:
+        ticks = self._ticks
+        if ticks is not None:
+            modes = self._proc(self._stat, lambda data: _first_cpu_line(data, ticks), errors)
+            if modes is not None:
+                return modes
+        cpu_times = call("cpu_times", psutil.cpu_times, percpu=False)
+        return _cpu_modes(cpu_times) if cpu_times is not None else {}
+
+    def _logical_cpus(self, call: _PsutilCall) -> int | None:
+        if self._logical_count is None:
+            counted = call("cpu_count", psutil.cpu_count, logical=True)
+            self._logical_count = int(counted) if counted else None
+        return self._logical_count
+
+    def _cpu_utilization(
+        self, now: float, cpu_time_s: dict[str, float], logical_count: int | None
+    ) -> dict[str, float]:
+        if not cpu_time_s:
+            return {}
+        previous = self._previous_cpu
+        if previous is not None and now - previous[0] < _MIN_CPU_INTERVAL_S:
+            return {}  # too short for the kernel's tick: keep the older baseline
+        self._previous_cpu = (now, cpu_time_s)
+        if previous is None or not logical_count:
+            return {}
+        return _utilization(previous, (now, cpu_time_s), logical_count)
+
+    def _memory(
+        self, call: _PsutilCall, errors: list[SourceError]
+    ) -> tuple[Memory | None, dict[str, int]]:
+        memory: Memory | None = None
+        swap_state: dict[str, int] | None = None
+        meminfo = self._proc(self._meminfo, parse_meminfo, errors)
+        if meminfo is not None:
+            memory = memory_from_meminfo(meminfo)
+            swap_state = swap_from_meminfo(meminfo)
+        if memory is None:
+            vm = call("virtual_memory", psutil.virtual_memory)
+            if vm is not None:
+                memory = Memory(
+                    int(vm.total),
+                    int(vm.available),
+                    int(vm.free),
+                    _int_or_none(getattr(vm, "buffers", None)),
+                    _int_or_none(getattr(vm, "cached", None)),
+                )
+        if swap_state is None:
+            swap = call("swap_memory", psutil.swap_memory)
+            swap_state = {"used": int(swap.used), "free": int(swap.free)} if swap else {}
+        return memory, swap_state
+
+    def _disks(self, call: _PsutilCall, errors: list[SourceError]) -> dict[str, DiskIo]:
+        disks = self._proc(self._diskstats, parse_diskstats, errors)
+        if disks is not None:
+            return disks
+        counters = call("disk_io_counters", psutil.disk_io_counters, perdisk=True) or {}
+        return {
+            name: DiskIo(
+                read_bytes=int(io.read_bytes),
+                write_bytes=int(io.write_bytes),
+                read_operations=int(io.read_count),
+                write_operations=int(io.write_count),
+            )
+            for name, io in counters.items()
+            if not SKIPPED_DISK.match(name)
+        }
+
+    def _networks(self, call: _PsutilCall, errors: list[SourceError]) -> dict[str, NetworkIo]:
+        networks = self._proc(self._net_dev, parse_net_dev, errors)
+        if networks is not None:
+            return networks
+        counters = call("net_io_counters", psutil.net_io_counters, pernic=True) or {}
+        return {
+            name: NetworkIo(
+                receive_bytes=int(io.bytes_recv),
+                transmit_bytes=int(io.bytes_sent),
+                receive_dropped=int(io.dropin),
+                transmit_dropped=int(io.dropout),
+            )
+            for name, io in counters.items()
+            if name not in SKIPPED_NETWORK
+        }
 
     def _listed_partitions(self, now: float, call: Callable[..., Any]) -> list[_Partition]:
         """The mounted filesystems, listed again once ``partitions_ttl_s`` has passed; after a
@@ -355,21 +345,14 @@ class HostSource:
 # -- /proc ----------------------------------------------------------------------------------------
 
 
-class _Memory(NamedTuple):
-    total: int
-    available: int
-    free: int
-    buffers: int | None
-    cached: int | None
-
-
 class _ProcFile:
     """A ``/proc`` file kept open and read from its start each cycle: the kernel renders it
     afresh on every read from offset 0, and sparing the open and close each cycle saves about a
     third of the cost of reading a small one. Closed when the source is garbage-collected."""
 
-    def __init__(self, path: str, limit: int | None = None) -> None:
-        self.path = path
+    def __init__(self, procfs: str | None, name: str, limit: int | None = None) -> None:
+        self.path = f"{procfs}/{name}"
+        self.label = f"/proc/{name}"  # the name errors carry, wherever procfs is mounted
         self._limit = limit  # bytes enough for the lines wanted; None reads to the end
         self._fd: int | None = None
 
@@ -403,162 +386,24 @@ def _close_all(files: Iterable[_ProcFile]) -> None:
         file.close()
 
 
-def parse_proc_stat(line: bytes, ticks_per_s: float) -> tuple[dict[str, float] | None, bool]:
-    """cpu.mode -> seconds from the aggregate ``cpu `` line of ``/proc/stat`` (proc(5)), as
-    psutil's ``cpu_times``: each column in ticks divided by USER_HZ, irq + softirq as
-    ``interrupt``. Returns (modes or None, whether the line was malformed)."""
-    fields = line.split()
-    if len(fields) < 5 or fields[0] != b"cpu":
-        return None, True
-    try:
-        times = {
-            column: int(value) / ticks_per_s
-            for column, value in zip(_PROC_STAT_COLUMNS, fields[1:], strict=False)
-        }
-    except ValueError:
-        return None, True
-    modes = {
-        mode: times[column]
-        for mode, column in (
-            ("user", "user"),
-            ("system", "system"),
-            ("nice", "nice"),
-            ("idle", "idle"),
-            ("iowait", "iowait"),
-        )
-        if column in times
-    }
-    if "irq" in times:
-        modes["interrupt"] = times["irq"] + times.get("softirq", 0.0)
-    if "steal" in times:
-        modes["steal"] = times["steal"]
-    return modes, False
+def _first_cpu_line(data: bytes, ticks: float) -> tuple[dict[str, float], bool]:
+    # A malformed line gives no CPU times rather than psutil's, which parses the same file.
+    modes, malformed = parse_proc_stat(data.split(b"\n", 1)[0], ticks)
+    return modes or {}, malformed
 
 
-def parse_meminfo(data: bytes) -> tuple[dict[bytes, int], bool]:
-    """Bytes of the ``/proc/meminfo`` keys the source uses, read up to the last of them; lines
-    after it are not looked at. Returns (values, whether a line was malformed)."""
-    values: dict[bytes, int] = {}
-    malformed = False
-    for line in data.splitlines():
-        key, colon, rest = line.partition(b":")
-        if not colon:
-            malformed = malformed or bool(line.strip())
-            continue
-        if key not in _MEMINFO_KEYS:
-            continue
-        parts = rest.split()
+class _PsutilCall:
+    """Calls psutil, recording an exception as a ``SourceError`` and answering None."""
+
+    def __init__(self, errors: list[SourceError]) -> None:
+        self._errors = errors
+
+    def __call__(self, name: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
         try:
-            value = int(parts[0])
-        except (IndexError, ValueError):
-            malformed = True
-            continue
-        if len(parts) > 1:
-            if parts[1] != b"kB":
-                malformed = True
-                continue
-            value *= 1024
-        values[key] = value
-        if len(values) == len(_MEMINFO_KEYS):
-            break
-    return values, malformed
-
-
-def memory_from_meminfo(meminfo: dict[bytes, int]) -> _Memory | None:
-    """Memory as psutil's ``virtual_memory`` computes it; None when a field psutil would have
-    to estimate (or could not find) is missing."""
-    try:
-        total = meminfo[b"MemTotal"]
-        free = meminfo[b"MemFree"]
-        available = meminfo[b"MemAvailable"]
-    except KeyError:
-        return None
-    if available <= 0:
-        return None  # psutil estimates it from the zone watermarks then
-    if available > total:
-        available = free  # psutil and procps: values from outside a container's limits
-    cached = meminfo.get(b"Cached")
-    if cached is not None:
-        # procps' "free" and psutil count reclaimable slab as cache.
-        cached += meminfo.get(b"SReclaimable", 0)
-    return _Memory(total, available, free, meminfo.get(b"Buffers"), cached)
-
-
-def swap_from_meminfo(meminfo: dict[bytes, int]) -> dict[str, int] | None:
-    total, free = meminfo.get(b"SwapTotal"), meminfo.get(b"SwapFree")
-    if total is None or free is None:
-        return None
-    return {"used": total - free, "free": free}
-
-
-def parse_diskstats(data: bytes) -> tuple[dict[str, DiskIo], bool]:
-    """Per-device I/O from ``/proc/diskstats``, devices that are no disk of their own left out.
-
-    Columns per the kernel's Documentation/admin-guide/iostats.rst: major, minor, name, then
-    field 1 reads completed, 2 reads merged, 3 sectors read, 4 ms reading, 5 writes completed,
-    6 writes merged, 7 sectors written, ... (11 fields up to 4.17, 15 from 4.18, 17 from 5.5).
-    Old 2.6 kernels give partitions 4 fields only: reads, sectors read, writes, sectors written.
-    """
-    disks: dict[str, DiskIo] = {}
-    malformed = False
-    for line in data.splitlines():
-        fields = line.split()
-        count = len(fields)
-        if count == 14 or count >= 18:
-            texts = fields[3], fields[5], fields[7], fields[9]
-        elif count == 7:
-            texts = fields[3], fields[4], fields[5], fields[6]
-        else:
-            malformed = malformed or count > 0
-            continue
-        if _is_skipped_disk(fields[2]):
-            continue
-        try:
-            reads, read_sectors, writes, write_sectors = map(int, texts)
-        except ValueError:
-            malformed = True
-            continue
-        disks[fields[2].decode("utf-8", "surrogateescape")] = DiskIo(
-            read_bytes=read_sectors * DISKSTATS_SECTOR_BYTES,
-            write_bytes=write_sectors * DISKSTATS_SECTOR_BYTES,
-            read_operations=reads,
-            write_operations=writes,
-        )
-    return disks, malformed
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_skipped_disk(name: bytes) -> bool:
-    return _SKIPPED_DISK.match(name.decode("utf-8", "surrogateescape")) is not None
-
-
-def parse_net_dev(data: bytes) -> tuple[dict[str, NetworkIo], bool]:
-    """Per-interface bytes and drops from ``/proc/net/dev`` (two header lines, then
-    ``name: 8 receive columns, 8 transmit columns``), ``lo`` left out."""
-    networks: dict[str, NetworkIo] = {}
-    malformed = False
-    for line in data.splitlines()[2:]:
-        name_part, colon, rest = line.rpartition(b":")
-        if not colon:
-            malformed = malformed or bool(line.strip())
-            continue
-        name = name_part.strip().decode("utf-8", "surrogateescape")
-        if name in _SKIPPED_NETWORK:
-            continue
-        fields = rest.split()
-        if len(fields) < 12 or not name:
-            malformed = True
-            continue
-        try:
-            networks[name] = NetworkIo(
-                receive_bytes=int(fields[0]),
-                transmit_bytes=int(fields[8]),
-                receive_dropped=int(fields[3]),
-                transmit_dropped=int(fields[11]),
-            )
-        except ValueError:
-            malformed = True
-    return networks, malformed
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self._errors.append(SourceError(SOURCE, f"psutil.{name}", type(exc).__name__))
+            return None
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -31,15 +31,20 @@ lose control and format characters (and undecodable bytes) before they become at
 from __future__ import annotations
 
 import os
-import pwd
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from otel_gpu.sources._text import (
+    FULL_CONTAINER_ID,
+    MAX_TEXT,
+    clean_value,
+    parse_uid,
+    passwd_name,
+)
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 
-MAX_VALUE_LENGTH = 128
+MAX_VALUE_LENGTH = MAX_TEXT
 MAX_DEVICES = 128
 
 ATTRIBUTION_NOTE = (
@@ -54,7 +59,7 @@ POD_NAMESPACE_VARIABLES = ("POD_NAMESPACE", "K8S_NAMESPACE")
 _INIT_PID_NS = "pid:[4026531836]"
 _SERVICE_ACCOUNT_NAMESPACE = "var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _RUNTIME_MOUNTS = ("/etc/hostname", "/etc/resolv.conf", "/etc/hosts", "/run/.containerenv")
-_ID = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(rf"^{FULL_CONTAINER_ID}$")
 _KUBELET_POD = re.compile(
     r"(?:^|/)pods/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"(?:/containers/([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)/)?"
@@ -236,12 +241,9 @@ def _unescape(field: str) -> str:
 
 
 def _real_uid(proc_root: str) -> int | None:
-    for line in _read_lines(os.path.join(proc_root, "self", "status")) or ():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            if len(fields) > 1 and fields[1].isdigit():
-                return int(fields[1])
-            break
+    uid = parse_uid(_read_text(os.path.join(proc_root, "self", "status")) or "")
+    if uid is not None:
+        return uid
     try:
         return os.getuid()
     except AttributeError:
@@ -251,20 +253,7 @@ def _real_uid(proc_root: str) -> int | None:
 def _user_name(uid: int | None) -> str | None:
     if uid is None:
         return None
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return str(uid)
-    return clean_value(name) or str(uid)
-
-
-def clean_value(value: str | None, limit: int = MAX_VALUE_LENGTH) -> str | None:
-    """A user-controlled string fit for an attribute: no control, format or unpaired surrogate
-    characters, no surrounding space, at most ``limit`` characters; None when nothing is left."""
-    if value is None:
-        return None
-    kept = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C").strip()
-    return kept[:limit].strip() or None
+    return passwd_name(uid) or str(uid)
 
 
 def _clean_devices(devices: Iterable[str]) -> tuple[str, ...]:

@@ -10,6 +10,12 @@ tied to one protobuf version. Field numbers are those of k8s.io/kubelet
 ``pkg/apis/podresources/v1/api.proto`` (reproduced in kubernetes/enhancements
 keps/sig-node/2403-pod-resources-allocatable-resources and in the kubernetes.io page "Monitor Device
 Plugin Resources"); only the fields read here are declared, the others are skipped when parsing.
+
+Each call has a deadline for the whole request (``timeout_s``): the gRPC deadline, and for
+``/pods`` one that bounds every socket operation together (``otel_gpu.sources._http``). A call
+that runs into its deadline is not made again for ``retry_after_s``; meanwhile the last answer, if
+any, stands. Names from the kubelet (namespaces, pods, containers, images) pass through the one
+sanitizer (``otel_gpu.sources._text``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +34,9 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from otel_gpu.snapshot import ErrorLog
-from otel_gpu.sources.docker import clean_text
+from otel_gpu.sources._http import DeadlineHTTPConnection, DeadlineHTTPSConnection
+from otel_gpu.sources._text import CONTAINER_ID as _CONTAINER_ID
+from otel_gpu.sources._text import clean_text
 
 SOURCE = "kubelet"
 POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -39,7 +46,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_POD_LIST_BYTES = 64 << 20
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
 
 
@@ -114,9 +120,9 @@ def device_uuid(device_id: str) -> str:
 
 
 class PodResourcesClient(ErrorLog):
-    source = SOURCE
-
     """``v1.PodResourcesLister/List`` over the kubelet's Unix socket, kept for ``ttl_s``."""
+
+    source = SOURCE
 
     def __init__(
         self,
@@ -126,11 +132,14 @@ class PodResourcesClient(ErrorLog):
         ttl_s: float = 10.0,
         resource_names: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        retry_after_s: float = 30.0,
     ) -> None:
         super().__init__()
         self.socket_path = socket_path
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self._down_until = float("-inf")
         self.resource_names = frozenset(resource_names)
         self._clock = clock
         self._cached: tuple[float, tuple[PodDevices, ...]] | None = None
@@ -144,28 +153,21 @@ class PodResourcesClient(ErrorLog):
         now = self._clock()
         if self._cached is not None and self._cached[0] > now:
             return self._cached[1]
+        stale = self._cached[1] if self._cached is not None else None
+        if now < self._down_until:
+            return stale
         try:
-            response = self._call()
+            devices = pod_devices(self._call(), self.resource_names)
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
             self.record("List", code.name if code is not None else type(e).__name__)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._down_until = now + self.retry_after_s
+                return stale
             return None
         except Exception as e:  # a channel or decoding failure must not stop the cycle
             self.record("List", type(e).__name__)
             return None
-        devices = tuple(
-            PodDevices(
-                namespace=pod.namespace,
-                pod_name=pod.name,
-                container_name=container.name,
-                resource_name=dev.resource_name,
-                device_ids=tuple(dev.device_ids),
-            )
-            for pod in response.pod_resources
-            for container in pod.containers
-            for dev in container.devices
-            if is_gpu_resource(dev.resource_name, self.resource_names)
-        )
         self._cached = (now + self.ttl_s, devices)
         return devices
 
@@ -178,6 +180,24 @@ class PodResourcesClient(ErrorLog):
                 response_deserializer=ListPodResourcesResponse.FromString,
             )
             return method(ListPodResourcesRequest(), timeout=self.timeout_s)
+
+
+def pod_devices(response: Any, extra: Iterable[str] = ()) -> tuple[PodDevices, ...]:
+    """The GPU and MIG devices of a ``ListPodResourcesResponse``, names cleaned."""
+    extra = frozenset(extra)
+    return tuple(
+        PodDevices(
+            namespace=clean_text(pod.namespace),
+            pod_name=clean_text(pod.name),
+            container_name=clean_text(container.name),
+            resource_name=clean_text(dev.resource_name),
+            device_ids=tuple(clean_text(d) for d in dev.device_ids),
+        )
+        for pod in response.pod_resources
+        for container in pod.containers
+        for dev in container.devices
+        if is_gpu_resource(dev.resource_name, extra)
+    )
 
 
 @dataclass(frozen=True)
@@ -197,14 +217,14 @@ class KubeletPod:
 
 
 class PodListClient(ErrorLog):
-    source = SOURCE
-
     """The kubelet's ``/pods`` (a PodList), by pod uid, kept for ``ttl_s``.
 
     ``url`` defaults to ``https://<node>:10250/pods``; an ``http://`` URL is accepted too. The
     service account's token is sent when its file exists, and its CA verifies the kubelet's
     certificate unless ``verify=False``.
     """
+
+    source = SOURCE
 
     def __init__(
         self,
@@ -217,8 +237,11 @@ class PodListClient(ErrorLog):
         timeout_s: float = 5.0,
         ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        retry_after_s: float = 30.0,
     ) -> None:
         super().__init__()
+        self.retry_after_s = retry_after_s
+        self._down_until = float("-inf")
         self.url = url or f"https://{node}:10250/pods"
         self.token_path = token_path
         self.ca_path = ca_path
@@ -233,40 +256,43 @@ class PodListClient(ErrorLog):
         now = self._clock()
         if self._cached is not None and self._cached[0] > now:
             return self._cached[1]
-        body = self._get()
-        if body is None:
-            return None
+        stale = self._cached[1] if self._cached is not None else None
+        if now < self._down_until:
+            return stale
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            self.record("pods", "MalformedJSON")
+            body = self._get()
+            if body is _TIMED_OUT:
+                self._down_until = now + self.retry_after_s
+                return stale
+            if body is None:
+                return None
+            pods = _pods(body)
+        except Exception as e:  # documented never to raise
+            self.record("pods", type(e).__name__)
             return None
-        items = doc.get("items") if isinstance(doc, dict) else None
-        if not isinstance(items, list):
-            self.record("pods", "Malformed")
+        if isinstance(pods, str):
+            self.record("pods", pods)
             return None
-        pods = {pod.uid: pod for pod in (_pod(item) for item in items) if pod is not None}
         self._cached = (now + self.ttl_s, pods)
         return pods
 
-    def _get(self) -> bytes | None:
+    def _get(self) -> Any:
+        """The body; None after a recorded failure, ``_TIMED_OUT`` when the deadline passed."""
         parts = urlsplit(self.url)
         headers = {"Accept": "application/json"}
         token = self._token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         conn: http.client.HTTPConnection
+        deadline = time.monotonic() + self.timeout_s
         try:
             if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    parts.hostname or "localhost",
-                    parts.port or 10250,
-                    timeout=self.timeout_s,
-                    context=self._tls(),
+                conn = DeadlineHTTPSConnection(
+                    parts.hostname or "localhost", parts.port or 10250, deadline, self._tls()
                 )
             elif parts.scheme == "http":
-                conn = http.client.HTTPConnection(
-                    parts.hostname or "localhost", parts.port or 80, timeout=self.timeout_s
+                conn = DeadlineHTTPConnection(
+                    parts.hostname or "localhost", parts.port or 80, deadline
                 )
             else:
                 self.record("pods", "BadURL")
@@ -277,6 +303,9 @@ class PodListClient(ErrorLog):
                 body = response.read(MAX_POD_LIST_BYTES + 1)
             finally:
                 conn.close()
+        except TimeoutError:
+            self.record("pods", "TimeoutError")
+            return _TIMED_OUT
         except (OSError, http.client.HTTPException, ValueError) as e:
             self.record("pods", type(e).__name__)
             return None
@@ -308,6 +337,21 @@ class PodListClient(ErrorLog):
         return ssl.create_default_context(cafile=cafile)
 
 
+_TIMED_OUT: Any = object()
+
+
+def _pods(body: bytes) -> dict[str, KubeletPod] | str:
+    """Pods by uid from a PodList body, or the error type of a body that is none."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "MalformedJSON"
+    items = doc.get("items") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        return "Malformed"
+    return {pod.uid: pod for pod in (_pod(item) for item in items) if pod is not None}
+
+
 def _pod(item: Any) -> KubeletPod | None:
     """One PodList item: metadata.{uid,name,namespace} and the container statuses' ids.
 
@@ -330,7 +374,8 @@ def _pod(item: Any) -> KubeletPod | None:
             container = _container(entry)
             if container is not None:
                 containers[container.id] = container
-    return KubeletPod(uid=uid, name=name, namespace=namespace, containers=containers)
+    return KubeletPod(uid=clean_text(uid), name=clean_text(name), namespace=clean_text(namespace),
+                      containers=containers)
 
 
 def _container(entry: Any) -> PodContainer | None:

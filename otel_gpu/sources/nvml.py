@@ -2,47 +2,40 @@
 
 Every call goes through one failsafe wrapper: an NVML error becomes a recorded ``SourceError`` and
 an absent value; ``GPU_IS_LOST`` marks that GPU failed and the others go on; a missing library or
-driver leaves the source unavailable with one message. NOT_SUPPORTED is a capability, not a
-failure: the device lacks that field (fan speed on an SXM board), so the value is absent, nothing
-is recorded, and that call (with those arguments) is not made on that device again until
-``CAPABILITY_RECHECK_S`` (10 minutes) of the source's clock have passed, when it is tried once
-more. Units are converted here: mW -> W, mJ -> J, MHz -> Hz, percent -> ratio.
+driver leaves the source unavailable with one message; NOT_SUPPORTED is a learned capability
+(see ``otel_gpu.sources.libnvml``). Units are converted here: mW -> W, mJ -> J, MHz -> Hz,
+percent -> ratio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, SourceError
+from otel_gpu.sources.libnvml import (
+    ABSENT,
+    CLOCK_EVENT_REASONS,
+    GPM_FIELDS,
+    PERMANENT_ERRORS,
+    SOURCE,
+    Caller,
+    Capabilities,
+    GpuLost,
+    error_name,
+    error_names,
+    field_number,
+    handle_key,
+    present,
+    text,
+)
+from otel_gpu.sources.libnvml import CAPABILITY_RECHECK_S as CAPABILITY_RECHECK_S
 
-SOURCE = "nvml"
 _NO_ID = 0xFFFFFFFF
 _MAX_EVENTS_PER_CYCLE = 1000
-CAPABILITY_RECHECK_S = 600.0  # how long a NOT_SUPPORTED answer stands before the call is retried
-
-# nvmlClocksEventReason* bits (nvml.h); names are the catalog's attribute values.
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake_slowdown": 0x80,
-}
-
-_GPM_FIELDS = {
-    "NVML_GPM_METRIC_SM_UTIL": "sm_utilization",
-    "NVML_GPM_METRIC_SM_OCCUPANCY": "sm_occupancy",
-    "NVML_GPM_METRIC_ANY_TENSOR_UTIL": "tensor_utilization",
-    "NVML_GPM_METRIC_DRAM_BW_UTIL": "dram_utilization",
-    "NVML_GPM_METRIC_GRAPHICS_UTIL": "graphics_engine_utilization",
-}
 
 _CLOCKS = {
     "graphics": "NVML_CLOCK_GRAPHICS",
@@ -52,108 +45,6 @@ _CLOCKS = {
 }
 
 
-class _GpuLost(Exception):
-    pass
-
-
-_ABSENT: Any = object()
-_EXPECTED: Any = object()  # an error the caller anticipated (NOT_FOUND for an empty MIG slot)
-
-
-class _Capabilities:
-    """The calls each device answered NOT_SUPPORTED to, and until when that answer stands."""
-
-    def __init__(self) -> None:
-        self.now = 0.0  # the source's clock at the current cycle
-        self._until: dict[tuple[str, str, tuple[int, ...]], float] = {}
-
-    @staticmethod
-    def key(device: str, fn: str, args: tuple[Any, ...]) -> tuple[str, str, tuple[int, ...]]:
-        # Integer arguments (clock domain, sensor, counter) select a field; handles do not.
-        ints = tuple(a for a in args if isinstance(a, int) and not isinstance(a, bool))
-        return device, fn, ints
-
-    def lacks(self, key: tuple[str, str, tuple[int, ...]]) -> bool:
-        until = self._until.get(key)
-        return until is not None and self.now < until
-
-    def unsupported(self, key: tuple[str, str, tuple[int, ...]]) -> None:
-        self._until[key] = self.now + CAPABILITY_RECHECK_S
-
-    def supported(self, key: tuple[str, str, tuple[int, ...]]) -> None:
-        self._until.pop(key, None)
-
-
-class _Caller:
-    """Calls NVML functions for one device, recording failures instead of raising them."""
-
-    def __init__(
-        self,
-        nvml: Any,
-        errors: list[SourceError],
-        error_names: dict[int, str],
-        device: str | None,
-        capabilities: _Capabilities | None = None,
-    ) -> None:
-        self._nvml = nvml
-        self._errors = errors
-        self._names = error_names
-        self.device = device
-        self._capabilities = capabilities if device is not None else None
-
-    def __call__(self, fn: str, *args: Any, expected: tuple[str, ...] = ()) -> Any:
-        capabilities = self._capabilities
-        key = None
-        if capabilities is not None:
-            key = capabilities.key(self.device or "", fn, args)
-            if capabilities.lacks(key):
-                return _ABSENT
-        try:
-            result = getattr(self._nvml, fn)(*args)
-        except self._nvml.NVMLError as err:
-            name = self._names.get(getattr(err, "value", -1), "UNKNOWN")
-            if name in expected:
-                return _EXPECTED
-            if name == "NOT_SUPPORTED" and key is not None:
-                capabilities.unsupported(key)  # type: ignore[union-attr]
-                return _ABSENT
-            self._errors.append(SourceError(SOURCE, fn, name, self.device))
-            if name == "GPU_IS_LOST":
-                raise _GpuLost from err
-            return _ABSENT
-        except AttributeError:
-            self._errors.append(SourceError(SOURCE, fn, "FUNCTION_NOT_FOUND", self.device))
-            return _ABSENT
-        except Exception as err:  # a binding bug must not stop the cycle
-            self._errors.append(SourceError(SOURCE, fn, type(err).__name__, self.device))
-            return _ABSENT
-        if key is not None:
-            capabilities.supported(key)  # type: ignore[union-attr]
-        return result
-
-
-def _handle_key(handle: Any) -> int:
-    """A device handle's identity: the address it points to (pynvml), else the object."""
-    try:
-        return ctypes.cast(handle, ctypes.c_void_p).value or id(handle)
-    except (TypeError, ctypes.ArgumentError):
-        return id(handle)
-
-
-def _present(value: Any) -> bool:
-    return value is not _ABSENT and value is not _EXPECTED and value is not None
-
-
-def _text(value: Any) -> str | None:
-    if not _present(value):
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _ratio(percent: Any) -> float | None:
-    return None if not _present(percent) else float(percent) / 100.0
-
-
 def profile_from_name(name: str | None) -> str | None:
     """``NVIDIA A100-SXM4-40GB MIG 3g.20gb`` -> ``3g.20gb`` (how NVML names MIG devices)."""
     if not name or " MIG " not in f" {name} ":
@@ -161,14 +52,45 @@ def profile_from_name(name: str | None) -> str | None:
     return name.rsplit("MIG", 1)[1].strip() or None
 
 
+# nvmlInit is retried after a failure: 5 s later, then after twice the previous wait, at most
+# 300 s apart, until it succeeds (a driver still loading when the agent starts).
+INIT_RETRY_FIRST_S = 5.0
+INIT_RETRY_MAX_S = 300.0
+INIT_RETRY_NOTE = (
+    f"the agent retries nvmlInit {INIT_RETRY_FIRST_S:g} s after a failure, doubling the wait up "
+    f"to {INIT_RETRY_MAX_S:g} s, and reports the GPUs once it succeeds"
+)
+# No driver library at all: a host without NVIDIA GPUs, or a container not given them.
+_NO_RETRY = frozenset({"LIBRARY_NOT_FOUND"})
+
+# The facts of a GPU read until NVML answers them (a value, or a permanent error): field of
+# _StaticInfo -> NVML function.
+_STATIC_CALLS = {
+    "uuid": "nvmlDeviceGetUUID",
+    "model": "nvmlDeviceGetName",
+    "serial": "nvmlDeviceGetSerial",
+    "supported_reasons": "nvmlDeviceGetSupportedClocksEventReasons",
+    "max_mig_devices": "nvmlDeviceGetMaxMigDeviceCount",
+    "gpm_supported": "nvmlGpmQueryDeviceSupport",
+}
+
+
 @dataclass
 class _StaticInfo:
-    uuid: str
-    model: str | None
-    serial: str | None
-    supported_reasons: int | None
-    max_mig_devices: int
-    gpm_supported: bool
+    """What does not change while the driver runs; ``pending`` names what is still unread."""
+
+    uuid: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    supported_reasons: int | None = None
+    max_mig_devices: int | None = None
+    gpm_supported: bool | None = None
+    pending: set[str] = field(default_factory=lambda: set(_STATIC_CALLS))
+
+    @property
+    def identified(self) -> bool:
+        """hw.id and hw.model are known: the GPU's series may be reported."""
+        return not self.pending & {"uuid", "model"}
 
 
 @dataclass
@@ -182,14 +104,17 @@ class NvmlReading:
 class _GpuState:
     """What the source remembers about one GPU between cycles."""
 
-    static: _StaticInfo | None = None
-    pcie_tx_bytes: float = 0.0
-    pcie_rx_bytes: float = 0.0
+    static: _StaticInfo = field(default_factory=_StaticInfo)
+    pcie_bytes: dict[str, float] = field(default_factory=lambda: {"tx": 0.0, "rx": 0.0})
+    pcie_sampled_at: dict[str, float] = field(default_factory=dict)  # direction -> last read
     pcie_counters: bool | None = None  # the driver's PCIe byte counters work; None: untried
     last_process_sample_us: int = 0
-    mig_layout: frozenset[str] | None = None
+    mig_mode: tuple[bool, bool] | None = None  # (current, pending), the last answer
+    mig_answered: bool = False  # NVML has answered the MIG mode (None: no MIG on this model)
+    mig_layout: frozenset[str] | None = None  # the MIG device UUIDs of the last complete read
     reconfigurations: int = 0
     xid_errors: dict[int, int] = field(default_factory=dict)
+    lost: bool = False  # the last read found the GPU lost
 
 
 class NvmlSource:
@@ -199,6 +124,12 @@ class NvmlSource:
     stand-in. ``gpm_warmup_s`` is the wait between the two GPM samples taken the first time a
     device is seen (NVML needs them more than 100 ms apart); later cycles use the previous
     cycle's sample.
+
+    Nothing a transient error answers is kept: a failed ``nvmlInit`` is retried (see
+    ``INIT_RETRY_NOTE``), each GPU's static facts are read again until NVML has answered each one,
+    a GPU whose UUID or name is still unanswered is left out of the cycle rather than reported
+    under an invented identity, and a MIG layout counts as changed only when a complete read
+    shows a different one.
     """
 
     def __init__(
@@ -217,17 +148,26 @@ class NvmlSource:
         self._state: dict[int, _GpuState] = {}
         self._handle_to_index: dict[int, int] = {}
         self._gpm_samples: dict[str, Any] = {}
-        self._event_set: Any = None
-        self._last_read: float | None = None
-        self._capabilities = _Capabilities()
+        self._event_set: Any = None  # None: not created yet; False: the driver has no events
+        self._registered: set[int] = set()  # GPU indexes whose registration is settled
+        self._init_retrying = False
+        self._init_failures = 0
+        self._init_retry_at: float | None = None  # None: at the next read
+        self._capabilities = Capabilities()
         self.unavailable_reason: str | None = None
 
     @property
     def available(self) -> bool:
         return self._available
 
+    @property
+    def retrying(self) -> bool:
+        """NVML could not be initialised yet, and ``read`` will try again when it is due."""
+        return self._init_retrying and not self._available
+
     def start(self) -> bool:
-        """Initialise NVML. False (with ``unavailable_reason``) when there is no driver."""
+        """Initialise NVML. False (with ``unavailable_reason``) when there is no driver; then
+        ``read`` retries on the back-off schedule unless the driver library itself is missing."""
         if self._nvml is None:
             try:
                 import pynvml
@@ -235,36 +175,64 @@ class NvmlSource:
                 self.unavailable_reason = "nvidia-ml-py (module pynvml) is not installed"
                 return False
             self._nvml = pynvml
+        self._error_names = error_names(self._nvml)
+        failure = self._init()
+        if failure is None:
+            return True
+        self._init_retrying = failure not in _NO_RETRY
+        if self._init_retrying:
+            self.unavailable_reason = f"{self.unavailable_reason}; {INIT_RETRY_NOTE}"
+        return False
+
+    def _init(self) -> str | None:
+        """nvmlInit; None on success, else the error's name (``unavailable_reason`` says it)."""
         nvml = self._nvml
-        self._error_names = {
-            getattr(nvml, n): n.removeprefix("NVML_ERROR_")
-            for n in dir(nvml)
-            if n.startswith("NVML_ERROR_")
-        }
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as err:
-            code = self._error_names.get(getattr(err, "value", -1), "UNKNOWN")
+            code = error_name(self._error_names, err)
             self.unavailable_reason = f"no NVIDIA driver found (NVML init failed: {code})"
-            return False
+            return code
         except OSError as err:
             self.unavailable_reason = f"no NVIDIA driver found ({err})"
-            return False
+            return "LIBRARY_NOT_FOUND"
+        except Exception as err:  # a binding bug must not stop the agent
+            self.unavailable_reason = f"NVML init failed ({type(err).__name__})"
+            return type(err).__name__
         self._available = True
-        caller = _Caller(nvml, [], self._error_names, None)
-        self._driver_version = _text(caller("nvmlSystemGetDriverVersion"))
-        return True
+        self.unavailable_reason = None
+        self._driver_version = text(Caller(nvml, [], self._error_names, None)(
+            "nvmlSystemGetDriverVersion"
+        ))
+        return None
+
+    def _retry_init(self, now: float, errors: list[SourceError]) -> bool:
+        if self._init_retry_at is not None and now < self._init_retry_at:
+            return False
+        failure = self._init()
+        if failure is None:
+            return True
+        errors.append(SourceError(SOURCE, "nvmlInit", failure))
+        if failure in _NO_RETRY:
+            self._init_retrying = False
+            return False
+        wait = min(INIT_RETRY_FIRST_S * 2.0**self._init_failures, INIT_RETRY_MAX_S)
+        self._init_failures += 1
+        self._init_retry_at = now + wait
+        return False
 
     def close(self) -> None:
+        self._init_retrying = False
         if not self._available:
             return
         nvml = self._nvml
         for sample in self._gpm_samples.values():
-            _Caller(nvml, [], self._error_names, None)("nvmlGpmSampleFree", sample)
+            Caller(nvml, [], self._error_names, None)("nvmlGpmSampleFree", sample)
         self._gpm_samples.clear()
-        if self._event_set is not None:
-            _Caller(nvml, [], self._error_names, None)("nvmlEventSetFree", self._event_set)
-            self._event_set = None
+        if self._event_set:
+            Caller(nvml, [], self._error_names, None)("nvmlEventSetFree", self._event_set)
+        self._event_set = None
+        self._registered.clear()
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
         self._available = False
@@ -273,17 +241,14 @@ class NvmlSource:
 
     def read(self, now: float | None = None) -> NvmlReading:
         errors: list[SourceError] = []
-        if not self._available:
-            return NvmlReading([], None, errors)
         now = time.monotonic() if now is None else now
-        elapsed = 0.0 if self._last_read is None else max(0.0, now - self._last_read)
-        self._last_read = now
+        if not self._available and not (self.retrying and self._retry_init(now, errors)):
+            return NvmlReading([], None, errors)
         self._capabilities.now = now
-        call = _Caller(self._nvml, errors, self._error_names, None)
+        call = Caller(self._nvml, errors, self._error_names, None)
         count = call("nvmlDeviceGetCount")
-        count = count if _present(count) else 0
-        if self._event_set is None:
-            self._register_events(count, errors)
+        count = count if present(count) else 0
+        self._register_events(count, errors)
         xids = self._drain_events(errors)
         pending_gpm: list[tuple[str, Callable[[Any], Any], Any]] = []
         gpus = []
@@ -291,7 +256,9 @@ class NvmlSource:
             state = self._state.setdefault(index, _GpuState())
             for code in xids.get(index, ()):
                 state.xid_errors[code] = state.xid_errors.get(code, 0) + 1
-            gpus.append(self._read_gpu(index, state, elapsed, errors, pending_gpm))
+            gpu = self._read_gpu(index, state, now, errors, pending_gpm)
+            if gpu is not None:
+                gpus.append(gpu)
         if pending_gpm:
             gpus = self._finish_gpm_warmup(gpus, pending_gpm, errors)
         return NvmlReading(gpus, self._driver_version, errors)
@@ -300,49 +267,60 @@ class NvmlSource:
         self,
         index: int,
         state: _GpuState,
-        elapsed: float,
+        now: float,
         errors: list[SourceError],
         pending_gpm: list,
-    ) -> Gpu:
+    ) -> Gpu | None:
         name = f"gpu{index}"
-        call = _Caller(self._nvml, errors, self._error_names, name, self._capabilities)
+        call = Caller(self._nvml, errors, self._error_names, name, self._capabilities)
         try:
             handle = call("nvmlDeviceGetHandleByIndex", index)
-            if not _present(handle):
-                return self._lost_gpu(index, state)
-            static = state.static or self._read_static(call, handle)
-            state.static = static
-            return self._read_gpu_values(index, handle, static, state, elapsed, call, pending_gpm)
-        except _GpuLost:
+            if not present(handle):
+                return None  # not lost (that raises): left out of this cycle, asked again next
+            state.lost = False
+            static = state.static
+            if static.pending:
+                self._read_static(call, handle, static, index)
+            if not static.identified:
+                return None  # asked again next cycle; no series under a stand-in identity
+            return self._read_gpu_values(index, handle, static, state, now, call, pending_gpm)
+        except GpuLost:
             return self._lost_gpu(index, state)
 
     def _lost_gpu(self, index: int, state: _GpuState) -> Gpu:
+        # The UUID cannot be asked of a lost GPU: the index stands in when it was never read.
+        state.lost = True
         static = state.static
         return Gpu(
             index=index,
-            uuid=static.uuid if static else f"gpu{index}",
+            uuid=static.uuid or f"gpu{index}",
             name=f"gpu{index}",
-            model=static.model if static else None,
+            model=static.model,
             lost=True,
             xid_errors=dict(state.xid_errors),
             mig_reconfigurations=state.reconfigurations,
         )
 
-    def _read_static(self, call: _Caller, handle: Any) -> _StaticInfo:
-        uuid = _text(call("nvmlDeviceGetUUID", handle))
-        if uuid is None:
-            uuid = call.device or "gpu"
-        gpm = call("nvmlGpmQueryDeviceSupport", handle)
-        max_mig = call("nvmlDeviceGetMaxMigDeviceCount", handle)
-        reasons = call("nvmlDeviceGetSupportedClocksEventReasons", handle)
-        return _StaticInfo(
-            uuid=uuid,
-            model=_text(call("nvmlDeviceGetName", handle)),
-            serial=_text(call("nvmlDeviceGetSerial", handle)),
-            supported_reasons=reasons if _present(reasons) else None,
-            max_mig_devices=max_mig if _present(max_mig) else 0,
-            gpm_supported=_present(gpm) and bool(getattr(gpm, "isSupportedDevice", 0)),
-        )
+    def _read_static(self, call: Caller, handle: Any, static: _StaticInfo, index: int) -> None:
+        """Ask NVML each fact still pending; a fact is settled by a value or a permanent error."""
+        for fact in sorted(static.pending):
+            value = call(_STATIC_CALLS[fact], handle)
+            if not call.settled(value):
+                continue
+            static.pending.discard(fact)
+            got = present(value)
+            if fact == "uuid":
+                static.uuid = text(value) if got else f"gpu{index}"
+            elif fact == "model":
+                static.model = text(value) if got else None
+            elif fact == "serial":
+                static.serial = text(value) if got else None
+            elif fact == "supported_reasons":
+                static.supported_reasons = int(value) if got else None
+            elif fact == "max_mig_devices":
+                static.max_mig_devices = int(value) if got else 0
+            else:
+                static.gpm_supported = got and bool(getattr(value, "isSupportedDevice", 0))
 
     def _read_gpu_values(
         self,
@@ -350,52 +328,60 @@ class NvmlSource:
         handle: Any,
         static: _StaticInfo,
         state: _GpuState,
-        elapsed: float,
-        call: _Caller,
+        now: float,
+        call: Caller,
         pending_gpm: list,
     ) -> Gpu:
         nvml = self._nvml
         values: dict[str, Any] = {}
         mig = call("nvmlDeviceGetMigMode", handle)
-        mig_current = bool(mig[0]) if _present(mig) else None
-        mig_pending = bool(mig[1]) if _present(mig) else None
+        if present(mig):
+            state.mig_mode = (bool(mig[0]), bool(mig[1]))
+            state.mig_answered = True
+        elif call.settled(mig):
+            state.mig_mode, state.mig_answered = None, True  # no MIG on this model
+        # A failed read keeps the last answer: the mode changes only with a GPU reset, and taking
+        # a MIG GPU for a whole one would report a false reconfiguration.
+        mig_current, mig_pending = state.mig_mode or (None, None)
         values["mig_mode_current"] = mig_current
         values["mig_mode_pending"] = mig_pending
-        if not mig_current:
+        mig_on = state.mig_answered and bool(mig_current)
+        whole = state.mig_answered and not mig_current
+        if whole:
             rates = call("nvmlDeviceGetUtilizationRates", handle)
-            if _present(rates):
+            if present(rates):
                 values["utilization_general"] = rates.gpu / 100.0
             for fn, key in (
                 ("nvmlDeviceGetEncoderUtilization", "utilization_encoder"),
                 ("nvmlDeviceGetDecoderUtilization", "utilization_decoder"),
             ):
                 util = call(fn, handle)
-                if _present(util):
+                if present(util):
                     values[key] = util[0] / 100.0
         memory = call("nvmlDeviceGetMemoryInfo", handle)
-        if _present(memory):
+        if present(memory):
             values["memory_used_bytes"] = int(memory.used)
             values["memory_total_bytes"] = int(memory.total)
         power = call("nvmlDeviceGetPowerUsage", handle)
-        if _present(power):
+        if present(power):
             values["power_watts"] = power / 1000.0
         limit = call("nvmlDeviceGetEnforcedPowerLimit", handle)
-        if _present(limit):
+        if present(limit):
             values["power_limit_watts"] = limit / 1000.0
         energy = call("nvmlDeviceGetTotalEnergyConsumption", handle)
-        if _present(energy):
+        if present(energy):
             values["energy_joules"] = energy / 1000.0
         temp = call("nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)
-        if _present(temp):
+        if present(temp):
             values["temperature_gpu_celsius"] = float(temp)
         values["temperature_memory_celsius"] = self._memory_temperature(call, handle)
         values["clocks_hz"] = {
             kind: mhz * 1e6
             for kind, const in _CLOCKS.items()
-            if _present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
+            if present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
         }
         current = call("nvmlDeviceGetCurrentClocksEventReasons", handle)
-        if _present(current):
+        if present(current) and "supported_reasons" not in static.pending:
             supported = static.supported_reasons
             values["clocks_event_reasons"] = {
                 reason: bool(current & bit)
@@ -409,11 +395,11 @@ class NvmlSource:
             count = call(
                 "nvmlDeviceGetTotalEccErrors", handle, getattr(nvml, const), nvml.NVML_AGGREGATE_ECC
             )
-            if _present(count):
+            if present(count):
                 values[key] = int(count)
-        if not mig_current:
+        if whole:
             rows = call("nvmlDeviceGetRemappedRows", handle)
-            if _present(rows):
+            if present(rows):
                 corrected, uncorrected, pending, failed = rows
                 values.update(
                     remapped_rows_corrected=int(corrected),
@@ -421,29 +407,35 @@ class NvmlSource:
                     remap_pending=bool(pending),
                     remap_failed=bool(failed),
                 )
-        self._pcie(call, handle, state, elapsed, values)
+        self._pcie(call, handle, state, now, values)
         fan = call("nvmlDeviceGetFanSpeed", handle)
-        if _present(fan):
+        if present(fan):
             values["fan_speed_ratio"] = fan / 100.0
 
         mig_devices: tuple[MigDevice, ...] = ()
-        if mig_current:
-            mig_devices = self._read_mig_devices(index, handle, static, call, pending_gpm)
+        processes: tuple[GpuProcess, ...] = ()
+        complete = state.mig_answered
+        if mig_on:
+            mig_devices, complete = self._read_mig_devices(index, handle, static, call, pending_gpm)
             processes = tuple(p for m in mig_devices for p in m.processes)
-            values["mig_compute_slices_total"] = static.max_mig_devices or None
-        else:
+            if complete:
+                # Slices used and free only from a whole layout: a partial one would show free
+                # slices that are in use.
+                values["mig_compute_slices_total"] = static.max_mig_devices or None
+        elif whole:
             processes = self._read_processes(call, handle, state)
             if static.gpm_supported:
                 values["gpm"] = self._gpm(
                     call, static.uuid, pending_gpm, lambda s, h=handle: ("nvmlGpmSampleGet", h, s)
                 )
-        layout = frozenset(m.uuid for m in mig_devices)
-        if state.mig_layout is not None and layout != state.mig_layout:
-            state.reconfigurations += 1
-        state.mig_layout = layout
+        if complete:
+            layout = frozenset(m.uuid for m in mig_devices)
+            if state.mig_layout is not None and layout != state.mig_layout:
+                state.reconfigurations += 1
+            state.mig_layout = layout
         return Gpu(
             index=index,
-            uuid=static.uuid,
+            uuid=static.uuid or f"gpu{index}",
             name=f"gpu{index}",
             model=static.model,
             serial=static.serial,
@@ -454,73 +446,81 @@ class NvmlSource:
             **values,
         )
 
-    def _memory_temperature(self, call: _Caller, handle: Any) -> float | None:
+    def _memory_temperature(self, call: Caller, handle: Any) -> float | None:
         nvml = self._nvml
         field_id = getattr(nvml, "NVML_FI_DEV_MEMORY_TEMP", None)
         if field_id is None:
             return None
         values = call("nvmlDeviceGetFieldValues", handle, [field_id])
-        if not _present(values) or len(values) < 1:
+        if not present(values) or len(values) < 1:
             return None
         value = values[0]
         if value.nvmlReturn != nvml.NVML_SUCCESS:
             name = self._error_names.get(value.nvmlReturn, "UNKNOWN")
-            call._errors.append(
+            call.errors.append(
                 SourceError(SOURCE, "nvmlDeviceGetFieldValues(MEMORY_TEMP)", name, call.device)
             )
             return None
-        return self._field_number(value)
+        return field_number(self._nvml, value)
 
-    def _field_number(self, value: Any) -> float:
-        nvml = self._nvml
-        kind = getattr(value, "valueType", None)
-        member = {
-            getattr(nvml, "NVML_VALUE_TYPE_DOUBLE", 0): "dVal",
-            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", 2): "ulVal",
-            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", 3): "ullVal",
-            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_LONG_LONG", 4): "sllVal",
-        }.get(kind, "uiVal")
-        return float(getattr(value.value, member))
-
-    def _pcie_counters(self, call: _Caller, handle: Any, state: _GpuState,
-                       values: dict[str, Any]) -> bool:
-        """The driver's PCIe byte counters (field values), where it has them."""
+    def _pcie_counters(
+        self, call: Caller, handle: Any, state: _GpuState, values: dict[str, Any]
+    ) -> bool:
+        """The driver's PCIe byte counters (field values), where it has them. True when this GPU
+        uses them (a failed read leaves the cycle's values absent), False for the sampled rate."""
         nvml = self._nvml
         fields = [getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None),
                   getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None)]
         if state.pcie_counters is False or None in fields:
             return False
         read = call("nvmlDeviceGetFieldValues", handle, fields)
-        if not _present(read) or len(read) < 2 or \
-                any(v.nvmlReturn != nvml.NVML_SUCCESS for v in read[:2]):
-            # Older drivers and boards: fall back to the sampled rate, and do not ask again.
+        failure: str | None = None
+        if not present(read):
+            failure = call.last_error
+        elif len(read) < 2:
+            failure = "Malformed"
+        else:
+            for value in read[:2]:
+                if value.nvmlReturn != nvml.NVML_SUCCESS:
+                    failure = self._error_names.get(value.nvmlReturn, "UNKNOWN")
+                    if failure not in PERMANENT_ERRORS:
+                        call.record("nvmlDeviceGetFieldValues(PCIE_COUNT)", value.nvmlReturn)
+                    break
+        if failure is None:
+            state.pcie_counters = True
+            values["pcie_tx_bytes"] = int(field_number(nvml, read[0]))
+            values["pcie_rx_bytes"] = int(field_number(nvml, read[1]))
+            return True
+        if failure in PERMANENT_ERRORS or failure == "INVALID_ARGUMENT":
+            # Older drivers and boards: the sampled rate, and the counters are not asked again.
             state.pcie_counters = False
             return False
-        state.pcie_counters = True
-        values["pcie_tx_bytes"] = int(self._field_number(read[0]))
-        values["pcie_rx_bytes"] = int(self._field_number(read[1]))
-        return True
+        # A transient failure: the counters are cumulative, so the next read has these bytes too.
+        return state.pcie_counters is True
 
     def _pcie(
-        self, call: _Caller, handle: Any, state: _GpuState, elapsed: float, values: dict[str, Any]
+        self, call: Caller, handle: Any, state: _GpuState, now: float, values: dict[str, Any]
     ) -> None:
         if self._pcie_counters(call, handle, state, values):
             return
         # NVML's rate is KB/s over a 20 ms window (nvml.h), and each call blocks for that
-        # window; hw.gpu.io is a byte counter, so the rate is integrated between cycles.
+        # window; hw.gpu.io is a byte counter, so the rate is integrated over the time since the
+        # last successful read of each direction: a failed read leaves no interval uncounted.
         nvml = self._nvml
-        tx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_TX_BYTES)
-        rx = call("nvmlDeviceGetPcieThroughput", handle, nvml.NVML_PCIE_UTIL_RX_BYTES)
-        if _present(tx):
-            state.pcie_tx_bytes += tx * 1024.0 * elapsed
-            values["pcie_tx_bytes"] = int(state.pcie_tx_bytes)
-        if _present(rx):
-            state.pcie_rx_bytes += rx * 1024.0 * elapsed
-            values["pcie_rx_bytes"] = int(state.pcie_rx_bytes)
+        for direction, kind in (("tx", nvml.NVML_PCIE_UTIL_TX_BYTES),
+                                ("rx", nvml.NVML_PCIE_UTIL_RX_BYTES)):
+            rate = call("nvmlDeviceGetPcieThroughput", handle, kind)
+            if not present(rate):
+                continue
+            since = state.pcie_sampled_at.get(direction)
+            if since is not None:
+                state.pcie_bytes[direction] += rate * 1024.0 * max(now - since, 0.0)
+            state.pcie_sampled_at[direction] = now
+            values[f"pcie_{direction}_bytes"] = int(state.pcie_bytes[direction])
 
-    def _read_processes(self, call: _Caller, handle: Any, state: _GpuState) -> tuple:
+    def _read_processes(self, call: Caller, handle: Any, state: _GpuState) -> tuple:
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
-        if not _present(procs):
+        if not present(procs):
             return ()
         sm: dict[int, float] = {}
         samples = call(
@@ -529,7 +529,7 @@ class NvmlSource:
             state.last_process_sample_us,
             expected=("NOT_FOUND",),
         )
-        if _present(samples):
+        if present(samples):
             newest: dict[int, int] = {}
             for sample in samples:
                 if sample.timeStamp >= newest.get(sample.pid, -1):
@@ -537,7 +537,7 @@ class NvmlSource:
                     sm[sample.pid] = sample.smUtil / 100.0
                 state.last_process_sample_us = max(state.last_process_sample_us, sample.timeStamp)
         # NOT_FOUND means no process had a non-zero sample in the period: their use is zero.
-        default = None if samples is _ABSENT else 0.0
+        default = None if samples is ABSENT else 0.0
         return tuple(
             GpuProcess(
                 pid=int(p.pid),
@@ -548,9 +548,13 @@ class NvmlSource:
         )
 
     def _read_mig_devices(
-        self, index: int, parent: Any, static: _StaticInfo, call: _Caller, pending_gpm: list
-    ) -> tuple[MigDevice, ...]:
+        self, index: int, parent: Any, static: _StaticInfo, call: Caller, pending_gpm: list
+    ) -> tuple[tuple[MigDevice, ...], bool]:
+        """The MIG devices that could be read, and whether that is the whole layout."""
+        if static.max_mig_devices is None:
+            return (), False
         devices = []
+        complete = True
         for j in range(static.max_mig_devices):
             handle = call(
                 "nvmlDeviceGetMigDeviceHandleByIndex",
@@ -558,12 +562,17 @@ class NvmlSource:
                 j,
                 expected=("NOT_FOUND", "INVALID_ARGUMENT"),
             )
-            if not _present(handle):
+            if handle is ABSENT:
+                complete = False
+            if not present(handle):
                 continue
-            mig_call = _Caller(self._nvml, call._errors, self._error_names, f"gpu{index}/mig{j}",
-                               self._capabilities)
-            devices.append(self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm))
-        return tuple(devices)
+            mig_call = call.for_device(f"gpu{index}/mig{j}")
+            device = self._read_mig(index, j, parent, handle, static, mig_call, pending_gpm)
+            if device is None or device.compute_slices is None:
+                complete = False
+            if device is not None:
+                devices.append(device)
+        return tuple(devices), complete
 
     def _read_mig(
         self,
@@ -572,22 +581,26 @@ class NvmlSource:
         parent: Any,
         handle: Any,
         static: _StaticInfo,
-        call: _Caller,
+        call: Caller,
         pending_gpm: list,
-    ) -> MigDevice:
-        uuid = _text(call("nvmlDeviceGetUUID", handle)) or f"{static.uuid}/mig{j}"
+    ) -> MigDevice | None:
+        """One MIG device; None while its UUID or name cannot be read (no stand-in identity)."""
+        uuid = text(call("nvmlDeviceGetUUID", handle))
+        name = text(call("nvmlDeviceGetName", handle))
+        if uuid is None or name is None:
+            return None
         gi = call("nvmlDeviceGetGpuInstanceId", handle)
         ci = call("nvmlDeviceGetComputeInstanceId", handle)
-        gi = gi if _present(gi) else None
-        ci = ci if _present(ci) else None
+        gi = gi if present(gi) else None
+        ci = ci if present(ci) else None
         memory = call("nvmlDeviceGetMemoryInfo", handle)
         attrs = call("nvmlDeviceGetAttributes", handle)
         start = size = None
         if gi is not None:
             instance = call("nvmlDeviceGetGpuInstanceById", parent, gi)
-            if _present(instance):
+            if present(instance):
                 info = call("nvmlGpuInstanceGetInfo", instance)
-                if _present(info):
+                if present(info):
                     start, size = int(info.placement.start), int(info.placement.size)
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
         processes = tuple(
@@ -597,7 +610,7 @@ class NvmlSource:
                 gpu_instance_id=None if p.gpuInstanceId == _NO_ID else p.gpuInstanceId,
                 compute_instance_id=None if p.computeInstanceId == _NO_ID else p.computeInstanceId,
             )
-            for p in (procs if _present(procs) else ())
+            for p in (procs if present(procs) else ())
         )
         gpm = None
         if static.gpm_supported and gi is not None:
@@ -608,16 +621,16 @@ class NvmlSource:
             index=j,
             uuid=uuid,
             name=f"gpu{index}/mig{j}",
-            parent_uuid=static.uuid,
+            parent_uuid=static.uuid or f"gpu{index}",
             model=static.model or "",
-            profile=profile_from_name(_text(call("nvmlDeviceGetName", handle))),
+            profile=profile_from_name(name),
             gpu_instance_id=gi,
             compute_instance_id=ci,
             placement_start=start,
             placement_size=size,
-            compute_slices=int(attrs.gpuInstanceSliceCount) if _present(attrs) else None,
-            memory_used_bytes=int(memory.used) if _present(memory) else None,
-            memory_total_bytes=int(memory.total) if _present(memory) else None,
+            compute_slices=int(attrs.gpuInstanceSliceCount) if present(attrs) else None,
+            memory_used_bytes=int(memory.used) if present(memory) else None,
+            memory_total_bytes=int(memory.total) if present(memory) else None,
             processes=processes,
             gpm=gpm,
         )
@@ -625,13 +638,13 @@ class NvmlSource:
     # -- GPM ---------------------------------------------------------------------------------
 
     def _gpm(
-        self, call: _Caller, key: str, pending: list, sample_call: Callable[[Any], tuple]
+        self, call: Caller, key: str, pending: list, sample_call: Callable[[Any], tuple]
     ) -> GpmMetrics | None:
         sample = call("nvmlGpmSampleAlloc")
-        if not _present(sample):
+        if not present(sample):
             return None
         fn, *args = sample_call(sample)
-        if not _present(call(fn, *args)):
+        if not present(call(fn, *args)):
             call("nvmlGpmSampleFree", sample)
             return None
         previous = self._gpm_samples.get(key)
@@ -643,18 +656,18 @@ class NvmlSource:
         call("nvmlGpmSampleFree", previous)
         return metrics
 
-    def _gpm_metrics(self, call: _Caller, first: Any, second: Any) -> GpmMetrics | None:
+    def _gpm_metrics(self, call: Caller, first: Any, second: Any) -> GpmMetrics | None:
         nvml = self._nvml
         request = nvml.c_nvmlGpmMetricsGet_t()
         request.version = nvml.NVML_GPM_METRICS_GET_VERSION
         request.sample1 = first
         request.sample2 = second
-        ids = [(getattr(nvml, const), attr) for const, attr in _GPM_FIELDS.items()]
+        ids = [(getattr(nvml, const), attr) for const, attr in GPM_FIELDS.items()]
         request.numMetrics = len(ids)
         for i, (metric_id, _) in enumerate(ids):
             request.metrics[i].metricId = metric_id
         result = call("nvmlGpmMetricsGet", request)
-        if not _present(result):
+        if not present(result):
             return None
         values = {}
         for i, (_, attr) in enumerate(ids):
@@ -686,44 +699,56 @@ class NvmlSource:
     # -- Xid events --------------------------------------------------------------------------
 
     def _register_events(self, count: int, errors: list[SourceError]) -> None:
+        """Register each GPU not yet registered for Xid events; a transient failure (of the event
+        set, a handle or the registration) is tried again next cycle."""
         nvml = self._nvml
-        call = _Caller(nvml, errors, self._error_names, None)
-        event_set = call("nvmlEventSetCreate")
-        if not _present(event_set):
-            self._event_set = False
-            return
-        self._event_set = event_set
+        if self._event_set is False or (self._event_set and len(self._registered) >= count):
+            return  # no events on this driver, or every GPU settled
+        call = Caller(nvml, errors, self._error_names, None)
+        if self._event_set is None:
+            event_set = call("nvmlEventSetCreate")
+            if not present(event_set):
+                if call.settled(event_set):
+                    self._event_set = False  # a driver without events
+                return
+            self._event_set = event_set
         for index in range(count):
-            gpu_call = _Caller(nvml, errors, self._error_names, f"gpu{index}")
+            state = self._state.get(index)
+            if index in self._registered or (state is not None and state.lost):
+                continue  # a lost GPU is registered again once it answers
+            gpu_call = call.for_device(f"gpu{index}")
             try:
                 handle = gpu_call("nvmlDeviceGetHandleByIndex", index)
-                if _present(handle):
-                    self._handle_to_index[_handle_key(handle)] = index
-                    gpu_call(
-                        "nvmlDeviceRegisterEvents",
-                        handle,
-                        nvml.nvmlEventTypeXidCriticalError,
-                        event_set,
-                    )
-            except _GpuLost:
+                if not present(handle):
+                    continue
+                self._handle_to_index[handle_key(handle)] = index
+                done = gpu_call(
+                    "nvmlDeviceRegisterEvents",
+                    handle,
+                    nvml.nvmlEventTypeXidCriticalError,
+                    self._event_set,
+                )
+                if gpu_call.settled(done):
+                    self._registered.add(index)
+            except GpuLost:
                 continue
 
     def _drain_events(self, errors: list[SourceError]) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
         if not self._event_set:
             return found
-        call = _Caller(self._nvml, errors, self._error_names, None)
+        call = Caller(self._nvml, errors, self._error_names, None)
         for _ in range(_MAX_EVENTS_PER_CYCLE):
             try:
                 data = call("nvmlEventSetWait_v2", self._event_set, 0, expected=("TIMEOUT",))
-            except _GpuLost:
-                continue
-            if not _present(data):
+            except GpuLost:
+                break  # a GPU fell off the bus: it answers the same until reset; next cycle
+            if not present(data):
                 break
             if data.eventType != self._nvml.nvmlEventTypeXidCriticalError:
                 continue
             # Matched by handle: on a GPU that is being lost, asking for its UUID would fail.
-            index = self._handle_to_index.get(_handle_key(data.device))
+            index = self._handle_to_index.get(handle_key(data.device))
             if index is not None:
                 found.setdefault(index, []).append(int(data.eventData))
         return found

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -35,13 +36,13 @@ class _Gone(Exception):
 
 
 class ProcfsReader(ErrorLog):
-    source = SOURCE
-
     """Reads processes under ``root``.
 
     uid and cgroup are read once per process, keyed by (pid, start time) so that a reused pid is
     read afresh; comm comes from ``stat``, read every time to check the start time anyway.
     """
+
+    source = SOURCE
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
@@ -89,7 +90,7 @@ class ProcfsReader(ErrorLog):
             pid=pid,
             start_time_ticks=start,
             comm=comm,
-            uid=_parse_uid(status) if status is not None else None,
+            uid=parse_uid(status) if status is not None else None,
             cgroup_lines=tuple(cgroup.splitlines()) if cgroup is not None else (),
             complete=None not in (stat, status, cgroup),
         )
@@ -119,21 +120,14 @@ def _parse_stat(text: str) -> tuple[int | None, str | None]:
     open_paren, close_paren = text.find("("), text.rfind(")")
     if open_paren < 0 or close_paren < open_paren:
         return None, None
-    comm = "".join(c if c.isprintable() else "?" for c in text[open_paren + 1 : close_paren])
+    # The kernel cuts comm to 15 bytes (TASK_COMM_LEN); a longer one is cut like any outside text.
+    comm = "".join(
+        c if c.isprintable() else "?" for c in text[open_paren + 1 : close_paren][:MAX_TEXT]
+    )
     fields = text[close_paren + 1 :].split()
     # fields[0] is field 3 (state), so field 22 (starttime) is fields[19]; see proc_pid_stat(5).
     try:
-        return int(fields[19]), comm
+        return parse_count(fields[19]), comm
     except (IndexError, ValueError):
         return None, comm
 
-
-def _parse_uid(text: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            try:
-                return int(fields[1])
-            except (IndexError, ValueError):
-                return None
-    return None

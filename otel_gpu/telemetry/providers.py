@@ -21,7 +21,14 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 from otel_gpu._version import __version__
-from otel_gpu.config import ConfigError
+from otel_gpu.config import (
+    AGENT_EXPORTERS,
+    ConfigError,
+    export_interval_ms,
+    otlp_target,
+    prometheus_address,
+    signal_exporters,
+)
 from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.node_agent import in_container, node_host_name
@@ -31,7 +38,7 @@ if TYPE_CHECKING:  # the training process needs no source to build its providers
 
 log = logging.getLogger("otel_gpu")
 
-EXPORTERS = ("otlp", "console", "prometheus", "none")
+EXPORTERS = AGENT_EXPORTERS
 METER_NAME = "otel_gpu"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 
@@ -59,17 +66,6 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
     return resource
 
 
-def otlp_protocol(signal: str = "metrics") -> str:
-    """``grpc`` or ``http/protobuf``: the per-signal variable, else the general one, else grpc."""
-    name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"
-    raw = os.environ.get(name) or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-    protocol = raw.strip().lower()
-    if protocol not in ("grpc", "http/protobuf"):
-        raise ConfigError(f"{name if os.environ.get(name) else 'OTEL_EXPORTER_OTLP_PROTOCOL'}: "
-                          f"{protocol!r} is not supported (use grpc or http/protobuf)")
-    return protocol
-
-
 _OTLP_CLASSES = {
     ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
                           "OTLPMetricExporter"),
@@ -92,7 +88,7 @@ def otlp_exporter(signal: str = "metrics", default_timeout_s: float | None = Non
 
     ``default_timeout_s``: the time one export may take (its retries included) when neither
     ``OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`` nor ``OTEL_EXPORTER_OTLP_TIMEOUT`` says."""
-    module, name = _OTLP_CLASSES[(signal, otlp_protocol(signal))]
+    module, name = _OTLP_CLASSES[(signal, otlp_target(signal=signal).protocol)]
     cls = getattr(importlib.import_module(module), name)
     configured = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT")
                   or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
@@ -108,39 +104,22 @@ def agent_export_timeout_s(interval_s: float) -> float:
     return min(max(interval_s, 1.0), 10.0)
 
 
-def env_list(name: str, default: str) -> list[str]:
-    raw = os.environ.get(name, default)
-    return [item.strip().lower() for item in raw.split(",") if item.strip()]
-
-
 def env_exporters(signal: str, console: Callable[[], Any],
                   otlp: Callable[[], Any] | None = None) -> list[Any]:
     """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none.
     ``otlp`` makes the exporter that otlp names, instead of the SDK's."""
-    variable = f"OTEL_{signal.upper()}_EXPORTER"
     exporters: list[Any] = []
-    for name in env_list(variable, "otlp"):
+    for name in signal_exporters(signal):
         if name == "otlp":
             exporters.append(otlp() if otlp is not None else otlp_exporter(signal))
         elif name == "console":
             exporters.append(console())
-        elif name != "none":
-            raise ConfigError(f"{variable}: {name!r} is not supported (otlp, console or none)")
     return exporters
 
 
 def env_export_interval_ms(default_ms: float) -> float:
     """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, validated."""
-    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL")
-    if raw is None:
-        return default_ms
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL: {raw!r} must be positive")
-    return value
+    return export_interval_ms(default_ms)
 
 
 def _prometheus_server() -> None:
@@ -152,12 +131,7 @@ def _prometheus_server() -> None:
         raise ConfigError(
             f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
         ) from err
-    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost"
-    port_text = os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")
-    try:
-        port = int(port_text)
-    except ValueError as err:
-        raise ConfigError(f"OTEL_EXPORTER_PROMETHEUS_PORT: {port_text!r} is not a port") from err
+    host, port = prometheus_address()
     try:
         start_http_server(port=port, addr=host)
     except OSError as err:

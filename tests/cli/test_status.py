@@ -10,16 +10,14 @@ import pytest
 from runner import run_cli
 
 from otel_gpu.cli.status import (
-    SCHEMA,
     Me,
     StatusView,
     build_view,
     collect_view,
     resolve_me,
-    status_document,
-    status_table,
-    use_colour,
 )
+from otel_gpu.cli.status_render import SCHEMA, status_document, status_table
+from otel_gpu.cli.terminal import use_colour
 from otel_gpu.snapshot import ContainerResources, Insight
 from otel_gpu.sources.identity import SelfInfo
 

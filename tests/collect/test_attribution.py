@@ -21,7 +21,8 @@ from otel_gpu.simulate import load_scenario
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.simulate.kubelet_api import serve_pod_resources
 from otel_gpu.simulate.scenario import Scenario, at_cycle, builtin_names
-from otel_gpu.sources.docker import DEFAULT_LABELS, MAX_TEXT, DockerClient
+from otel_gpu.sources._text import MAX_TEXT
+from otel_gpu.sources.docker import DEFAULT_LABELS, DockerClient
 from otel_gpu.sources.kubelet import PodResourcesClient
 from otel_gpu.sources.procfs import ProcfsReader
 
@@ -470,3 +471,11 @@ def test_host_attributor_uses_what_the_node_has(tmp_path: Path) -> None:
     assert (plain.docker is None) == (not os.path.exists("/var/run/docker.sock"))
     node = build_host_attributor({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "NODE_NAME": "gpu-7"})
     assert node.pod_list is not None and node.pod_list.url == "https://gpu-7:10250/pods"
+
+
+def test_a_hostile_user_name_is_cleaned() -> None:
+    attributor = Attributor(ProcfsReader("/nonexistent"),
+                            user_name=lambda uid: "mal\x1b]0;x\x07lory\r\n\u202e")
+    assert attributor.owner(1000) == "mal]0;xlory"
+    blank = Attributor(ProcfsReader("/nonexistent"), user_name=lambda uid: "\x1b\x07")
+    assert blank.owner(1000) == "1000"

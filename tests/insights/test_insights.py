@@ -488,3 +488,17 @@ def test_a_rank_reports_the_insights_of_its_devices_and_the_host_rank_the_rest()
         ("device_idle", "gpu1/mig2")]
     host = scope_snapshot(snapshot, ["0"], report_host=True)
     assert {i.rule for i in host.insights} == {"cpu_throttled", "input_bound"}
+
+
+def test_gpu_lost_clears_on_the_first_cycle_the_gpu_answers() -> None:
+    engine = InsightEngine(Thresholds())
+    lost = [False, True, True, False, False]
+    events = []
+    for k, is_lost in enumerate(lost):
+        gpu = Gpu(index=0, uuid="GPU-1", name="gpu0", model="M", lost=is_lost)
+        update = engine.update(Snapshot(cycle=k, timestamp=10.0 * k, driver_available=True,
+                                        gpus=(gpu,)))
+        events += [(k, "fired") for i in update.fired if i.rule == "gpu_lost"]
+        events += [(k, "cleared") for i in update.cleared if i.rule == "gpu_lost"]
+    assert events == [(1, "fired"), (3, "cleared")]  # not 60 s (the grace period) later
+    assert not engine.active

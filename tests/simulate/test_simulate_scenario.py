@@ -190,6 +190,20 @@ def test_list_values_become_sequences(tmp_path: Path) -> None:
     assert server.host_overrides(3).filesystems == (("/", 1000, 990),)
 
 
+def test_host_cpu_figures_per_cycle(tmp_path: Path) -> None:
+    path = write(tmp_path, "gpus: []\nhost: {cpu_utilization: [0.25, 0.5]}\n")
+    server = SimulatedServer(load_scenario(path))
+    assert server.host_overrides(0).cpu_utilization == pytest.approx(
+        {"user": 0.2, "system": 0.05, "idle": 0.75})
+    assert server.host_overrides(9).cpu_utilization["idle"] == pytest.approx(0.5)
+    assert server.host_overrides(0).memory_used_ratio is None
+    without = write(tmp_path, "gpus: []\nhost: {memory_used_ratio: 0.5}\n", "other.yaml")
+    assert SimulatedServer(load_scenario(without)).host_overrides(0).cpu_utilization is None
+    bad = write(tmp_path, "gpus: []\nhost: {cpu_utilization: 1.5}\n", "bad.yaml")
+    with pytest.raises(ScenarioError, match=r"host\.cpu_utilization: must be at most 1"):
+        load_scenario(bad)
+
+
 def test_host_overrides_absent_without_host_block() -> None:
     assert SimulatedServer(load_scenario("h200")).host_overrides(0) is None
 
@@ -469,6 +483,39 @@ INVALID = {
         "host: {memory_used_ratio: 1.5}\ngpus: []\n",
         "host.memory_used_ratio",
     ),
+    "clock event reason a list": (
+        "gpus: [{model: H200, clocks_event_reasons: [sw_power_cap, [hw_slowdown]]}]\n",
+        "gpus[0].clocks_event_reasons[1]",
+    ),
+    "clock event reason a mapping": (
+        "gpus: [{model: H200, clocks_event_reasons: [{sw_power_cap: 1}]}]\n",
+        "gpus[0].clocks_event_reasons[0]",
+    ),
+    "clock event reason a mapping in a sequence": (
+        "gpus: [{model: H200, clocks_event_reasons: [[gpu_idle], [{a: 1}]]}]\n",
+        "gpus[0].clocks_event_reasons[1][0]",
+    ),
+    "utilization not a number": ("gpus: [{model: H200, utilization: .nan}]\n",
+                                 "gpus[0].utilization"),
+    "power infinite": ("gpus: [{model: H200, power_watts: .inf}]\n", "gpus[0].power_watts"),
+    "power infinite in a sequence": ("gpus: [{model: H200, power_watts: [300, .inf]}]\n",
+                                     "gpus[0].power_watts[1]"),
+    "temperature far past any float a driver gives": (
+        "gpus: [{model: H200, temperature_celsius: 1.0e+300}]\n", "gpus[0].temperature_celsius"),
+    "pid past the kernel's limit": (f"gpus: [{{model: H200, processes: [{{pid: {2**70}}}]}}]\n",
+                                    "gpus[0].processes[0].pid"),
+    "pid one past the kernel's limit": (
+        f"gpus: [{{model: H200, processes: [{{pid: {4 * 1024 * 1024 + 1}}}]}}]\n",
+        "gpus[0].processes[0].pid"),
+    "uid past 32 bits": (f"gpus: [{{model: H200, processes: [{{pid: 7, uid: {2**32}}}]}}]\n",
+                         "gpus[0].processes[0].uid"),
+    "user uid past 32 bits": (f"users: {{{2**40}: alice}}\ngpus: []\n", f"users.{2**40}"),
+    "counter past 64 bits": (
+        f"gpus: [{{model: H200, ecc_errors: {{corrected: {2**64}}}}}]\n",
+        "gpus[0].ecc_errors.corrected"),
+    "xid cycle past 64 bits": (
+        f"gpus: [{{model: H200, xid_events: [{{cycle: {2**63}, code: 79}}]}}]\n",
+        "gpus[0].xid_events[0].cycle"),
     "not a mapping": ("- just\n- a list\n", "(file)"),
     "empty file": ("", "(file)"),
     "yaml syntax error": ("gpus: [{model: H200\n", "(file)"),
@@ -503,3 +550,21 @@ def test_json_syntax_error(tmp_path: Path) -> None:
     path.write_text('{"gpus": [}')
     with pytest.raises(ScenarioError, match="JSON syntax error"):
         load_scenario(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_brackets_nested_past_the_parser_are_a_scenario_error(tmp_path: Path,
+                                                              suffix: str) -> None:
+    path = tmp_path / f"deep{suffix}"
+    depth = 50_000
+    path.write_text('{"gpus": ' + "[" * depth + "]" * depth + "}\n")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(str(path))
+    assert caught.value.key == "(file)" and "nested too deeply" in caught.value.message
+
+
+def test_the_largest_pid_and_uid_load(tmp_path: Path) -> None:
+    path = write(tmp_path, f"gpus: [{{model: H200, processes: [{{pid: {4 * 1024 * 1024}, "
+                           f"uid: {2**32 - 2}}}]}}]\n")
+    process = load_scenario(path).gpus[0].processes[0]
+    assert (process.pid, process.uid) == (4 * 1024 * 1024, 2**32 - 2)

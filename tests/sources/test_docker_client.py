@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from otel_gpu.simulate.docker_api import serve_docker_api
-from otel_gpu.sources.docker import MAX_TEXT, ContainerMeta, DockerClient, clean_text
+from otel_gpu.sources._text import MAX_TEXT, clean_text
+from otel_gpu.sources.docker import ContainerMeta, DockerClient
 
 A = "3f2a9c1be0d74e55a0c6b1f2d3e4a5b6c7d8e9f00112233445566778899aabbc"
 B = "9be1a7c3d5f70123456789abcdef0123456789abcdef0123456789abcdef0123"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from otel_gpu.embedded import OtelGpuResourceDetector
+from otel_gpu.sources._text import clean_value
 from otel_gpu.sources.identity import (
     ATTRIBUTION_NOTE,
     MAX_VALUE_LENGTH,
     SelfInfo,
-    clean_value,
     detect_self,
     visible_devices,
 )

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from otel_gpu.sources import host as host_module
+from otel_gpu.sources import proc_files
 from otel_gpu.sources.host import HostSource
 
 SEMCONV_CPU_MODES = {"user", "system", "nice", "idle", "iowait", "interrupt", "steal", "kernel"}
@@ -331,7 +332,7 @@ carrier compressed
 
 
 def test_parse_proc_stat_matches_psutil_definitions() -> None:
-    modes, malformed = host_module.parse_proc_stat(PROC_STAT.splitlines()[0], 100.0)
+    modes, malformed = proc_files.parse_proc_stat(PROC_STAT.splitlines()[0], 100.0)
     assert not malformed
     assert modes == pytest.approx(
         {
@@ -345,7 +346,7 @@ def test_parse_proc_stat_matches_psutil_definitions() -> None:
         }
     )
     # An older kernel stops before steal (and before irq/softirq on the oldest).
-    modes, malformed = host_module.parse_proc_stat(b"cpu 1 2 3 4 5 6 7", 100.0)
+    modes, malformed = proc_files.parse_proc_stat(b"cpu 1 2 3 4 5 6 7", 100.0)
     assert not malformed and set(modes or {}) == {
         "user",
         "nice",
@@ -360,21 +361,21 @@ def test_parse_proc_stat_matches_psutil_definitions() -> None:
     "line", [b"", b"cpu0 1 2 3 4 5", b"cpu 1 2 3", b"cpu 1 2 x 4 5 6 7 8", b"intr 1 2 3 4 5"]
 )
 def test_parse_proc_stat_malformed(line: bytes) -> None:
-    assert host_module.parse_proc_stat(line, 100.0) == (None, True)
+    assert proc_files.parse_proc_stat(line, 100.0) == (None, True)
 
 
 def test_parse_meminfo_and_memory_as_psutil_defines_it() -> None:
-    values, malformed = host_module.parse_meminfo(MEMINFO)
+    values, malformed = proc_files.parse_meminfo(MEMINFO)
     assert not malformed
     assert values[b"MemTotal"] == 16000000 * 1024
-    memory = host_module.memory_from_meminfo(values)
+    memory = proc_files.memory_from_meminfo(values)
     assert memory is not None
     assert memory.total == 16000000 * 1024
     assert memory.available == 9000000 * 1024
     assert memory.free == 2000000 * 1024
     assert memory.buffers == 300000 * 1024
     assert memory.cached == (5000000 + 400000) * 1024  # Cached + SReclaimable
-    assert host_module.swap_from_meminfo(values) == {
+    assert proc_files.swap_from_meminfo(values) == {
         "used": 1000000 * 1024,
         "free": 3000000 * 1024,
     }
@@ -384,31 +385,31 @@ def test_parse_meminfo_skips_malformed_lines() -> None:
     text = MEMINFO.replace(b"Buffers:          300000 kB", b"Buffers:   lots kB").replace(
         b"SwapFree:        3000000 kB", b"SwapFree:"
     )
-    values, malformed = host_module.parse_meminfo(text + b"no colon here\n")
+    values, malformed = proc_files.parse_meminfo(text + b"no colon here\n")
     assert malformed
     assert b"Buffers" not in values and b"SwapFree" not in values
-    memory = host_module.memory_from_meminfo(values)
+    memory = proc_files.memory_from_meminfo(values)
     assert memory is not None and memory.buffers is None
-    assert host_module.swap_from_meminfo(values) is None
-    _, malformed = host_module.parse_meminfo(b"MemTotal: 5 MB\n")
+    assert proc_files.swap_from_meminfo(values) is None
+    _, malformed = proc_files.parse_meminfo(b"MemTotal: 5 MB\n")
     assert malformed
 
 
 def test_memory_from_meminfo_leaves_estimates_to_psutil() -> None:
-    values, _ = host_module.parse_meminfo(MEMINFO)
+    values, _ = proc_files.parse_meminfo(MEMINFO)
     for missing in (b"MemTotal", b"MemFree", b"MemAvailable"):
         assert (
-            host_module.memory_from_meminfo({k: v for k, v in values.items() if k != missing})
+            proc_files.memory_from_meminfo({k: v for k, v in values.items() if k != missing})
             is None
         )
-    assert host_module.memory_from_meminfo({**values, b"MemAvailable": 0}) is None
+    assert proc_files.memory_from_meminfo({**values, b"MemAvailable": 0}) is None
     # Available above total (a container seeing the host's figures): psutil takes free.
-    above = host_module.memory_from_meminfo({**values, b"MemAvailable": 10**15})
+    above = proc_files.memory_from_meminfo({**values, b"MemAvailable": 10**15})
     assert above is not None and above.available == values[b"MemFree"]
 
 
 def test_parse_diskstats() -> None:
-    disks, malformed = host_module.parse_diskstats(DISKSTATS)
+    disks, malformed = proc_files.parse_diskstats(DISKSTATS)
     assert not malformed
     assert sorted(disks) == ["nvme0n1", "sda", "sdb", "vda"]
     vda = disks["vda"]
@@ -439,13 +440,13 @@ def test_parse_diskstats() -> None:
 
 def test_parse_diskstats_skips_malformed_lines() -> None:
     text = DISKSTATS + b"   8  32 sdc 1 2 3\n   8  48 sdd 1 2 x 4 5 6 7 8 9 10 11\n\n"
-    disks, malformed = host_module.parse_diskstats(text)
+    disks, malformed = proc_files.parse_diskstats(text)
     assert malformed
     assert sorted(disks) == ["nvme0n1", "sda", "sdb", "vda"]
 
 
 def test_parse_net_dev() -> None:
-    networks, malformed = host_module.parse_net_dev(NET_DEV)
+    networks, malformed = proc_files.parse_net_dev(NET_DEV)
     assert not malformed
     assert list(networks) == ["eth0", "ib0"]
     eth0 = networks["eth0"]
@@ -455,7 +456,7 @@ def test_parse_net_dev() -> None:
 
 def test_parse_net_dev_skips_malformed_lines() -> None:
     text = NET_DEV + b"  eth1: 1 2 3\n  eth2: 1 2 3 x 5 6 7 8 9 10 11 12 13 14 15 16\ngarbage\n"
-    networks, malformed = host_module.parse_net_dev(text)
+    networks, malformed = proc_files.parse_net_dev(text)
     assert malformed
     assert list(networks) == ["eth0", "ib0"]
 
@@ -653,7 +654,7 @@ def test_proc_values_equal_psutil() -> None:
     assert snap.swap_state_bytes["used"] == pytest.approx(swap.used, abs=tolerance)
     assert snap.swap_state_bytes["free"] == pytest.approx(swap.free, abs=tolerance)
     disks = psutil.disk_io_counters(perdisk=True, nowrap=False)
-    assert set(snap.disks) == {n for n in disks if not host_module._SKIPPED_DISK.match(n)}
+    assert set(snap.disks) == {n for n in disks if not proc_files.SKIPPED_DISK.match(n)}
     for name, io in snap.disks.items():
         theirs = disks[name]
         assert io.read_operations == pytest.approx(theirs.read_count, abs=1000)

@@ -140,13 +140,14 @@ def test_pod_resources_cache_ttl(sock_dir: str) -> None:
 
 def test_pod_resources_server_down(sock_dir: str) -> None:
     path = f"{sock_dir}/kubelet.sock"
-    client = PodResourcesClient(path, timeout_s=2)
+    # A deadline far longer than a connect takes even on a loaded machine: the reconnect below
+    # always fits, and the first call shows it fails fast by its status, UNAVAILABLE, rather than
+    # the DEADLINE_EXCEEDED that waiting for the deadline would give.
+    client = PodResourcesClient(path, timeout_s=60)
     assert not client.available()
-    started = time.monotonic()
     assert client.list_devices() is None
-    assert time.monotonic() - started < 1.5  # fails fast, does not wait for the deadline
     assert _errors(client) == [("List", "UNAVAILABLE")]
-    with serve_pod_resources(path, PODS):  # the kubelet comes back
+    with serve_pod_resources(path, PODS):  # the kubelet comes back: no back-off after UNAVAILABLE
         assert client.list_devices() is not None
     assert _errors(client) == []
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from otel_gpu.collect.collector import Collector
+from otel_gpu.collect.collector import Collector, LocalSources
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.sources.nvml import CAPABILITY_RECHECK_S, NvmlSource
@@ -42,7 +42,7 @@ class CountingNvml:
 def collector_on(scenario: Any) -> tuple[Collector, CountingNvml]:
     server = SimulatedServer(scenario, interval_s=INTERVAL_S)
     nvml = CountingNvml(server.nvml)
-    collector = Collector(NvmlSource(nvml, gpm_warmup_s=0.0), None, simulation=server)
+    collector = Collector(LocalSources(NvmlSource(nvml, gpm_warmup_s=0.0), None, simulation=server))
     assert collector.start() is None
     return collector, nvml
 
@@ -62,7 +62,7 @@ def two_gpus(tmp_path: Path, **gpu1: object) -> Any:
 
 def test_an_sxm_board_is_asked_for_its_fan_once_and_nothing_is_counted() -> None:
     collector, nvml = collector_on(load_scenario("dgx-a100"))
-    snapshots = [collector.read_sources() for _ in range(5)]
+    snapshots = [collector.sources.read() for _ in range(5)]
     assert nvml.calls["nvmlDeviceGetFanSpeed"] == 8  # one per GPU, in the first cycle only
     for snapshot in snapshots:
         assert errors_of(snapshot, "nvmlDeviceGetFanSpeed") == []
@@ -76,13 +76,13 @@ def test_an_sxm_board_is_asked_for_its_fan_once_and_nothing_is_counted() -> None
 def test_the_capability_is_rechecked_after_the_period() -> None:
     collector, nvml = collector_on(load_scenario("dgx-a100"))
     for _ in range(RECHECK_CYCLES):  # cycle k is at k * INTERVAL_S of simulated time
-        collector.read_sources()
+        collector.sources.read()
     assert nvml.calls["nvmlDeviceGetFanSpeed"] == 8
-    recheck = collector.read_sources()  # cycle RECHECK_CYCLES: the period has passed
+    recheck = collector.sources.read()  # cycle RECHECK_CYCLES: the period has passed
     assert nvml.calls["nvmlDeviceGetFanSpeed"] == 16
     assert errors_of(recheck, "nvmlDeviceGetFanSpeed") == []
     for _ in range(3):
-        collector.read_sources()
+        collector.sources.read()
     assert nvml.calls["nvmlDeviceGetFanSpeed"] == 16
     collector.close()
 
@@ -91,13 +91,13 @@ def test_a_field_that_comes_back_is_read_again_after_the_recheck(tmp_path: Path)
     scenario = two_gpus(tmp_path, faults=[
         {"call": "nvmlDeviceGetPowerUsage", "error": "NOT_SUPPORTED", "cycles": [0]}])
     collector, nvml = collector_on(scenario)
-    first = collector.read_sources()
+    first = collector.sources.read()
     assert [g.power_watts for g in first.gpus] == [200.0, None]
     assert errors_of(first, "nvmlDeviceGetPowerUsage") == []
-    later = [collector.read_sources() for _ in range(RECHECK_CYCLES - 1)]
+    later = [collector.sources.read() for _ in range(RECHECK_CYCLES - 1)]
     assert all(s.gpus[1].power_watts is None for s in later)  # learned: not asked meanwhile
     assert nvml.calls["nvmlDeviceGetPowerUsage"] == RECHECK_CYCLES + 1
-    back = collector.read_sources()
+    back = collector.sources.read()
     assert [g.power_watts for g in back.gpus] == [200.0, 200.0]
     collector.close()
 
@@ -106,7 +106,7 @@ def test_a_transient_error_is_counted_and_retried_every_cycle(tmp_path: Path) ->
     scenario = two_gpus(tmp_path, faults=[
         {"call": "nvmlDeviceGetPowerUsage", "error": "UNKNOWN", "cycles": [0, 1, 2]}])
     collector, nvml = collector_on(scenario)
-    snapshots = [collector.read_sources() for _ in range(4)]
+    snapshots = [collector.sources.read() for _ in range(4)]
     assert [errors_of(s, "nvmlDeviceGetPowerUsage") for s in snapshots] == [
         ["UNKNOWN"], ["UNKNOWN"], ["UNKNOWN"], []]
     assert nvml.calls["nvmlDeviceGetPowerUsage"] == 2 * 4
@@ -120,7 +120,7 @@ def test_unsupported_is_learned_per_device_and_per_argument(tmp_path: Path) -> N
         {"call": "nvmlDeviceGetClockInfo", "error": "NOT_SUPPORTED", "cycles": [0]}])
     collector, nvml = collector_on(scenario)
     for _ in range(3):
-        snapshot = collector.read_sources()
+        snapshot = collector.sources.read()
     # gpu0 reads its four clock domains every cycle; gpu1 was asked for each once.
     assert nvml.calls["nvmlDeviceGetClockInfo"] == 4 * 3 + 4
     assert set(snapshot.gpus[0].clocks_hz) == {"graphics", "sm", "memory", "video"}
