@@ -129,7 +129,7 @@ def _prometheus_server() -> None:
         from prometheus_client import start_http_server
     except ImportError as err:
         raise ConfigError(
-            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
+            f"the prometheus exporter needs prometheus-client ({err})"
         ) from err
     host, port = prometheus_address()
     try:
