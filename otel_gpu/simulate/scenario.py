@@ -105,6 +105,10 @@ MAX_PID = 4 * 1024 * 1024
 MAX_UID = 2**32 - 2
 # Every other integer (counters, bytes, cycles) fits the driver's 64-bit signed range.
 MAX_INTEGER = 2**63 - 1
+# NVML's error counters are unsigned long long; a cgroup file is text and may hold any number.
+# Both may be given past int64, so that what the agent does with such a value can be tested.
+MAX_UINT64 = 2**64 - 1
+MAX_FILE_INTEGER = 2**128
 
 _UUID_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://github.com/otel-gpu/simulate")
 
@@ -497,7 +501,9 @@ class _Loader:
     def ecc(self, value: Any, key: str) -> EccCounts:
         raw = self.mapping(value, key, _ECC_KEYS)
         return EccCounts(
-            **{name: self.varying(raw[name], _join(key, name), self.integer) for name in raw}
+            **{name: self.varying(raw[name], _join(key, name),
+                                  lambda v, k: self.integer(v, k, maximum=MAX_UINT64))
+               for name in raw}
         )
 
     def remapped(self, value: Any, key: str) -> RemappedRows:
@@ -785,8 +791,8 @@ class _Loader:
             "cpu_limit": lambda v, k: self.number(v, k, minimum=0.001),
             "cpu_utilization": self.ratio,
             "cpu_throttled_ratio": self.ratio,
-            "memory_limit_bytes": self.integer,
-            "memory_used_bytes": self.integer,
+            "memory_limit_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
+            "memory_used_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
             "oom_kills": self.integer,
             "disk_read_bytes_per_s": self.integer,
             "disk_write_bytes_per_s": self.integer,
