@@ -15,17 +15,24 @@ The speed of a step that allocates (``--step alloc``: a new integer object per o
 depends by several percent on where in memory its temporaries land, which anything else in the
 process shifts (``bench_step_layout.py``), so it cannot resolve a cost of 1 %.
 
-``--export-from training`` hands the session an exporter of its own, as an application with its
-own providers does: GPU, MIG and host metrics then go through the training process (their
-sources still run in a child process) and the tracker records through the SDK on the training
-thread. The default lets the session build its providers, and a child process collects and
-exports those metrics and records the training steps. ``--control plain`` makes the second
+``--export-from training`` hands the session an exporter of its own (``metric_exporters=``):
+GPU, MIG and host metrics then go through the training process (their sources still run in a
+child process), and a drain thread of the session replays the steps the tracker wrote into its
+buffer. ``--export-from app-providers`` does the same through an application's own
+MeterProvider and TracerProvider (OTLP, made for each block and shut down after it), and
+``--export-from instrument`` through the providers ``opentelemetry-instrument`` sets up: its
+auto-instrumentation runs once, in this process, before the first block (the distro's
+providers, our instrumentor and, where installed, the contrib system-metrics instrumentation,
+which keep running through the plain blocks too, since global providers cannot be removed).
+The default lets the session build its providers, and a child process collects and exports
+those metrics and records the training steps. ``--control plain`` makes the second
 kind of block plain as well (what the method reads when nothing differs); ``--control busy``
 makes it plain next to a process that keeps another CPU busy; ``--neighbour`` keeps another CPU
 busy under both kinds of block.
 
     .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds N] [--block-s S]
-        [--interval S] [--export-from child|training] [--step noalloc|alloc]
+        [--interval S] [--export-from child|training|app-providers|instrument]
+        [--step noalloc|alloc]
         [--control plain|busy] [--neighbour] [--json PATH]
     .venv/bin/python benchmarks/bench_training.py --combine RUN.json [RUN.json ...]
 """
@@ -143,21 +150,70 @@ def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
     """One block inside a session; its figures and the OTLP metric requests the sink got."""
     before = sink.counts()["metrics"]
     exporters = None
+    providers: tuple[Any, Any] | None = None
     if export_from == "training":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         exporters = [OTLPMetricExporter()]
+    elif export_from == "app-providers":
+        providers = app_providers(interval_s)
+    elif export_from == "instrument":
+        auto_instrument_once()
     session = start(simulate="dgx-a100", export_interval_s=interval_s,
-                    metric_exporters=exporters)
-    if (session.child is None) != (export_from == "training"):
+                    metric_exporters=exporters,
+                    meter_provider=providers[0] if providers else None,
+                    tracer_provider=providers[1] if providers else None)
+    if (session.child is None) != (export_from != "child"):
         raise SystemExit(f"the session did not export from the {export_from} process")
+    if session.tracker.buffer is None:
+        raise SystemExit("the session's tracker records on the training thread")
     try:
         figures = run_block(otel_gpu.track, work, block_s)
     finally:
         stop()
+        if providers is not None:
+            for provider in providers:
+                provider.shutdown()
     if session.tracker.steps == 0:
         raise SystemExit("the session's tracker recorded no steps")
     return figures, sink.counts()["metrics"] - before
+
+
+def app_providers(interval_s: float) -> tuple[Any, Any]:
+    """An application's own MeterProvider and TracerProvider, exporting over OTLP."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(),
+                                           export_interval_millis=interval_s * 1e3)
+    tracers = TracerProvider()
+    tracers.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return MeterProvider(metric_readers=[reader], shutdown_on_exit=False), tracers
+
+
+_auto_instrumented = False
+
+
+def auto_instrument_once() -> None:
+    """What ``opentelemetry-instrument`` does before a script runs: the distro's providers and
+    every installed instrumentor. The session our instrumentor starts there is stopped: each
+    block starts its own on those providers."""
+    global _auto_instrumented
+    if _auto_instrumented:
+        return
+    from opentelemetry.instrumentation.auto_instrumentation import initialize
+
+    os.environ["OTEL_GPU_SIMULATE"] = "dgx-a100"
+    try:
+        initialize()
+    finally:
+        del os.environ["OTEL_GPU_SIMULATE"]
+    stop()
+    _auto_instrumented = True
 
 
 @contextlib.contextmanager
@@ -174,10 +230,10 @@ def busy_neighbour() -> Iterator[None]:
 
 def step_overhead(work: int, steps: int = 200) -> dict[str, float]:
     """Median microseconds from the end of one step's work to the start of the next: a plain
-    iteration, a tracker that writes each step into its buffer (a session whose collector
-    process exports), and one that records through the SDK's instruments on this thread (the
-    application's own providers). Measured right after a step, as in a training loop, where the
-    caches hold the step's code and data rather than ours."""
+    iteration, a tracker that writes each step into its buffer (as in every session), and one
+    that records through the SDK's instruments on this thread (what the modes on the
+    application's own providers did before they deferred). Measured right after a step, as in
+    a training loop, where the caches hold the step's code and data rather than ours."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -296,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=10.0, help="synthetic step time")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="collection and export interval in seconds (default 1)")
-    parser.add_argument("--export-from", choices=("child", "training"), default="child",
+    parser.add_argument("--export-from", choices=("child", "training", "app-providers",
+                                                  "instrument"), default="child",
                         help="which process exports GPU, MIG and host metrics (default child)")
     parser.add_argument("--step", choices=tuple(STEPS), default="noalloc",
                         help="the synthetic step: allocation-free (default) or allocating")
@@ -323,11 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[f"OTEL_{signal}_EXPORTER"] = "otlp"
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
     os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    # For the providers auto-instrumentation builds (--export-from instrument).
+    os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = f"{args.interval * 1e3:g}"
+    os.environ["OTEL_GPU_SUMMARY"] = "false"
     try:
         with busy_neighbour() if args.neighbour else contextlib.nullcontext():
             result = measure(rounds, block_s, args.step_ms / 1e3, args.interval, sink,
                              args.export_from, control=args.control)
     finally:
+        if _auto_instrumented:  # the distro's providers: their last export before the sink goes
+            from opentelemetry import metrics, trace
+
+            for provider in (metrics.get_meter_provider(), trace.get_tracer_provider()):
+                with contextlib.suppress(Exception):
+                    provider.shutdown()  # type: ignore[attr-defined]
         sink.close()
     result["neighbour"] = args.neighbour
     arm = {"plain": "plain again (control)",

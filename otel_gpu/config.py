@@ -11,6 +11,7 @@ exporter specification
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 from collections.abc import Mapping
@@ -151,6 +152,19 @@ def prometheus_address(environ: Mapping[str, str] | None = None) -> PrometheusAd
     return PrometheusAddress(host, port)
 
 
+def disabled_instrumentations(environ: Mapping[str, str] | None = None) -> set[str]:
+    """``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``: the entry point names auto-instrumentation
+    skips (``*``: all), as opentelemetry-instrumentation reads it."""
+    raw = _env(environ).get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """``XDG_RUNTIME_DIR``: the user's runtime directory, when set and present."""
+    value = _env(environ).get("XDG_RUNTIME_DIR") or None
+    return value if value is not None and os.path.isdir(value) else None
+
+
 # -- otel-gpu's own settings ----------------------------------------------------------------
 
 
@@ -162,6 +176,18 @@ def thresholds_file(environ: Mapping[str, str] | None = None) -> str | None:
 def simulated_scenario(environ: Mapping[str, str] | None = None) -> str | None:
     """``OTEL_GPU_SIMULATE``: the scenario ``otel_gpu.start()`` simulates, or None."""
     return _env(environ).get("OTEL_GPU_SIMULATE") or None
+
+
+def run_summary(environ: Mapping[str, str] | None = None) -> bool:
+    """``OTEL_GPU_SUMMARY``: ``stop()`` writes the end-of-run summary on stderr; ``true`` (the
+    default) or ``false``, any case."""
+    raw = _env(environ).get("OTEL_GPU_SUMMARY", "")
+    value = raw.strip().lower()
+    if value in ("", "true"):
+        return True
+    if value == "false":
+        return False
+    raise ConfigError(f"OTEL_GPU_SUMMARY: {raw!r} is not true or false")
 
 
 def collect_in_process(environ: Mapping[str, str] | None = None) -> bool:
@@ -177,3 +203,39 @@ def kubelet_url(environ: Mapping[str, str] | None = None) -> str | None:
 def kubelet_insecure(environ: Mapping[str, str] | None = None) -> bool:
     """``OTEL_GPU_KUBELET_INSECURE=true``: do not verify the kubelet's certificate."""
     return env_flag("OTEL_GPU_KUBELET_INSECURE", environ)
+
+
+class QueryApi(NamedTuple):
+    """A Prometheus-compatible query API (Prometheus, Mimir) and the headers it wants."""
+
+    url: str  # the base before /api/v1/query, e.g. http://prometheus:9090
+    headers: dict[str, str]
+
+
+def query_api(url: str | None = None, environ: Mapping[str, str] | None = None) -> QueryApi:
+    """Where ``otel-gpu usage`` reads: ``url`` or ``OTEL_GPU_PROM_URL``; a bearer token from
+    ``OTEL_GPU_PROM_BEARER_TOKEN``, else basic auth from ``OTEL_GPU_PROM_USERNAME`` and
+    ``OTEL_GPU_PROM_PASSWORD``; Mimir's tenant (``X-Scope-OrgID``) from ``OTEL_GPU_PROM_TENANT``."""
+    env = _env(environ)
+    given = url or env.get("OTEL_GPU_PROM_URL", "")
+    where = "--url" if url else "OTEL_GPU_PROM_URL"
+    if not given:
+        raise ConfigError("OTEL_GPU_PROM_URL: not set; give the query API's address "
+                          "(e.g. http://prometheus:9090) there or with --url")
+    parts = urlsplit(given)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {given!r} is not an http:// or https:// address")
+    headers: dict[str, str] = {}
+    token = env.get("OTEL_GPU_PROM_BEARER_TOKEN")
+    user, password = env.get("OTEL_GPU_PROM_USERNAME"), env.get("OTEL_GPU_PROM_PASSWORD")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif user:
+        pair = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        headers["Authorization"] = f"Basic {pair}"
+    elif password:
+        raise ConfigError("OTEL_GPU_PROM_PASSWORD: set without OTEL_GPU_PROM_USERNAME")
+    tenant = env.get("OTEL_GPU_PROM_TENANT")
+    if tenant:
+        headers["X-Scope-OrgID"] = tenant
+    return QueryApi(given.rstrip("/"), headers)

@@ -38,6 +38,40 @@ class GpmMetrics:
 
 
 @dataclass(frozen=True)
+class DcgmActivity:
+    """DCGM's profiling (DCP) fields for one GPU or MIG GPU instance, as DCGM last sampled them.
+
+    Ratios are 0..1 over DCGM's sample interval; the byte fields are rates in bytes per second.
+    ``source`` says which route gave them: ``hostengine`` (DCGM's bindings) or ``exporter`` (a
+    dcgm-exporter scrape).
+    """
+
+    source: str
+    graphics_engine_active: float | None = None
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+    pcie_tx_bytes_per_s: float | None = None
+    pcie_rx_bytes_per_s: float | None = None
+    nvlink_tx_bytes_per_s: float | None = None
+    nvlink_rx_bytes_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class NvLink:
+    """One active NVLink of a GPU: cumulative counters since the driver loaded."""
+
+    link: int
+    tx_bytes: int | None = None
+    rx_bytes: int | None = None
+    crc_flit_errors: int | None = None
+    crc_data_errors: int | None = None
+    replay_errors: int | None = None
+    recovery_errors: int | None = None
+
+
+@dataclass(frozen=True)
 class GpuProcess:
     """A process that holds a context on a GPU or MIG device, as NVML reports it (host pid)."""
 
@@ -65,6 +99,7 @@ class MigDevice:
     memory_total_bytes: int | None
     processes: tuple[GpuProcess, ...] = ()
     gpm: GpmMetrics | None = None
+    dcgm: DcgmActivity | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +139,9 @@ class Gpu:
     processes: tuple[GpuProcess, ...] = ()  # with MIG on: every MIG device's processes
     gpm: GpmMetrics | None = None
     xid_errors: dict[int, int] = field(default_factory=dict)  # code -> count since start
+    dcgm: DcgmActivity | None = None
+    nvlinks: tuple[NvLink, ...] = ()  # active links only
+    pcie_replays: int | None = None  # PCIe replay counter since the driver loaded
 
     @property
     def mig_enabled(self) -> bool:
@@ -221,6 +259,24 @@ class ContainerUsage:
 
 
 @dataclass(frozen=True)
+class WorkloadAccount:
+    """What one workload (user, container, pod) has used of one device since the agent started.
+
+    ``attributes``: the device's identity and the workload's attributes, as last seen. Device
+    seconds are weighted: a MIG device counts its share of the GPU's compute slices (a 1g slice
+    of 7 counts 1/7), a whole GPU shared by several workloads is split between them.
+    """
+
+    attributes: Attributes
+    busy_s: float = 0.0  # device-seconds with activity at or above the busy threshold
+    idle_s: float = 0.0  # device-seconds below it
+    unknown_s: float = 0.0  # device-seconds with no activity reading (MIG without GPM)
+    slice_s: float = 0.0  # MIG compute slices held times seconds; 0 on whole GPUs
+    energy_joules: float = 0.0
+    last_held: float = 0.0  # Snapshot time at which it last held the device
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One collection cycle. ``timestamp`` is simulated time under ``--simulate``."""
 
@@ -237,6 +293,7 @@ class Snapshot:
     assignments: tuple[DeviceAssignment, ...] = ()
     containers: tuple[ContainerUsage, ...] = ()
     insights: tuple[Insight, ...] = ()  # active insights after this cycle
+    accounts: tuple[WorkloadAccount, ...] = ()  # cumulative, since the agent started
 
 
 Attributes = dict[str, str | int | float | bool]
@@ -373,3 +430,28 @@ def cpu_rates(
 def format_gib(value: float, unit: str = " GiB") -> str:
     """Bytes as GiB with one decimal, e.g. ``1.5 GiB``."""
     return f"{value / 2**30:.1f}{unit}"
+
+
+# GPM ratio -> the DCGM profiling field that measures the same thing.
+ACTIVITY_FIELDS: dict[str, str] = {
+    "sm_utilization": "sm_active",
+    "sm_occupancy": "sm_occupancy",
+    "tensor_utilization": "tensor_active",
+    "dram_utilization": "dram_active",
+    "graphics_engine_utilization": "graphics_engine_active",
+}
+
+
+def device_activity(device: Gpu | MigDevice, gpm_field: str) -> tuple[float | None, str | None]:
+    """One activity ratio of a GPU or MIG device and the source that gave it (``gpm`` or
+    ``dcgm``). GPM wins where both have the value: it is the driver's own reading of the device,
+    so one series never comes from two sources at once."""
+    if device.gpm is not None:
+        value = getattr(device.gpm, gpm_field)
+        if value is not None:
+            return value, "gpm"
+    if device.dcgm is not None:
+        value = getattr(device.dcgm, ACTIVITY_FIELDS[gpm_field])
+        if value is not None:
+            return value, "dcgm"
+    return None, None

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from otel_gpu._version import __version__
 from otel_gpu.config import AGENT_EXPORTERS, ConfigError, thresholds_file
@@ -127,6 +128,9 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("--format", choices=("json", "table"), default="table")
     status.add_argument("--as-user", metavar="NAME",
                         help="show this user's workloads (name or uid) instead of mine")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw every --interval seconds (default 1) until q or Ctrl-C, "
+                             "with my training sessions' data wait")
     _add_thresholds(status)
     doctor = commands.add_parser("doctor", help="check the environment and say what to fix")
     doctor.add_argument("--format", choices=("json", "table"), default="table")
@@ -134,7 +138,42 @@ def make_parser() -> argparse.ArgumentParser:
                         help="check what this exporter needs too (repeatable)")
     doctor.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="limit for each network check (default 2)")
+    _add_usage(commands)
     return parser
+
+
+def _checked(check: Any) -> Any:
+    """An argparse type from a checker that raises ValueError."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _add_usage(commands: Any) -> None:
+    from otel_gpu.cli.usage import DEFAULT_MATCH, GROUPS, check_duration, check_match, check_time
+
+    usage = commands.add_parser(
+        "usage", help="GPU-hours, slice-hours and kWh per tenant, from Prometheus or Mimir",
+        description="Reads the accounting counters from a Prometheus-compatible query API: "
+        "$OTEL_GPU_PROM_URL (or --url), with $OTEL_GPU_PROM_BEARER_TOKEN or "
+        "$OTEL_GPU_PROM_USERNAME/$OTEL_GPU_PROM_PASSWORD, and $OTEL_GPU_PROM_TENANT for Mimir.")
+    usage.add_argument("--since", type=_checked(check_duration), default="7d",
+                       help="the period, as a PromQL duration (default 7d)")
+    usage.add_argument("--until", type=_checked(check_time), metavar="TIME",
+                       help="the period's end: unix seconds or ISO 8601 (default now)")
+    usage.add_argument("--by", choices=tuple(GROUPS), default="user")
+    usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage.add_argument("--url", help="the query API (default $OTEL_GPU_PROM_URL)")
+    usage.add_argument("--match", type=_checked(check_match), default=DEFAULT_MATCH,
+                       help="label matchers selecting the agents' series "
+                       f"(default {DEFAULT_MATCH})")
+    usage.add_argument("--timeout", type=_positive, default=30.0, metavar="SECONDS",
+                       help="limit for each query (default 30)")
 
 
 class StopSignals:
@@ -174,6 +213,8 @@ def run_status(args: argparse.Namespace) -> int:
     from otel_gpu.insights.thresholds_file import load_thresholds
 
     options = {"thresholds": load_thresholds(args.thresholds)}
+    if args.watch:
+        return _watch_status(args, options)
     view, message = collect_view(simulate=args.simulate, interval_s=args.interval,
                                  cycles=args.cycles, as_user=args.as_user,
                                  collector_options=options)
@@ -181,6 +222,22 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"otel-gpu: {message}; showing CPU and memory only", file=sys.stderr)
     print_status(view, args.format)
     return EXIT_OK
+
+
+def _watch_status(args: argparse.Namespace, options: dict[str, object]) -> int:
+    from otel_gpu.cli.status import ViewSource
+    from otel_gpu.cli.watch import run_watch
+
+    if args.format == "json":
+        raise ConfigError("--watch draws a table; --format json prints one view")
+    source = ViewSource(simulate=args.simulate, interval_s=args.interval, as_user=args.as_user,
+                        collector_options=options)
+    try:
+        if source.message:
+            print(f"otel-gpu: {source.message}; showing CPU and memory only", file=sys.stderr)
+        return run_watch(source, refresh_s=args.interval or 1.0)
+    finally:
+        source.close()
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -200,6 +257,10 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
         return run_status(args)
     if args.command == "doctor":
         return run_doctor(args)
+    if args.command == "usage":
+        from otel_gpu.cli.usage import run_usage
+
+        return run_usage(args)
     from otel_gpu.cli.agent import run_snapshot
 
     return run_snapshot(args)
@@ -213,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.restore()
 
 
+def _is_scenario_error(err: Exception) -> bool:
+    # A ScenarioError can only come from a loaded simulator; a real run never loads it.
+    scenario = sys.modules.get("otel_gpu.simulate.scenario")
+    return scenario is not None and isinstance(err, scenario.ScenarioError)
+
+
 def _main(argv: Sequence[str] | None, stop: StopSignals) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -221,11 +288,14 @@ def _main(argv: Sequence[str] | None, stop: StopSignals) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="otel-gpu: %(name)s: %(message)s")
     try:
-        from otel_gpu.simulate.scenario import ScenarioError
-
         try:
             return _run(args, stop)
-        except (ScenarioError, ConfigError) as err:
+        except ConfigError as err:
+            print(f"otel-gpu: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as err:
+            if not _is_scenario_error(err):
+                raise
             print(f"otel-gpu: {err}", file=sys.stderr)
             return EXIT_USAGE
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ or for a number of cycles with the last one printed (the SDK's own points as JSO
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
 from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
 from otel_gpu.insights.thresholds_file import load_thresholds
-from otel_gpu.snapshot import Snapshot
+from otel_gpu.snapshot import Snapshot, device_activity
 from otel_gpu.telemetry.node_agent import AGENT_FILE_ENV, Announcement
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 
@@ -43,6 +44,9 @@ def run_agent(args: argparse.Namespace, stop: threading.Event) -> int:
     """Collect and export every interval until ``stop`` is set (by a signal), then export the
     state at shutdown once more. ``stop`` may already be set: one export still goes out."""
     pipeline = _pipeline(args, "otlp", in_memory=False)
+    # What start-up built (modules, the catalog, the SDK's instruments) lives as long as the
+    # process: kept out of the collector's full passes, which then walk only what cycles made.
+    gc.freeze()
     announcement = _announcement(args, pipeline)
     try:
         done = 0
@@ -187,7 +191,7 @@ def snapshot_table(snapshot: Snapshot, simulated: bool = False) -> str:
             f"{len(gpu.processes):>5} ok"
         )
         for mig in gpu.mig_devices:
-            sm = mig.gpm.sm_utilization if mig.gpm else None
+            sm = device_activity(mig, "sm_utilization")[0]  # GPM, else DCGM
             memory = f"{short_gib(mig.memory_used_bytes)}/{short_gib(mig.memory_total_bytes)}"
             lines.append(
                 f"  {mig.name:<9} {'MIG ' + (mig.profile or '?'):<22} "

@@ -439,6 +439,56 @@ def _scrape(host: str, port: int, timeout_s: float) -> list[Check]:
 # -- all of them -------------------------------------------------------------------------------
 
 
+_DCGM_HOW = ("start DCGM's host engine (DGX OS: systemctl start nvidia-dcgm; elsewhere "
+             "nv-hostengine) and set OTEL_GPU_DCGM_ADDRESS if it is not on 127.0.0.1:5555, or "
+             "point OTEL_GPU_DCGM_EXPORTER_URL at a dcgm-exporter's /metrics")
+_DCGM_PITFALL = ("some GPUs watch only one group of profiling fields at a time: another DCGM "
+                 "client watching other profiling fields (dcgm-exporter with its own counters, "
+                 "Nsight, dcgmi dmon) makes ours fail with IN_USE")
+
+
+def check_dcgm(source: Any | None = None, timeout_s: float = 2.0) -> list[Check]:
+    """DCGM, which gives an A100 MIG slice its activity: the host engine or the dcgm-exporter
+    route, its version, the profiling module and the fields it gives. One line when DCGM is
+    absent; a warning on the one-profiling-group pitfall."""
+    name = "dcgm"
+
+    def probe() -> list[Check]:
+        from otel_gpu.sources.dcgm import EXPORTER, DcgmSource
+
+        dcgm = source if source is not None else DcgmSource()
+        try:
+            found = dcgm.probe()
+        finally:
+            if source is None:
+                dcgm.close()
+        if found.route is None:
+            return [Check(name, OK, "not found: optional, gives A100 MIG slices their activity",
+                          f"{found.reason}. To use it: {_DCGM_HOW}")]
+        fields = ", ".join(f.removeprefix("DCGM_FI_PROF_") for f in found.fields) or "none"
+        if found.route == EXPORTER:
+            what = f"dcgm-exporter at {found.where}"
+        else:
+            version = f"DCGM {found.version}" if found.version else "version unknown"
+            module = {True: "profiling module loaded", False: "profiling module NOT loaded",
+                      None: "profiling module state unknown"}[found.profiling_loaded]
+            what = f"host engine at {found.where} ({version}), {module}"
+        checks = [Check(name, OK if found.fields else WARN,
+                        f"{what}; profiling fields with values: {fields}",
+                        None if found.fields else "load DCGM's profiling module (it needs a "
+                        "data-center GPU, Volta or later) and check that no other client "
+                        "holds profiling")]
+        if found.reason and "IN_USE" in found.reason:
+            checks.append(Check(name, WARN, f"profiling is in use by another client "
+                                f"({found.reason})", _DCGM_PITFALL))
+        elif found.single_group_only:
+            checks.append(Check(name, WARN, "these GPUs watch one profiling group at a time",
+                                _DCGM_PITFALL))
+        return checks
+
+    return _with_deadline(name, timeout_s + 3.0, probe)
+
+
 def run_checks(
     *,
     exporters: Sequence[str] = (),
@@ -449,6 +499,7 @@ def run_checks(
     cgroup_root: str = "/sys/fs/cgroup",
     docker_socket: str = DOCKER_SOCKET,
     pod_resources_socket: str = POD_RESOURCES_SOCKET,
+    dcgm: Any | None = None,
 ) -> list[Check]:
     """Every check, in order. ``exporters`` as the agent would get them (default ``otlp``)."""
     env = os.environ if environ is None else environ
@@ -460,6 +511,7 @@ def run_checks(
     checks += check_pid_namespace(proc_root, env)
     checks += check_docker(docker_socket, timeout_s, in_container)
     checks += check_kubelet(pod_resources_socket, timeout_s, env)
+    checks += check_dcgm(dcgm, timeout_s)
     if "otlp" in wanted:
         checks += check_otlp(env, timeout_s)
     if "prometheus" in wanted:

@@ -32,12 +32,14 @@ from otel_gpu.snapshot import (
     Snapshot,
     Workload,
     cpu_rates,
+    device_activity,
     each_device,
 )
 from otel_gpu.sources.identity import SelfInfo, detect_self
 
 _WORKLOAD_KEYS = ("container.id", "k8s.pod.uid", "k8s.pod.name", "process.owner")
-_MIG_ACTIVITY_NOTE = "not reported: MIG without GPM (Hopper and later)"
+# A MIG device without GPM (before Hopper) has activity only through DCGM; doctor says more.
+_MIG_ACTIVITY_NOTE = "not reported: needs DCGM (nv-hostengine, or dcgm-exporter)"
 
 
 # -- who I am -------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ class DeviceView:
     my_memory_bytes: int | None = None  # by this workload's processes
     processes: int = 0
     activity: float | None = None
-    activity_source: str | None = None  # gpm_sm, process_sm, gpu_utilization
+    activity_source: str | None = None  # gpm_sm, dcgm_sm, process_sm, gpu_utilization
     note: str | None = None
 
 
@@ -152,21 +154,22 @@ def _devices(snapshot: Snapshot) -> dict[str, tuple[Gpu, MigDevice | None]]:
 
 def _device_view(gpu: Gpu, mig: MigDevice | None, given: bool) -> DeviceView:
     if mig is not None:
-        gpm = mig.gpm.sm_utilization if mig.gpm is not None else None
+        sm, source = device_activity(mig, "sm_utilization")
         return DeviceView(
             uuid=mig.uuid, name=mig.name, model=gpu.model, profile=mig.profile,
             parent=gpu.uuid, state="failed" if gpu.lost else "ok", given=given,
             memory_total_bytes=mig.memory_total_bytes, memory_used_bytes=mig.memory_used_bytes,
-            activity=gpm, activity_source="gpm_sm" if gpm is not None else None,
-            note=None if gpm is not None or gpu.lost else _MIG_ACTIVITY_NOTE,
+            activity=sm, activity_source=f"{source}_sm" if source is not None else None,
+            note=None if sm is not None or gpu.lost else _MIG_ACTIVITY_NOTE,
         )
     view = DeviceView(
         uuid=gpu.uuid, name=gpu.name, model=gpu.model, profile=None, parent=None,
         state="failed" if gpu.lost else "ok", given=given,
         memory_total_bytes=gpu.memory_total_bytes, memory_used_bytes=gpu.memory_used_bytes,
     )
-    if gpu.gpm is not None and gpu.gpm.sm_utilization is not None:
-        view.activity, view.activity_source = gpu.gpm.sm_utilization, "gpm_sm"
+    sm, source = device_activity(gpu, "sm_utilization")
+    if sm is not None:
+        view.activity, view.activity_source = sm, f"{source}_sm"
     elif gpu.utilization_general is not None:
         view.activity, view.activity_source = gpu.utilization_general, "gpu_utilization"
     if gpu.lost:
@@ -178,7 +181,7 @@ def _add_workload(view: DeviceView, workload: Workload) -> None:
     view.processes += workload.processes
     if workload.memory_bytes is not None:
         view.my_memory_bytes = (view.my_memory_bytes or 0) + workload.memory_bytes
-    if workload.sm_utilization is not None and view.activity_source != "gpm_sm":
+    if workload.sm_utilization is not None and view.activity_source not in ("gpm_sm", "dcgm_sm"):
         mine = (view.activity if view.activity_source == "process_sm" else 0.0) or 0.0
         view.activity = min(1.0, mine + workload.sm_utilization)
         view.activity_source = "process_sm"
@@ -364,6 +367,56 @@ def _own_cgroup() -> ContainerResources | None:
     return CgroupReader().read(lines)
 
 
+class ViewSource:
+    """A collector for the status view, one view per ``next_view()`` (``--watch`` asks again and
+    again; CPU rates come from the cycle before). Raises ``ScenarioError`` for a bad scenario."""
+
+    def __init__(self, *, simulate: str | None, interval_s: float | None, as_user: str | None,
+                 info: SelfInfo | None = None,
+                 collector_options: Mapping[str, Any] | None = None) -> None:
+        from otel_gpu.collect.build import build_collector
+
+        info = detect_self() if info is None else info
+        self.simulate = simulate
+        self.me = resolve_me(simulate=simulate is not None, as_user=as_user, info=info)
+        self.interval = interval_s or (10.0 if simulate is not None else 1.0)
+        self._collector = build_collector(simulate, self.interval,
+                                          attribution=self.me.attribution,
+                                          **dict(collector_options or {}))
+        try:
+            self.message = self._collector.start()
+        except BaseException:
+            self._collector.close()
+            raise
+        self.cycles = 0
+        self._previous: Snapshot | None = None
+        self._snapshot: Snapshot | None = None
+        self._own: tuple[ContainerResources | None, ContainerResources | None] = (None, None)
+
+    def collect(self) -> None:
+        """One cycle."""
+        self._previous, self._snapshot = self._snapshot, self._collector.collect()
+        if not self.me.attribution:
+            self._own = (_own_cgroup(), self._own[0])
+        self.cycles += 1
+
+    def view(self) -> StatusView:
+        """The view of the last cycle (collecting one first if there was none)."""
+        if self._snapshot is None:
+            self.collect()
+        assert self._snapshot is not None
+        world = getattr(getattr(self._collector.sources, "simulation", None), "scenario", None)
+        host = str(getattr(world, "name", None) or self.simulate) if self.simulate is not None \
+            else socket.gethostname()
+        return build_view(self._snapshot, self.me, previous=self._previous,
+                          own_resources=self._own, host=host,
+                          simulated=self.simulate is not None, cycles=self.cycles,
+                          interval_s=self.interval)
+
+    def close(self) -> None:
+        self._collector.close()
+
+
 def collect_view(
     *,
     simulate: str | None,
@@ -377,31 +430,13 @@ def collect_view(
     """Run the collector for ``cycles`` cycles and build the view of the last; also returns the
     message to show when there is no driver. ``collector_options`` go to ``build_collector``
     (``thresholds``). Raises ``ScenarioError`` for a bad scenario."""
-    from otel_gpu.collect.build import build_collector
-
-    info = detect_self() if info is None else info
-    me = resolve_me(simulate=simulate is not None, as_user=as_user, info=info)
-    interval = interval_s or (10.0 if simulate is not None else 1.0)
-    collector = build_collector(simulate, interval, attribution=me.attribution,
-                                **dict(collector_options or {}))
+    source = ViewSource(simulate=simulate, interval_s=interval_s, as_user=as_user, info=info,
+                        collector_options=collector_options)
     try:
-        message = collector.start()
-        previous = snapshot = None
-        own_before = own_now = None
         for i in range(max(1, cycles)):
             if i and simulate is None:
-                sleep(interval)
-            previous, snapshot = snapshot, collector.collect()
-            if not me.attribution:
-                own_before, own_now = own_now, _own_cgroup()
-        assert snapshot is not None
-        world = getattr(getattr(collector.sources, "simulation", None), "scenario", None)
-        host = str(getattr(world, "name", None) or simulate) if simulate is not None \
-            else socket.gethostname()
-        view = build_view(snapshot, me, previous=previous, own_resources=(own_now, own_before),
-                          host=host, simulated=simulate is not None, cycles=max(1, cycles),
-                          interval_s=interval)
-        return view, message
+                sleep(source.interval)
+            source.collect()
+        return source.view(), source.message
     finally:
-        collector.close()
-
+        source.close()

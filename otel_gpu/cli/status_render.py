@@ -195,9 +195,9 @@ def status_table(view: StatusView, colour: bool = False) -> str:
             if d.state == "failed":
                 lines.append(f"  {d.name:<{_LABEL}}" + style("lost by the driver", "1;31"))
                 continue
-            kind = "SM" if d.activity_source in ("gpm_sm", "process_sm") else "util"
+            kind = "SM" if d.activity_source in ("gpm_sm", "dcgm_sm", "process_sm") else "util"
             if d.activity is not None:
-                source = {"process_sm": "my processes", "gpm_sm": "GPM",
+                source = {"process_sm": "my processes", "gpm_sm": "GPM", "dcgm_sm": "DCGM",
                           "gpu_utilization": "whole GPU"}.get(d.activity_source or "", "")
                 lines += _row(f"{d.name} {kind}", d.activity, source, style)
             else:

@@ -332,19 +332,31 @@ class _Cycle:
         groups: dict[tuple[str, tuple[tuple[str, str], ...]], _Group] = {}
         holders: dict[str, ProcessInfo] = {}  # container id -> one of its GPU processes
         uids: set[int] = set()
+        # The processes of one user in one container share their attributes: built once.
+        shared: dict[tuple[int | None, str | None], tuple[tuple[str, str], ...]] = {}
         for uuid, _, process in placed:
             info = infos.get(process.pid)
-            attrs: Attrs = {}
+            uid = cid = None
             if info is not None:
-                if info.uid is not None:
-                    uids.add(info.uid)
-                    attrs["process.owner"] = self.a.owner(info.uid)
+                uid = info.uid
                 ref = self.process_refs.get(process.pid)
                 if ref is not None:
-                    attrs.update(self._attrs_of(ref.id))
-                    holders.setdefault(ref.id, info)
-            key = (uuid, tuple(sorted(attrs.items())))
-            groups.setdefault(key, _Group()).add(process)
+                    cid = ref.id
+                    holders.setdefault(cid, info)
+            items = shared.get((uid, cid))
+            if items is None:
+                attrs: Attrs = {}
+                if uid is not None:
+                    uids.add(uid)
+                    attrs["process.owner"] = self.a.owner(uid)
+                if cid is not None:
+                    attrs.update(self._attrs_of(cid))
+                items = shared[(uid, cid)] = tuple(sorted(attrs.items()))
+            key = (uuid, items)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(process)
         self.a._forget_users(uids)
         workloads = tuple(
             Workload(

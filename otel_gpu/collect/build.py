@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.collect.collector import Collector, LocalSources
 from otel_gpu.config import kubelet_insecure, kubelet_url
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.insights.thresholds import Thresholds
-from otel_gpu.simulate import SimulatedServer, load_scenario
-from otel_gpu.simulate.world import SimulatedWorld
 from otel_gpu.sources.cgroup import CgroupReader
+from otel_gpu.sources.dcgm import DcgmBindings, DcgmSource
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
+
+if TYPE_CHECKING:
+    from otel_gpu.simulate.server import SimulatedServer
+    from otel_gpu.simulate.world import SimulatedWorld
 
 
 def build_collector(
@@ -38,8 +42,13 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor),
+        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor,
+                                      dcgm=DcgmSource()),
                          insights=engine)
+
+    # The simulator (its driver, scenario parser and stand-in servers) loads only when asked for.
+    from otel_gpu.simulate import SimulatedServer, load_scenario
+    from otel_gpu.simulate.world import SimulatedWorld
 
     server = SimulatedServer(load_scenario(simulate), interval_s=interval_s)
     # The world (a procfs and cgroup tree, Docker and kubelet stand-ins) exists for attribution.
@@ -49,8 +58,23 @@ def build_collector(
         HostSource(),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
+        dcgm=simulated_dcgm(server),
     )
     return Collector(sources, insights=engine)
+
+
+def simulated_dcgm(server: SimulatedServer) -> DcgmSource | None:
+    """The production DCGM adapter over the server's stand-in bindings and, where the scenario
+    runs one, its stand-in dcgm-exporter; None when the scenario has no DCGM."""
+    fake = server.dcgm
+    if fake is None:
+        return None
+    environ = {"OTEL_GPU_DCGM_ADDRESS": "127.0.0.1"}
+    url = server.dcgm_exporter_url()
+    if url is not None:
+        environ["OTEL_GPU_DCGM_EXPORTER_URL"] = url
+    bindings = DcgmBindings(fake.dcgm_structs, fake.dcgm_fields, fake.dcgm_agent, fake.pydcgm)
+    return DcgmSource(bindings, environ=environ)
 
 
 def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributor:

@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from otel_gpu.collect.accounting import Accountant
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.insights.engine import InsightEngine, InsightUpdate
 from otel_gpu.snapshot import HostSnapshot, Snapshot, SourceError, TrainingSignals
+from otel_gpu.sources.dcgm import DcgmSource
 from otel_gpu.sources.nvml import NvmlSource
 
 
@@ -47,8 +49,10 @@ class LocalSources:
         simulation: Simulation | None = None,
         clock: Callable[[], float] = time.time,
         attributor: Attributor | None = None,
+        dcgm: DcgmSource | None = None,
     ) -> None:
         self.nvml = nvml
+        self.dcgm = dcgm
         self.host = host
         self.simulation = simulation
         self.attributor = attributor
@@ -58,14 +62,27 @@ class LocalSources:
 
     def start(self) -> str | None:
         """Initialise the sources; returns the one message to show when there is no driver."""
-        if self.nvml.start():
-            return None
-        return self.nvml.unavailable_reason
+        if not self.nvml.start():
+            return self.nvml.unavailable_reason
+        if self.dcgm is not None:
+            try:
+                self.dcgm.start(self._now())
+            except Exception:  # DCGM is optional: without it the output is as before
+                self.dcgm = None
+        return None
+
+    def _now(self) -> float:
+        return self.simulation.clock(self._cycle) if self.simulation is not None else \
+            time.monotonic()
 
     def close(self) -> None:
         """Close the sources, then the simulated world they read, if any."""
         try:
-            self.nvml.close()
+            try:
+                self.nvml.close()
+            finally:
+                if self.dcgm is not None:
+                    self.dcgm.close()
         finally:
             try:
                 if self.attributor is not None:
@@ -103,6 +120,18 @@ class LocalSources:
             except Exception as err:
                 errors.append(SourceError("nvml", "read", type(err).__name__))
             durations["nvml"] = time.perf_counter() - started
+
+        if self.dcgm is not None and gpus:
+            started = time.perf_counter()
+            try:
+                joined, dcgm_errors = self.dcgm.read(
+                    gpus, now if sim is not None else time.monotonic())
+                gpus = tuple(joined)
+                errors.extend(dcgm_errors)
+            except Exception as err:
+                errors.append(SourceError("dcgm", "read", type(err).__name__))
+            if self.dcgm.available:
+                durations["dcgm"] = time.perf_counter() - started
 
         attribution = None
         if self.attributor is not None and gpus:
@@ -152,8 +181,10 @@ class Collector:
         *,
         insights: InsightEngine | None = None,
         clock: Callable[[], float] = time.time,
+        accountant: Accountant | None = None,
     ) -> None:
         self.sources = sources
+        self.accountant = accountant if accountant is not None else Accountant()
         self._clock = clock
         self._extra_counts: dict[tuple[str, str], int] = {}  # training, insights, sources
         self._error_sources: list[Callable[[], Iterable[SourceError]]] = []
@@ -182,9 +213,10 @@ class Collector:
         self.sources.close()
 
     def collect(self) -> Snapshot:
-        """One cycle: the sources, then the failures recorded outside the cycle and the insight
-        rules, which always run here. Sources that fail as a whole (another process gone) give
-        an empty Snapshot and a counted error of source ``collector``."""
+        """One cycle: the sources, then the failures recorded outside the cycle, the accounts of
+        what each workload used and the insight rules, which always run here. Sources that fail
+        as a whole (another process gone) give an empty Snapshot and a counted error of source
+        ``collector``."""
         own: list[SourceError] = []
         try:
             base = self.sources.read()
@@ -196,6 +228,10 @@ class Collector:
                 own.extend(take_errors())
             except Exception as err:
                 own.append(SourceError("collector", "take_errors", type(err).__name__))
+        try:
+            base = self.accountant.update(base)
+        except Exception as err:
+            own.append(SourceError("collector", "accounting", type(err).__name__))
         return self._with_insights(base, own)
 
     def _training_signals(self, failures: list[SourceError]) -> list[TrainingSignals]:

@@ -49,6 +49,7 @@ RULES: tuple[Rule, ...] = (
     Rule("host_memory_pressure", OPERATOR, operator.host_memory_pressure),
     Rule("filesystem_full", OPERATOR, operator.filesystem_full),
     Rule("mig_reconfigured", OPERATOR, operator.mig_reconfigured),
+    Rule("nvlink_errors", OPERATOR, operator.nvlink_errors),
 )
 RULE_IDS = tuple(r.id for r in RULES)
 USER_RULES = tuple(r.id for r in RULES if r.audience == USER)

@@ -17,8 +17,9 @@ from otel_gpu.insights.window import (
     level,
     minutes,
     pct,
+    span_start,
 )
-from otel_gpu.snapshot import CRITICAL, INFO, WARNING, format_gib, gpu_identity
+from otel_gpu.snapshot import CRITICAL, INFO, WARNING, NvLink, format_gib, gpu_identity
 
 _XID_REMEDIES = {
     48: "An uncorrectable double-bit ECC error: drain the node and reset the GPU.",
@@ -289,3 +290,55 @@ def mig_reconfigured(window: Sequence[Sample], t: Thresholds) -> Iterator[Findin
             "MIG devices were moved to the new ones.",
             t.mig_reconfigured_hold_s,
         )
+
+
+def _link(sample: Sample, uuid: str, link: int) -> NvLink | None:
+    gpu = sample.gpus.get(uuid)
+    if gpu is None:
+        return None
+    return next((n for n in gpu.nvlinks if n.link == link), None)
+
+
+def _crc(link: NvLink | None) -> int | None:
+    if link is None or (link.crc_flit_errors is None and link.crc_data_errors is None):
+        return None
+    return (link.crc_flit_errors or 0) + (link.crc_data_errors or 0)
+
+
+def _retrains(link: NvLink | None) -> int | None:
+    if link is None or (link.replay_errors is None and link.recovery_errors is None):
+        return None
+    return (link.replay_errors or 0) + (link.recovery_errors or 0)
+
+
+def nvlink_errors(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    newest = window[-1]
+    start = span_start(window, t.rate_span_s)
+    seconds = newest.snapshot.timestamp - start.snapshot.timestamp
+    if seconds <= 0:
+        return
+    for gpu in newest.snapshot.gpus:
+        if gpu.lost:
+            continue
+        for link in gpu.nvlinks:
+            before = _link(start, gpu.uuid, link.link)
+            crc_now, crc_before = _crc(link), _crc(before)
+            rate = max(crc_now - crc_before, 0) / seconds \
+                if crc_now is not None and crc_before is not None else 0.0
+            retrains_now, retrains_before = _retrains(link), _retrains(before)
+            retrains = max(retrains_now - retrains_before, 0) \
+                if retrains_now is not None and retrains_before is not None else 0
+            raised = WARNING if rate >= t.nvlink_crc_errors_per_s or retrains else None
+            held = WARNING if rate >= t.nvlink_crc_errors_per_s_clear or retrains else None
+            ident = {**gpu_identity(gpu), "nvidia.gpu.nvlink.link": link.link}
+            yield condition(
+                (gpu.uuid, link.link),
+                ident,
+                (raised, held),
+                f"NVLink {link.link} of {device_label(ident)} counts {rate:.0f} CRC errors per "
+                f"second and {retrains} replay or recovery error{'s' if retrains != 1 else ''} "
+                f"over the last {minutes(seconds)}.",
+                "Drain the GPUs on this link when convenient, reset them and check the link "
+                "(nvidia-smi nvlink -e); reseat or replace the board or NVSwitch if the errors "
+                "return.",
+            )

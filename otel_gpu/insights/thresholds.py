@@ -97,6 +97,12 @@ class Thresholds:
     filesystem_fill_max_free: float = 0.20
     filesystem_fill_min_span_s: float = 300.0  # history the fit needs
     filesystem_for_s: float = 1800.0
+    # nvlink_errors: DCGM's NVLink health watch (DcgmHealthWatch.cpp: more than 100 CRC errors
+    # per second on a link, DCGM_LIMIT_MAX_NVLINK_CRC_ERROR; any replay or recovery error),
+    # as rates over rate_span_s. Recalled from DCGM's source, not checked here; the clear
+    # band (half the threshold) is ours.
+    nvlink_crc_errors_per_s: float = 100.0
+    nvlink_crc_errors_per_s_clear: float = 50.0
     # mig_reconfigured: a MIG layout change, for information.
     mig_reconfigured_hold_s: float = 600.0
     # An active insight whose subject is not seen (a failed read, a container gone) clears

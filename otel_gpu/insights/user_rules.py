@@ -21,6 +21,7 @@ from otel_gpu.insights.window import (
     pct,
     run_key,
     single_holder,
+    sm_activity,
     span_start,
     who,
     workload_devices,
@@ -260,7 +261,7 @@ def low_sm_activity(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding
     snap = window[-1].snapshot
     for device, ident in workload_devices(snap):
         duty = duty_cycle(device)
-        sm = device.gpm.sm_utilization if device.gpm is not None else None
+        sm = sm_activity(device)
         if duty is None or sm is None:
             continue
         raised = WARNING if duty >= t.low_sm_duty_cycle and sm < t.low_sm_activity else None

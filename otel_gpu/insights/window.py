@@ -18,6 +18,7 @@ from otel_gpu.snapshot import (
     MigDevice,
     Snapshot,
     TrainingSignals,
+    device_activity,
     device_identity,
     each_device,
 )
@@ -159,12 +160,16 @@ def workload_devices(snap: Snapshot) -> Iterator[tuple[Device, Attributes]]:
 
 
 def duty_cycle(device: Device) -> float | None:
-    """The share of time a kernel ran: NVML utilization, or GPM's engine activity on MIG."""
+    """The share of time a kernel ran: NVML utilization, else the engine activity GPM or DCGM
+    measured (on MIG devices, where NVML has no utilization)."""
     if isinstance(device, Gpu) and device.utilization_general is not None:
         return device.utilization_general
-    if device.gpm is not None:
-        return device.gpm.graphics_engine_utilization
-    return None
+    return device_activity(device, "graphics_engine_utilization")[0]
+
+
+def sm_activity(device: Device) -> float | None:
+    """The share of SMs busy, from GPM or else DCGM."""
+    return device_activity(device, "sm_utilization")[0]
 
 
 def single_holder(sample: Sample, uuid: str) -> Attributes:

@@ -26,7 +26,9 @@ whatever its role. A child serves one of two roles:
   neither gRPC nor protobuf.
 - ``sources`` (``Mode.SOURCES_CHILD``, when the application brings its own providers or
   ``metric_exporters=``): the instruments live on those providers in the training process
-  (``in_process``), and each collection asks the child for a Snapshot of the sources.
+  (``in_process``), and each collection asks the child for a Snapshot of the sources. The
+  tracker writes into its ``StepBuffer`` here too, and a drain thread (``drain``) replays the
+  steps into the training instruments on those providers twice per interval.
 
 ``Mode.IN_PROCESS`` (``OTEL_GPU_COLLECT_IN_PROCESS=true``, or no child could start) collects in
 the training process. The mode is chosen once (``modes.choose_mode``), with the fallbacks as a

@@ -12,6 +12,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -29,15 +30,20 @@ from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task
 from otel_gpu.session.providers import retired, session_providers
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
 from otel_gpu.session.steps import StepBuffer
+from otel_gpu.session.summary import LoopFigures, render, summary_enabled
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog
-from otel_gpu.telemetry.providers import build_resource, env_export_interval_ms, env_exporters
+from otel_gpu.telemetry.providers import (
+    DEFAULT_EXPORT_INTERVAL_MS,
+    build_resource,
+    env_export_interval_ms,
+    unknown_exporters,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("otel_gpu")
 
 DEFAULT_SERVICE_NAME = "otel-gpu-training"
-DEFAULT_EXPORT_INTERVAL_MS = 60_000.0
 
 
 class Session:
@@ -47,13 +53,21 @@ class Session:
                  owns_meter_provider: bool = False, owns_tracer_provider: bool = False,
                  mode: Mode | None = None, driver_message: str | None = None,
                  child: CollectorChild | None = None, pipeline: Any = None,
-                 view: Any = None) -> None:
+                 view: Any = None, recorder: Any = None, drain: Any = None,
+                 beacon: Any = None,
+                 summary: bool = False) -> None:
         self.mode = mode
         #: the export role's collector process (``Mode.EXPORT_CHILD``)
         self.child = child
         #: collection through this process's providers (the other modes)
         self.pipeline = pipeline
         self._view = view
+        self._recorder = recorder
+        #: replays the tracker's steps into the instruments (the in-process modes)
+        self._drain = drain
+        self._beacon = beacon  # this session's file for ``otel-gpu status --watch``
+        #: write the end-of-run summary on stderr at ``stop()`` (``OTEL_GPU_SUMMARY``)
+        self.summary = summary
         self.tracker = tracker
         self.meter_provider = meter_provider
         self.tracer_provider = tracer_provider
@@ -84,6 +98,8 @@ class Session:
         if self.stopped or self.pid != os.getpid():
             return
         self.stopped = True
+        if self._drain is not None:
+            self._drain.close()  # the last steps, before the providers' last export
         # A provider this session made exports one last time as it shuts down; one the
         # application owns is flushed and left running.
         for provider, owned in ((self.meter_provider, self._owns_meter),
@@ -108,6 +124,21 @@ class Session:
                 log.warning("otel-gpu: flush failed", exc_info=True)
             if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:
                 retired.add(self.pipeline.logger_provider)
+        if self._beacon is not None:
+            self._beacon.remove()
+        if self.summary:
+            self._write_summary()
+
+    def _write_summary(self) -> None:
+        try:
+            steps, samples, step_ns, wait_ns = self.tracker.totals
+            figures = self.child.figures if self.child is not None else \
+                self._recorder.figures() if self._recorder is not None else None
+            lines = render(LoopFigures(steps, samples, step_ns / 1e9, wait_ns / 1e9), figures)
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            log.debug("otel-gpu: no run summary", exc_info=True)
 
     def __enter__(self) -> Session:
         return self
@@ -169,15 +200,15 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(thresholds_file())
-    for signal in ("metrics", "traces", "logs"):  # a misspelt exporter fails before anything
-        env_exporters(signal, console=lambda: None, otlp=lambda: None)
+    for note in unknown_exporters():  # said once here; the collector process skips them too
+        log.warning("otel-gpu: %s", note)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(
             Resource({"process.pid": os.getpid()}))
     return Request(simulate or simulated_scenario(), interval_ms,
                    thresholds, resource, detect, dict(attributes or {}), meter_provider,
-                   tracer_provider, metric_exporters)
+                   tracer_provider, metric_exporters, summary=summary_enabled())
 
 
 def _start(request: Request, modes: list[Mode]) -> Session:
@@ -193,7 +224,10 @@ def _start(request: Request, modes: list[Mode]) -> Session:
                            owns_meter_provider=started.providers.owns_meter,
                            owns_tracer_provider=started.providers.owns_tracer, mode=mode,
                            driver_message=started.pipeline.driver_message,
-                           pipeline=started.pipeline, view=started.view)
+                           pipeline=started.pipeline, view=started.view,
+                           recorder=started.recorder, drain=started.drain,
+                           beacon=started.beacon,
+                           summary=request.summary)
         except (ChildError, OSError, TimeoutError) as err:
             if mode not in FALLBACK_NOTES:
                 raise
@@ -222,9 +256,9 @@ def _start_export_child(request: Request) -> Session:
         providers = session_providers(
             request.meter_provider, request.tracer_provider, request.metric_exporters,
             request.interval_ms, resource,
-            otlp_metrics=lambda: RelayMetricExporter(child.send, ready.temporality,
+            otlp_metrics=lambda name: RelayMetricExporter(child.send, ready.temporality,
                                                      ready.aggregation),
-            otlp_spans=lambda: RelaySpanExporter(child.send))
+            otlp_spans=lambda name: RelaySpanExporter(child.send), pull=False)
     except BaseException:
         child.close(timeout_s=5.0)
         raise
@@ -235,7 +269,7 @@ def _start_export_child(request: Request) -> Session:
     return Session(tracker=tracker, meter_provider=providers.meter,
                    tracer_provider=providers.tracer, owns_meter_provider=providers.owns_meter,
                    owns_tracer_provider=providers.owns_tracer, mode=Mode.EXPORT_CHILD,
-                   driver_message=child.message, child=child)
+                   driver_message=child.message, child=child, summary=request.summary)
 
 
 def stop() -> None:

@@ -27,6 +27,7 @@ from otel_gpu.session.protocol import (
     Kind,
     Message,
     Ready,
+    RunFigures,
     StepReport,
     StepTotals,
     Task,
@@ -134,6 +135,8 @@ class CollectorChild:
         # Steps taken from the feed for a child that was gone by the time they were sent.
         self._unsent: StepBatch | None = None
         self._totals = StepTotals()
+        #: the export child's figures for the end-of-run summary, once it has closed
+        self.figures: RunFigures | None = None
         self._current: _Process | None = _Process(task, ready_timeout_s)
         self.ready = self._current.ready
         self._stopping = threading.Event()
@@ -317,7 +320,10 @@ class CollectorChild:
                         current.conn.send((Kind.CLOSE, None))
                 self._current = None
                 try:
-                    current.receive(timeout_s)
+                    kind, payload = current.receive(timeout_s)
+                    if kind is Kind.SUMMARY:
+                        self.figures = payload if isinstance(payload, RunFigures) else None
+                        current.receive(timeout_s)  # CLOSED
                 except Exception as err:
                     log.warning("otel-gpu: the collector process did not finish cleanly (%s)",
                                 err)

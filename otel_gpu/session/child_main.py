@@ -33,10 +33,12 @@ from otel_gpu.session.protocol import (
     StepTotals,
     Task,
 )
+from otel_gpu.session.recorder import RunRecorder
 from otel_gpu.session.relay import metrics_from_wire, span_from_wire
 from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.steps import StepBatch, replay
 from otel_gpu.snapshot import SourceError, TrainingSignals
+from otel_gpu.sources.sessions import SessionBeacon
 
 log = logging.getLogger("otel_gpu")
 
@@ -92,17 +94,18 @@ class RelayWorker:
     def __init__(self, resource: Any, schema_url: str,
                  on_drop: Callable[[Kind], None] = lambda kind: None,
                  backend: Backend | None = None) -> None:
-        from otel_gpu.config import env_list
+        from otel_gpu.telemetry.providers import OTLP_NAMES, exporter_names
 
         backend = backend if backend is not None else Backend()
         self._on_drop = on_drop
         self._resource = resource
         self._schema_url = schema_url
         self._exporters: dict[Kind, Any] = {}
-        if "otlp" in env_list("OTEL_METRICS_EXPORTER", "otlp"):
-            self._exporters[Kind.METRICS] = guarded_otlp("metrics", backend)
-        if "otlp" in env_list("OTEL_TRACES_EXPORTER", "otlp"):
-            self._exporters[Kind.SPANS] = guarded_otlp("traces", backend)
+        for kind, kind_signal in ((Kind.METRICS, "metrics"), (Kind.SPANS, "traces")):
+            # The relay stands for the OTLP exporter the training process was asked for.
+            otlp = next((n for n in exporter_names(kind_signal) if n in OTLP_NAMES), None)
+            if otlp is not None:
+                self._exporters[kind] = guarded_otlp(kind_signal, backend, otlp)
         self._queue: queue.Queue[tuple[Kind, Any] | None] = queue.Queue(self.QUEUE_SIZE)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="otel-gpu-relay", daemon=True)
@@ -196,6 +199,10 @@ class TrainingFeed:
         return errors
 
 
+def _beacon(beacon: SessionBeacon, signals: TrainingSignals) -> None:
+    beacon.write(signals.steps, signals.data_wait_ratio)
+
+
 def _otlp_preferences() -> tuple[dict[type, Any], dict[type, Any]]:
     """The temporality and histogram aggregation the SDK's OTLP metric exporter asks for, read
     from the environment by the exporter's own code."""
@@ -224,7 +231,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
     from otel_gpu.telemetry.instruments import TrainingInstruments
     from otel_gpu.telemetry.node_agent import agent_running
     from otel_gpu.telemetry.pipeline import assemble_pipeline
-    from otel_gpu.telemetry.providers import env_exporters, self_resource
+    from otel_gpu.telemetry.providers import env_exporters, metric_readers, self_resource
 
     pipeline = relay = None
     try:
@@ -241,15 +248,23 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         collector = build_collector(settings.simulate, settings.interval_s,
                                     attribution=attribution, thresholds=settings.thresholds)
         feed = TrainingFeed(None, settings.run_attributes, settings.carried)
+        recorder = RunRecorder(devices, host)
+        collector.add_insight_listener(recorder)
+        # For ``otel-gpu status --watch``: the training process is our parent.
+        beacon = SessionBeacon(os.getppid(), str(resource.attributes.get("service.name", "")))
+        collector.add_insight_listener(lambda update, snapshot: _beacon(beacon, feed.read()))
         collector.add_training_source(feed.read)
         collector.add_error_source(feed.take_errors)
         backend = Backend()  # one line on stderr, whichever export finds no collector first
         log_exporters = env_exporters("logs", ConsoleLogRecordExporter,
-                                      otlp=lambda: guarded_otlp("logs", backend))
-        readers = [PeriodicExportingMetricReader(e, export_interval_millis=settings.interval_s
-                                                 * 1e3)
-                   for e in env_exporters("metrics", ConsoleMetricExporter,
-                                          otlp=lambda: guarded_otlp("metrics", backend))]
+                                      otlp=lambda name: guarded_otlp("logs", backend, name))
+        # This process serves the Prometheus scrape endpoint when there is one: it holds the
+        # GPU, host and training instruments.
+        readers = metric_readers(
+            env_exporters("metrics", ConsoleMetricExporter,
+                          otlp=lambda name: guarded_otlp("metrics", backend, name)),
+            lambda e: PeriodicExportingMetricReader(
+                e, export_interval_millis=settings.interval_s * 1e3))
         pipeline = assemble_pipeline(
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),
@@ -292,7 +307,9 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
             pipeline.shutdown()
         except Exception:
             log.warning("otel-gpu: final export failed", exc_info=True)
+        beacon.remove()  # after the last collection, which writes it once more
         with contextlib.suppress(OSError, ValueError):
+            conn.send((Kind.SUMMARY, recorder.figures()))
             conn.send((Kind.CLOSED, None))
 
 

@@ -22,8 +22,7 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from otel_gpu.config import otlp_protocol
-from otel_gpu.telemetry.providers import otlp_exporter
+from otel_gpu.telemetry.providers import OTLP_NAMES, otlp_exporter, otlp_protocol
 
 log = logging.getLogger("otel_gpu")
 
@@ -149,10 +148,11 @@ class GuardedMetricExporter(MetricExporter):
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
-def guarded_otlp(signal: str, backend: Backend) -> Any:
-    """The SDK's OTLP exporter for ``signal`` (metrics, traces or logs), guarded."""
-    inner = otlp_exporter(signal)
-    address = otlp_address(signal, otlp_protocol(signal))
+def guarded_otlp(signal: str, backend: Backend, name: str = "otlp") -> Any:
+    """The SDK's OTLP exporter for ``signal`` (metrics, traces or logs), guarded; ``name`` is
+    the exporter's name in ``OTEL_<SIGNAL>_EXPORTER`` (``otlp``, ``otlp_proto_grpc``, ...)."""
+    inner = otlp_exporter(signal, name)
+    address = otlp_address(signal, OTLP_NAMES.get(name) or otlp_protocol(signal))
     if signal == "metrics":
         return GuardedMetricExporter(inner, backend, address)
     failure = SpanExportResult.FAILURE if signal == "traces" else LogRecordExportResult.FAILURE

@@ -7,22 +7,28 @@ program are the two doors into the collection side.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.session.child import CollectorChild
+from otel_gpu.session.drain import StepDrain
 from otel_gpu.session.modes import Request
 from otel_gpu.session.protocol import Role, SourceSettings, Task
 from otel_gpu.session.providers import Providers, insight_logger_provider, session_providers
+from otel_gpu.session.recorder import RunRecorder
 from otel_gpu.session.scope import ScopedCache, rank_devices
 from otel_gpu.session.tracker import TrainingTracker
-from otel_gpu.snapshot import Snapshot, TrainingSignals
+from otel_gpu.snapshot import ErrorLog, Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
+from otel_gpu.sources.sessions import SessionBeacon
+from otel_gpu.telemetry.instruments import TrainingInstruments
 from otel_gpu.telemetry.node_agent import agent_running
 from otel_gpu.telemetry.pipeline import Pipeline, assemble_pipeline
 from otel_gpu.telemetry.providers import self_resource
+from otel_gpu.telemetry.system_metrics import StandDown
 
 log = logging.getLogger("otel_gpu")
 
@@ -51,6 +57,9 @@ class InProcess:
     providers: Providers
     pipeline: Pipeline
     view: ScopedCache
+    recorder: RunRecorder
+    drain: StepDrain
+    beacon: SessionBeacon
 
 
 def start_in_process(request: Request, *, child: bool) -> InProcess:
@@ -77,14 +86,22 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
     try:
         providers = session_providers(request.meter_provider, request.tracer_provider,
                                       request.metric_exporters, request.interval_ms, resource)
+        errors = ErrorLog("training")
+        # The loop only writes into the tracker's buffer; the drain records on the providers.
         tracker = TrainingTracker(providers.meter, providers.tracer,
-                                  attributes=request.attributes)
+                                  attributes=request.attributes, defer=True, error_log=errors)
+        assert tracker.buffer is not None
         run_attributes = dict(request.attributes)
         collector.add_error_source(tracker.take_errors)
         collector.add_training_source(lambda: TrainingSignals(
             tracker.data_wait_ratio, tracker.steps, run_attributes))
         logger_provider, owns_logger = insight_logger_provider(resource)
         devices, host = rank_devices()
+        recorder = RunRecorder(devices, host)
+        collector.add_insight_listener(recorder)
+        beacon = SessionBeacon(os.getpid(), str(resource.attributes.get("service.name", "")))
+        collector.add_insight_listener(lambda update, snapshot: beacon.write(
+            tracker.steps, tracker.data_wait_ratio))
         views: list[ScopedCache] = []
 
         def view(cache: object) -> ScopedCache:
@@ -94,7 +111,9 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         pipeline = assemble_pipeline(collector, cache_max_age_s=min(1.0, interval_s / 2),
                                      provider=providers.meter, logger_provider=logger_provider,
                                      owns_logger_provider=owns_logger, view=view,
-                                     own_only=agent_running())
+                                     stand_down=StandDown(), own_only=agent_running())
+        drain = StepDrain(tracker.buffer, TrainingInstruments(providers.meter), interval_s,
+                          errors)
     except BaseException:
         # Nothing half-started stays behind: not our providers as the globals of a later start.
         if providers is not None:
@@ -103,4 +122,4 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         raise
     if pipeline.driver_message:
         log.warning("otel-gpu: %s; reporting host metrics only", pipeline.driver_message)
-    return InProcess(tracker, providers, pipeline, views[0])
+    return InProcess(tracker, providers, pipeline, views[0], recorder, drain, beacon)

@@ -57,3 +57,4 @@ class Request:
     meter_provider: Any = None
     tracer_provider: Any = None
     metric_exporters: Sequence[MetricExporter] | None = None
+    summary: bool = True  # the end-of-run summary on stderr (``OTEL_GPU_SUMMARY``)

@@ -3,7 +3,8 @@
 Every message is a pair ``(Kind, payload)`` pickled through the socket pair (see
 ``otel_gpu.session`` for the story). The first message is always the child's ``Task``; the child
 answers ``READY`` with a ``Ready`` or ``ERROR`` with a text, then serves its role until ``CLOSE``
-or the end of the pipe.
+or the end of the pipe. An export child answers ``CLOSE`` with ``SUMMARY`` (its ``RunFigures``,
+for the end-of-run summary the training process writes) and then ``CLOSED``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.session.steps import StepBatch
-from otel_gpu.snapshot import SourceError
+from otel_gpu.snapshot import Insight, SourceError
 
 
 class Role(str, Enum):
@@ -41,6 +42,7 @@ class Kind(str, Enum):
     ERROR = "error"          # text: the child could not start its role
     SNAPSHOT = "snapshot"    # (sequence number, Snapshot)
     FAILED = "failed"        # the name of the exception a COLLECT raised
+    SUMMARY = "summary"      # RunFigures, after the last export (export role)
     CLOSED = "closed"        # None: the last export is done
 
 
@@ -112,3 +114,26 @@ class StepReport:
 
     steps: StepBatch | None
     errors: tuple[SourceError, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceFigures:
+    """One device this process used, over the run's collections."""
+
+    name: str  # hw.name, e.g. gpu0 or gpu0/mig1
+    model: str | None
+    #: mean device activity (0..1) over the collections that reported it; None when none did
+    activity_mean: float | None
+    memory_peak_bytes: int | None
+    memory_total_bytes: int | None
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What the collecting side knows of a run, for its end-of-run summary: the devices in
+    this process's scope and the insights that fired in it."""
+
+    collections: int = 0
+    devices: tuple[DeviceFigures, ...] = ()
+    #: the first firing of each rule (and subject) during the run, in order
+    insights: tuple[Insight, ...] = ()

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.telemetry.insight_log import build_logger_provider
-from otel_gpu.telemetry.providers import env_exporters
+from otel_gpu.telemetry.providers import env_exporters, metric_readers, observable_views
 
 
 class _OwnerOnlyReader(PeriodicExportingMetricReader):
@@ -95,18 +95,22 @@ class Providers:
 
 def session_providers(meter_provider: Any, tracer_provider: Any,
                       metric_exporters: Sequence[MetricExporter] | None, interval_ms: float,
-                      resource: Resource, *, otlp_metrics: Callable[[], Any] | None = None,
-                      otlp_spans: Callable[[], Any] | None = None) -> Providers:
+                      resource: Resource, *, otlp_metrics: Callable[[str], Any] | None = None,
+                      otlp_spans: Callable[[str], Any] | None = None,
+                      pull: bool = True) -> Providers:
     """The providers given, else the application's globals, else new ones (set as the globals).
-    ``otlp_metrics`` and ``otlp_spans`` make the exporter that ``otlp`` names (the relays)."""
+    ``otlp_metrics`` and ``otlp_spans`` make the exporter an OTLP name stands for (the relays);
+    ``pull`` False: a Prometheus scrape endpoint is served by the collector process, not here."""
     owns_meter = owns_tracer = False
     if meter_provider is None:
         meter_provider = app_meter_provider()
     if meter_provider is None:
         exporters = list(metric_exporters) if metric_exporters is not None else env_exporters(
-            "metrics", ConsoleMetricExporter, otlp=otlp_metrics)
-        readers: list[MetricReader] = [_OwnerOnlyReader(e, interval_ms) for e in exporters]
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+            "metrics", ConsoleMetricExporter, otlp=otlp_metrics, pull=pull)
+        readers: list[MetricReader] = metric_readers(
+            exporters, lambda exporter: _OwnerOnlyReader(exporter, interval_ms))
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource,
+                                       views=observable_views())
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
         owns_meter = True
     if tracer_provider is None:

@@ -52,8 +52,9 @@ def scope_snapshot(snapshot: Snapshot, devices: Sequence[str] | None,
         gpus = tuple(kept)
     kept_ids = {(mig or gpu).uuid for gpu, mig in each_device(gpus)}
     insights = tuple(i for i in snapshot.insights if _insight_in_scope(i, kept_ids, report_host))
+    accounts = tuple(a for a in snapshot.accounts if a.attributes.get("hw.id") in kept_ids)
     return replace(snapshot, gpus=gpus, host=snapshot.host if report_host else None,
-                   insights=insights)
+                   insights=insights, accounts=accounts)
 
 
 def _insight_in_scope(insight: Insight, device_ids: set[str], report_host: bool) -> bool:

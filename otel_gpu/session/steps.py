@@ -2,12 +2,13 @@
 
 Recording one step through the SDK's synchronous instruments costs five ``record``/``add`` calls,
 each a few microseconds with warm caches and tens of microseconds right after a long step has
-evicted the SDK's code and data, all of it on the training thread. When a session's collector
-process exports the GPU metrics (see ``otel_gpu.session``), the training thread only writes
-each step into a ``StepBuffer`` (preallocated arrays, so a step allocates nothing that
-outlives it). The session drains the buffer twice per export interval, sends the ``StepBatch``
-through the pipe, and the collector process replays it into ``TrainingInstruments`` on its own
-MeterProvider, which exports with the training process's resource.
+evicted the SDK's code and data, all of it on the training thread. So in a session the training
+thread only writes each step into a ``StepBuffer`` (preallocated arrays, so a step allocates
+nothing that outlives it), and the buffer is drained twice per export interval. When a
+collector process exports the GPU metrics (see ``otel_gpu.session``), the session sends the
+``StepBatch`` through the pipe, and that process replays it into ``TrainingInstruments`` on its
+own MeterProvider, which exports with the training process's resource; on the training
+process's own providers a drain thread replays it there (``drain``).
 
 What differs from direct recording: a point's and an exemplar's timestamps are those of the
 replay, up to half an export interval after the step; everything else (names, values,

@@ -11,9 +11,9 @@ Traces: one ``otel_gpu.training.epoch`` span per epoch, and every ``span_every``
 counted from 0, so the first step is always traced) an ``otel_gpu.training.step`` span under the
 epoch with ``otel_gpu.training.data_wait`` and ``otel_gpu.training.compute`` children carrying the
 measured start and end times. That step's measurements are recorded in the step span's context, so
-the SDK's ``trace_based`` exemplar filter links them to the trace. With a ``buffer`` (a session
-whose collector process exports) the tracker only writes each step into it, and that process
-records the measurements (see ``otel_gpu.session``).
+the SDK's ``trace_based`` exemplar filter links them to the trace. With a ``buffer`` (every
+session's tracker) the tracker only writes each step into it, and the session's collector
+process or its drain thread records the measurements (see ``otel_gpu.session``).
 
 Three ways to drive a tracker, one at a time per tracker (it is not meant to be shared between
 threads or concurrent loops):
@@ -207,6 +207,10 @@ class TrainingTracker:
         self._win_step_sum = 0
         self._ratio: float | None = None
         self._steps = 0
+        # Run totals, for the end-of-run summary.
+        self._total_step = 0
+        self._total_wait = 0
+        self._total_samples = 0
         self._errors = 0
         self._auto_epochs = 0
 
@@ -227,6 +231,11 @@ class TrainingTracker:
     def steps(self) -> int:
         """Steps recorded so far by this process."""
         return self._steps
+
+    @property
+    def totals(self) -> tuple[int, int, int, int]:
+        """Steps, samples, step time and data wait (ns) recorded so far by this process."""
+        return self._steps, self._total_samples, self._total_step, self._total_wait
 
     @property
     def errors(self) -> int:
@@ -376,6 +385,10 @@ class TrainingTracker:
                 wait = step
             index = self._steps
             self._steps = index + 1
+            self._total_step += step
+            self._total_wait += wait
+            if samples:
+                self._total_samples += samples
 
             pos = self._win_pos
             self._win_wait_sum += wait - self._win_wait[pos]

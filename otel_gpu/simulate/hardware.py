@@ -10,6 +10,8 @@ Sources for the figures (see the project's research notes on GPU anchors, sectio
 - H200-141GB: instance counts from mig-parted; memory sizes from go-nvml's ``dgxh200`` mock
   (``MemorySizeMB``); SM counts from a public test fixture for 1g, 2g and 7g, and by analogy with
   H100 for 1g.35gb, 3g.71gb and 4g.71gb (not verified on hardware).
+- NVLinks per GPU: the A100 datasheet (12 third-generation links, 600 GB/s) and the H100 and
+  H200 datasheets (18 fourth-generation links, 900 GB/s), SXM boards.
 - Power limits, idle power, idle temperature and maximum SM and memory clocks: NVIDIA Mokka's
   ``nvml-mock`` profiles for A100 and H100 (mock profiles, not spec sheets); H200 reuses the H100
   figures where no source gives its own. Video clocks and idle clocks other than the A100's SM
@@ -70,6 +72,7 @@ class GpuModel:
     mig_profiles: tuple[MigProfile, ...]
     compute_slices: int = 7
     memory_slices: int = 8
+    nvlinks: int = 12  # NVLinks per GPU: 12 on A100 (NVLink 3), 18 on H100 and H200 (NVLink 4)
 
     @property
     def architecture_name(self) -> str:
@@ -182,6 +185,7 @@ H100_SXM5_80GB = GpuModel(
     idle_temperature_celsius=30.0,
     max_clocks=Clocks(graphics=1980, sm=1980, memory=1593, video=1755),
     idle_clocks=Clocks(graphics=345, sm=345, memory=1593, video=765),
+    nvlinks=18,
     has_fan=False,
     gpm_supported=True,
     mig_profiles=_profiles(
@@ -208,6 +212,7 @@ H200_141GB = GpuModel(
     idle_temperature_celsius=30.0,
     max_clocks=Clocks(graphics=1980, sm=1980, memory=1593, video=1755),
     idle_clocks=Clocks(graphics=345, sm=345, memory=1593, video=765),
+    nvlinks=18,
     has_fan=False,
     gpm_supported=True,
     mig_profiles=_profiles(

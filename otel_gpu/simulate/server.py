@@ -1,7 +1,9 @@
 """The simulated GPU server: a scenario, the stand-in ``pynvml`` that serves it, and its clock.
 
 ``SimulatedServer(load_scenario("dgx-a100"))`` gives ``.nvml`` to pass where the ``pynvml``
-module would go; call ``begin_cycle(k)`` before collection cycle k. Time is simulated: cycle k is
+module would go, and ``.dcgm`` (None without DCGM in the scenario) where DCGM's bindings would;
+``dcgm_exporter_url()`` starts a stand-in dcgm-exporter on loopback; call ``begin_cycle(k)``
+before collection cycle k. Time is simulated: cycle k is
 at ``clock(k)``, ``interval_s`` after cycle k - 1, without sleeping.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from otel_gpu.simulate.dcgm_exporter import DcgmExporterStandIn
+from otel_gpu.simulate.fake_dcgm import FakeDcgm
 from otel_gpu.simulate.fake_nvml import SIMULATION_EPOCH, FakeNvml
 from otel_gpu.simulate.scenario import load_scenario
 from otel_gpu.simulate.spec import Scenario, at_cycle
@@ -33,6 +37,23 @@ class SimulatedServer:
         self.scenario = scenario
         self.interval_s = interval_s
         self.nvml = FakeNvml(scenario, interval_s=interval_s, start_time=SIMULATION_EPOCH)
+        self.dcgm = FakeDcgm(self.nvml, scenario.dcgm) if scenario.dcgm is not None else None
+        self._exporter: DcgmExporterStandIn | None = None
+
+    def dcgm_exporter_url(self) -> str | None:
+        """The URL of the stand-in dcgm-exporter, started on first use; None when the scenario
+        runs none."""
+        if self.dcgm is None or not self.dcgm.spec.exporter:
+            return None
+        if self._exporter is None:
+            self._exporter = DcgmExporterStandIn(self.dcgm)
+        return self._exporter.url
+
+    def close(self) -> None:
+        """Stop the stand-in dcgm-exporter, if one runs."""
+        exporter, self._exporter = self._exporter, None
+        if exporter is not None:
+            exporter.close()
 
     @property
     def cycle(self) -> int:

@@ -61,6 +61,9 @@ FAULTABLE_CALLS: frozenset[str] = frozenset(
         "nvmlGpmMigSampleGet",
         "nvmlGpmMetricsGet",
         "nvmlDeviceRegisterEvents",
+        "nvmlDeviceGetNvLinkState",
+        "nvmlDeviceGetNvLinkErrorCounter",
+        "nvmlDeviceGetPcieReplayCounter",
     }
 )
 
@@ -133,6 +136,68 @@ class GpmValues:
 
 
 @dataclass(frozen=True)
+class DcgmValues:
+    """DCGM profiling values of a GPU or GPU instance, each possibly per cycle; None where the
+    scenario gives none (DCGM answers a blank value). Ratios 0..1; the byte fields per second."""
+
+    graphics_engine_active: Varying = None
+    sm_active: Varying = None
+    sm_occupancy: Varying = None
+    tensor_active: Varying = None
+    dram_active: Varying = None
+    pcie_tx_bytes_per_s: Varying = None
+    pcie_rx_bytes_per_s: Varying = None
+    nvlink_tx_bytes_per_s: Varying = None
+    nvlink_rx_bytes_per_s: Varying = None
+
+
+# The DCGM calls a scenario fault may name: connecting to the host engine, watching the fields,
+# reading them, and the dcgm-exporter scrape.
+DCGM_FAULTABLE_CALLS = frozenset({"connect", "WatchFields", "GetLatest_v2", "scrape"})
+# DCGM status names (dcgm_structs DCGM_ST_*, without the prefix) a fault may raise, and
+# Malformed: the exporter serves a scrape that is not in the Prometheus text format.
+DCGM_FAULT_ERRORS = frozenset(
+    {"CONNECTION_NOT_VALID", "NOT_SUPPORTED", "IN_USE", "TIMEOUT", "NO_PERMISSION",
+     "PROFILING_NOT_SUPPORTED", "Malformed"}
+)
+
+
+@dataclass(frozen=True)
+class DcgmFault:
+    call: str  # one of DCGM_FAULTABLE_CALLS
+    error: str  # one of DCGM_FAULT_ERRORS
+    cycles: tuple[int, ...] | None  # None: every cycle
+
+    def active(self, cycle: int) -> bool:
+        return self.cycles is None or cycle in self.cycles
+
+
+@dataclass(frozen=True)
+class DcgmSpec:
+    """The DCGM services of the simulated server."""
+
+    hostengine: bool = True  # nv-hostengine runs and accepts connections
+    exporter: bool = False  # a dcgm-exporter endpoint serves the same values over HTTP
+    version: str = "4.2.3"
+    profiling_module: bool = True  # the profiling module loads (it needs a supported GPU)
+    faults: tuple[DcgmFault, ...] = ()
+
+
+@dataclass(frozen=True)
+class NvLinkSpec:
+    """One NVLink of a GPU: its state and cumulative counters, each possibly per cycle."""
+
+    link: int
+    active: Varying = True
+    tx_bytes_per_s: Varying = 0
+    rx_bytes_per_s: Varying = 0
+    crc_flit_errors: Varying = 0
+    crc_data_errors: Varying = 0
+    replay_errors: Varying = 0
+    recovery_errors: Varying = 0
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     pid: int
     uid: int
@@ -155,6 +220,7 @@ class MigInstanceSpec:
     gpu_instance_id: int
     memory_used_bytes: Varying = None  # None: the sum of its processes' memory
     gpm: GpmValues | None = None
+    dcgm: DcgmValues | None = None
 
     @property
     def size(self) -> int:
@@ -231,6 +297,9 @@ class GpuSpec:
     faults: tuple[Fault, ...] = ()
     mig: MigSpec | None = None
     gpm: GpmValues | None = None
+    dcgm: DcgmValues | None = None
+    nvlinks: tuple[NvLinkSpec, ...] = ()  # links not listed are not supported on the board
+    pcie_replays: Varying = 0  # the PCIe replay counter
     processes: tuple[ProcessSpec, ...] = ()  # without MIG; with MIG, the initial layout's
 
     @property
@@ -329,6 +398,7 @@ class Scenario:
     gpus: tuple[GpuSpec, ...]
     host: HostSpec | None
     kubelet: KubeletSpec = field(default_factory=KubeletSpec)
+    dcgm: DcgmSpec | None = None  # None: no DCGM on the server
     driver: DriverSpec = field(default_factory=DriverSpec)
 
     def resolve_device(self, ref: str) -> str | None:

@@ -69,6 +69,7 @@ class SimulatedWorld:
         _write(os.path.join(self.cgroup_root, "cgroup.controllers"), "cpuset cpu io memory pids\n")
         self._closers: list[Callable[[], Any]] = []
         self._finalizer = weakref.finalize(self, _cleanup, self.root, self._closers, os.getpid())
+        self._closers.append(server.close)
         self._pids: set[int] = set()
         self._last_cycle = -1
         self._cgroups = self._cgroup_states()

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from otel_gpu.snapshot import ContainerResources, ErrorLog
+from otel_gpu.sources._files import read_bytes
 from otel_gpu.sources._text import FULL_CONTAINER_ID, INT64_MAX, parse_count, parse_signed
 
 __all__ = [
@@ -222,8 +223,7 @@ class CgroupReader(ErrorLog):
     def _text(self, base: str, name: str) -> str | None:
         path = os.path.join(base, name)
         try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                return f.read(1 << 16)
+            return read_bytes(path, 1 << 16).decode("ascii", errors="replace")
         except FileNotFoundError:
             return None  # controller not enabled here, or the cgroup went away
         except OSError as e:

@@ -27,11 +27,9 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
-
-import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from otel_gpu.snapshot import ErrorLog
 from otel_gpu.sources._http import DeadlineHTTPConnection, DeadlineHTTPSConnection
@@ -49,7 +47,12 @@ MAX_POD_LIST_BYTES = 64 << 20
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
 
 
-def _build_messages() -> dict[str, Any]:
+@cache
+def _messages() -> dict[str, Any]:
+    """The message classes, built on first use: gRPC and protobuf are loaded only on a node
+    where the pod-resources API is asked."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     f = descriptor_pb2.FieldDescriptorProto
     one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
     messages: dict[str, list[tuple[str, int, int, int, str]]] = {
@@ -90,9 +93,10 @@ def _build_messages() -> dict[str, Any]:
     }
 
 
-_MESSAGES = _build_messages()
-ListPodResourcesRequest = _MESSAGES["ListPodResourcesRequest"]
-ListPodResourcesResponse = _MESSAGES["ListPodResourcesResponse"]
+def __getattr__(name: str) -> Any:
+    if name in ("ListPodResourcesRequest", "ListPodResourcesResponse"):
+        return _messages()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,10 @@ class PodResourcesClient(ErrorLog):
         stale = self._cached[1] if self._cached is not None else None
         if now < self._down_until:
             return stale
+        import grpc
+
         try:
-            devices = pod_devices(self._call(), self.resource_names)
+            devices = pod_devices(self._call(grpc), self.resource_names)
         except grpc.RpcError as e:
             code = e.code() if callable(getattr(e, "code", None)) else None
             self.record("List", code.name if code is not None else type(e).__name__)
@@ -171,15 +177,16 @@ class PodResourcesClient(ErrorLog):
         self._cached = (now + self.ttl_s, devices)
         return devices
 
-    def _call(self) -> Any:
+    def _call(self, grpc: Any) -> Any:
+        messages = _messages()
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         with grpc.insecure_channel(f"unix://{self.socket_path}", options=options) as channel:
             method = channel.unary_unary(
                 LIST_METHOD,
                 request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=ListPodResourcesResponse.FromString,
+                response_deserializer=messages["ListPodResourcesResponse"].FromString,
             )
-            return method(ListPodResourcesRequest(), timeout=self.timeout_s)
+            return method(messages["ListPodResourcesRequest"](), timeout=self.timeout_s)
 
 
 def pod_devices(response: Any, extra: Iterable[str] = ()) -> tuple[PodDevices, ...]:

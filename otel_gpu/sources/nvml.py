@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from otel_gpu.snapshot import GpmMetrics, Gpu, GpuProcess, MigDevice, SourceError
+from otel_gpu.snapshot import Gpu, GpuProcess, MigDevice, SourceError
 from otel_gpu.sources.libnvml import (
     ABSENT,
     CLOCK_EVENT_REASONS,
-    GPM_FIELDS,
-    PERMANENT_ERRORS,
     SOURCE,
     Caller,
     Capabilities,
@@ -28,14 +26,15 @@ from otel_gpu.sources.libnvml import (
     error_name,
     error_names,
     field_number,
-    handle_key,
     present,
     text,
 )
 from otel_gpu.sources.libnvml import CAPABILITY_RECHECK_S as CAPABILITY_RECHECK_S
+from otel_gpu.sources.nvml_events import XidEventReader
+from otel_gpu.sources.nvml_gpm import GpmReader
+from otel_gpu.sources.nvml_links import LinkReader
 
 _NO_ID = 0xFFFFFFFF
-_MAX_EVENTS_PER_CYCLE = 1000
 
 _CLOCKS = {
     "graphics": "NVML_CLOCK_GRAPHICS",
@@ -117,7 +116,7 @@ class _GpuState:
     lost: bool = False  # the last read found the GPU lost
 
 
-class NvmlSource:
+class NvmlSource(LinkReader, GpmReader, XidEventReader):
     """Reads every GPU, MIG device and GPU process through a ``pynvml``-compatible module.
 
     ``nvml`` is the ``pynvml`` module (imported on ``start()`` when not given) or the simulator's
@@ -408,6 +407,7 @@ class NvmlSource:
                     remap_failed=bool(failed),
                 )
         self._pcie(call, handle, state, now, values)
+        self._link_health(call, handle, values)
         fan = call("nvmlDeviceGetFanSpeed", handle)
         if present(fan):
             values["fan_speed_ratio"] = fan / 100.0
@@ -462,61 +462,6 @@ class NvmlSource:
             )
             return None
         return field_number(self._nvml, value)
-
-    def _pcie_counters(
-        self, call: Caller, handle: Any, state: _GpuState, values: dict[str, Any]
-    ) -> bool:
-        """The driver's PCIe byte counters (field values), where it has them. True when this GPU
-        uses them (a failed read leaves the cycle's values absent), False for the sampled rate."""
-        nvml = self._nvml
-        fields = [getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None),
-                  getattr(nvml, "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None)]
-        if state.pcie_counters is False or None in fields:
-            return False
-        read = call("nvmlDeviceGetFieldValues", handle, fields)
-        failure: str | None = None
-        if not present(read):
-            failure = call.last_error
-        elif len(read) < 2:
-            failure = "Malformed"
-        else:
-            for value in read[:2]:
-                if value.nvmlReturn != nvml.NVML_SUCCESS:
-                    failure = self._error_names.get(value.nvmlReturn, "UNKNOWN")
-                    if failure not in PERMANENT_ERRORS:
-                        call.record("nvmlDeviceGetFieldValues(PCIE_COUNT)", value.nvmlReturn)
-                    break
-        if failure is None:
-            state.pcie_counters = True
-            values["pcie_tx_bytes"] = int(field_number(nvml, read[0]))
-            values["pcie_rx_bytes"] = int(field_number(nvml, read[1]))
-            return True
-        if failure in PERMANENT_ERRORS or failure == "INVALID_ARGUMENT":
-            # Older drivers and boards: the sampled rate, and the counters are not asked again.
-            state.pcie_counters = False
-            return False
-        # A transient failure: the counters are cumulative, so the next read has these bytes too.
-        return state.pcie_counters is True
-
-    def _pcie(
-        self, call: Caller, handle: Any, state: _GpuState, now: float, values: dict[str, Any]
-    ) -> None:
-        if self._pcie_counters(call, handle, state, values):
-            return
-        # NVML's rate is KB/s over a 20 ms window (nvml.h), and each call blocks for that
-        # window; hw.gpu.io is a byte counter, so the rate is integrated over the time since the
-        # last successful read of each direction: a failed read leaves no interval uncounted.
-        nvml = self._nvml
-        for direction, kind in (("tx", nvml.NVML_PCIE_UTIL_TX_BYTES),
-                                ("rx", nvml.NVML_PCIE_UTIL_RX_BYTES)):
-            rate = call("nvmlDeviceGetPcieThroughput", handle, kind)
-            if not present(rate):
-                continue
-            since = state.pcie_sampled_at.get(direction)
-            if since is not None:
-                state.pcie_bytes[direction] += rate * 1024.0 * max(now - since, 0.0)
-            state.pcie_sampled_at[direction] = now
-            values[f"pcie_{direction}_bytes"] = int(state.pcie_bytes[direction])
 
     def _read_processes(self, call: Caller, handle: Any, state: _GpuState) -> tuple:
         procs = call("nvmlDeviceGetComputeRunningProcesses", handle)
@@ -634,121 +579,3 @@ class NvmlSource:
             processes=processes,
             gpm=gpm,
         )
-
-    # -- GPM ---------------------------------------------------------------------------------
-
-    def _gpm(
-        self, call: Caller, key: str, pending: list, sample_call: Callable[[Any], tuple]
-    ) -> GpmMetrics | None:
-        sample = call("nvmlGpmSampleAlloc")
-        if not present(sample):
-            return None
-        fn, *args = sample_call(sample)
-        if not present(call(fn, *args)):
-            call("nvmlGpmSampleFree", sample)
-            return None
-        previous = self._gpm_samples.get(key)
-        self._gpm_samples[key] = sample
-        if previous is None:
-            pending.append((key, sample_call, call))
-            return None
-        metrics = self._gpm_metrics(call, previous, sample)
-        call("nvmlGpmSampleFree", previous)
-        return metrics
-
-    def _gpm_metrics(self, call: Caller, first: Any, second: Any) -> GpmMetrics | None:
-        nvml = self._nvml
-        request = nvml.c_nvmlGpmMetricsGet_t()
-        request.version = nvml.NVML_GPM_METRICS_GET_VERSION
-        request.sample1 = first
-        request.sample2 = second
-        ids = [(getattr(nvml, const), attr) for const, attr in GPM_FIELDS.items()]
-        request.numMetrics = len(ids)
-        for i, (metric_id, _) in enumerate(ids):
-            request.metrics[i].metricId = metric_id
-        result = call("nvmlGpmMetricsGet", request)
-        if not present(result):
-            return None
-        values = {}
-        for i, (_, attr) in enumerate(ids):
-            metric = result.metrics[i]
-            if metric.nvmlReturn == nvml.NVML_SUCCESS:
-                values[attr] = min(max(metric.value / 100.0, 0.0), 1.0)
-        return GpmMetrics(**values) if values else None
-
-    def _finish_gpm_warmup(self, gpus: list[Gpu], pending: list, errors: list) -> list[Gpu]:
-        """Devices seen for the first time had one GPM sample; take the second after a wait."""
-        if self._gpm_warmup_s > 0:
-            self._sleep(self._gpm_warmup_s)
-        results: dict[str, GpmMetrics | None] = {}
-        for key, sample_call, call in pending:
-            results[key] = self._gpm(call, key, [], sample_call)
-        updated = []
-        for gpu in gpus:
-            changes: dict[str, Any] = {}
-            if gpu.uuid in results:
-                changes["gpm"] = results[gpu.uuid]
-            if any(m.uuid in results for m in gpu.mig_devices):
-                changes["mig_devices"] = tuple(
-                    replace(m, gpm=results[m.uuid]) if m.uuid in results else m
-                    for m in gpu.mig_devices
-                )
-            updated.append(replace(gpu, **changes) if changes else gpu)
-        return updated
-
-    # -- Xid events --------------------------------------------------------------------------
-
-    def _register_events(self, count: int, errors: list[SourceError]) -> None:
-        """Register each GPU not yet registered for Xid events; a transient failure (of the event
-        set, a handle or the registration) is tried again next cycle."""
-        nvml = self._nvml
-        if self._event_set is False or (self._event_set and len(self._registered) >= count):
-            return  # no events on this driver, or every GPU settled
-        call = Caller(nvml, errors, self._error_names, None)
-        if self._event_set is None:
-            event_set = call("nvmlEventSetCreate")
-            if not present(event_set):
-                if call.settled(event_set):
-                    self._event_set = False  # a driver without events
-                return
-            self._event_set = event_set
-        for index in range(count):
-            state = self._state.get(index)
-            if index in self._registered or (state is not None and state.lost):
-                continue  # a lost GPU is registered again once it answers
-            gpu_call = call.for_device(f"gpu{index}")
-            try:
-                handle = gpu_call("nvmlDeviceGetHandleByIndex", index)
-                if not present(handle):
-                    continue
-                self._handle_to_index[handle_key(handle)] = index
-                done = gpu_call(
-                    "nvmlDeviceRegisterEvents",
-                    handle,
-                    nvml.nvmlEventTypeXidCriticalError,
-                    self._event_set,
-                )
-                if gpu_call.settled(done):
-                    self._registered.add(index)
-            except GpuLost:
-                continue
-
-    def _drain_events(self, errors: list[SourceError]) -> dict[int, list[int]]:
-        found: dict[int, list[int]] = {}
-        if not self._event_set:
-            return found
-        call = Caller(self._nvml, errors, self._error_names, None)
-        for _ in range(_MAX_EVENTS_PER_CYCLE):
-            try:
-                data = call("nvmlEventSetWait_v2", self._event_set, 0, expected=("TIMEOUT",))
-            except GpuLost:
-                break  # a GPU fell off the bus: it answers the same until reset; next cycle
-            if not present(data):
-                break
-            if data.eventType != self._nvml.nvmlEventTypeXidCriticalError:
-                continue
-            # Matched by handle: on a GPU that is being lost, asking for its UUID would fail.
-            index = self._handle_to_index.get(handle_key(data.device))
-            if index is not None:
-                found.setdefault(index, []).append(int(data.eventData))
-        return found

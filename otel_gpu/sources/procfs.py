@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
+from otel_gpu.sources._files import read_bytes
 from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
 
 SOURCE = "procfs"
@@ -105,8 +106,7 @@ class ProcfsReader(ErrorLog):
     def _file(self, pid: int, name: str) -> str | None:
         path = os.path.join(self.root, str(pid), name)
         try:
-            with open(path, "rb") as f:
-                data = f.read(_MAX_FILE_BYTES)
+            data = read_bytes(path, _MAX_FILE_BYTES)
         except (FileNotFoundError, ProcessLookupError) as e:
             raise _Gone from e
         except OSError as e:

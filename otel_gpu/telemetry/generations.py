@@ -23,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_gpu.telemetry.catalog import Metric
 from otel_gpu.telemetry.failures import FailureTally
-from otel_gpu.telemetry.instruments import SnapshotSource, register_catalog
+from otel_gpu.telemetry.instruments import SnapshotSource, StandDown, register_catalog
 from otel_gpu.telemetry.providers import build_meter_provider, get_meter
 from otel_gpu.telemetry.series import SeriesLedger
 
@@ -42,11 +42,13 @@ class MeterGenerations:
                  cache: SnapshotSource, tally: FailureTally, *,
                  policy: RotationPolicy | None = None,
                  metrics: Iterable[Metric] | None = None,
-                 provider: MeterProvider | None = None, rotate: bool = True) -> None:
+                 provider: MeterProvider | None = None, rotate: bool = True,
+                 stand_down: StandDown | None = None) -> None:
         """``provider``: the instruments go on this one (an application's) and stay there;
         ``rotate`` False: one generation for good."""
         self._make_readers = make_readers
         self._given = provider
+        self._stand_down = stand_down
         self._rotate = rotate and provider is None
         self.resource = resource
         self._cache = cache
@@ -64,7 +66,8 @@ class MeterGenerations:
         provider = self._given or build_meter_provider(self.readers, self.resource)
         self.ledger = ledger
         self.instruments = register_catalog(get_meter(provider), self._cache, self._metrics,
-                                            tally=self._tally, ledger=ledger)
+                                            tally=self._tally, ledger=ledger,
+                                            stand_down=self._stand_down)
         self.generation += 1
         return provider
 

@@ -4,7 +4,7 @@ loop's synchronous ones."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from opentelemetry import metrics
@@ -72,14 +72,20 @@ def _observe(metric: Metric, tally: FailureTally) -> Any:
     return with_tally
 
 
+StandDown = Callable[[], Collection[str]]
+
+
 def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally,
-              ledger: SeriesLedger) -> Any:
+              ledger: SeriesLedger, stand_down: StandDown | None) -> Any:
     observe = _observe(metric, tally)
     source = value_source(metric.name)
     counter = metric.instrument == COUNTER
+    name = metric.name
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         try:
+            if stand_down is not None and name in stand_down():
+                return []
             snapshot = cache.get()
             points = carried(observe(snapshot), metric.name, source, tally)
             exported = ledger.observe(metric.name, counter, points, snapshot.cycle)
@@ -97,12 +103,15 @@ def register_catalog(
     metrics: Iterable[Metric] | None = None,
     tally: FailureTally | None = None,
     ledger: SeriesLedger | None = None,
+    stand_down: StandDown | None = None,
 ) -> list[Any]:
     """Create one observable instrument per catalog entry; all read the cached Snapshot.
 
     A value OTLP cannot carry (an int beyond int64, a non-finite float) is dropped for its point
     alone and counted in ``tally``, which ``otel_gpu.collection.errors`` reports. ``ledger``
     records the series reported and gives counters their baselines (see ``SeriesLedger``).
+    ``stand_down``: the names that report nothing at a collection (another instrumentation
+    reports them), asked at each one.
     """
     tally = tally if tally is not None else FailureTally()
     ledger = ledger if ledger is not None else SeriesLedger()
@@ -116,7 +125,7 @@ def register_catalog(
         instruments.append(
             create(
                 metric.name,
-                callbacks=[_callback(metric, cache, tally, ledger)],
+                callbacks=[_callback(metric, cache, tally, ledger, stand_down)],
                 unit=metric.unit,
                 description=metric.description,
             )

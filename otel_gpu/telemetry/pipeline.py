@@ -20,8 +20,7 @@ from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.snapshot import Snapshot
 from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.generations import MeterGenerations, RotationPolicy
-from otel_gpu.telemetry.insight_log import InsightLogEmitter, build_logger_provider
-from otel_gpu.telemetry.instruments import SnapshotSource
+from otel_gpu.telemetry.instruments import SnapshotSource, StandDown
 from otel_gpu.telemetry.node_agent import OwnSeries
 from otel_gpu.telemetry.providers import (
     ReaderFactory,
@@ -109,6 +108,7 @@ def assemble_pipeline(
     tally: FailureTally | None = None,
     policy: RotationPolicy | None = None,
     own_only: bool = False,
+    stand_down: StandDown | None = None,
 ) -> Pipeline:
     """Start ``collector`` and put the catalog's instruments over it.
 
@@ -121,9 +121,13 @@ def assemble_pipeline(
     (a training rank's devices). ``own_only``: a node agent reports this node's devices,
     workloads and containers, so the instruments report only what is the session's own
     (``OwnSeries``).
+    ``stand_down`` names the instruments that report nothing at a collection.
     """
     tally = tally if tally is not None else FailureTally()
     if logger_provider is not None:
+        # The SDK's logs package is loaded only when insight log records are exported.
+        from otel_gpu.telemetry.insight_log import InsightLogEmitter
+
         collector.add_insight_listener(InsightLogEmitter(logger_provider))
     message = collector.start()
     cache = SnapshotCache(collector, max_age_s=cache_max_age_s)
@@ -139,11 +143,12 @@ def assemble_pipeline(
         def fresh() -> list[MetricReader]:
             return [*rotating(), *(make() for make in memory)]
 
-        meters = MeterGenerations(fresh, resource, source, tally, policy=policy)
+        meters = MeterGenerations(fresh, resource, source, tally, policy=policy,
+                                  stand_down=stand_down)
     else:
         fixed = [*readers, *(make() for make in memory)]
         meters = MeterGenerations(lambda: fixed, resource, source, tally, provider=provider,
-                                  rotate=False)
+                                  rotate=False, stand_down=stand_down)
     return Pipeline(collector, cache, meters, message, logger_provider, owns_provider,
                     owns_logger_provider, tally)
 
@@ -171,7 +176,9 @@ def build_pipeline(
     resource = resource or build_resource(stable_instance=True)
     logger_provider = None
     if "otlp" in exporters:
-        logger_provider = build_logger_provider([otlp_exporter("logs")], resource)
+        from otel_gpu.telemetry.insight_log import build_logger_provider
+
+        logger_provider = build_logger_provider([otlp_exporter("logs", strict=True)], resource)
     pipeline = assemble_pipeline(collector, cache_max_age_s=1.5 * interval_s, resource=resource,
                                  make_readers=outputs, logger_provider=logger_provider,
                                  in_memory=in_memory, tally=tally, policy=policy)

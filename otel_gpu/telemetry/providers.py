@@ -10,25 +10,28 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    Exemplar,
+    ExemplarReservoir,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+)
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
+from otel_gpu import config
 from otel_gpu._version import __version__
-from otel_gpu.config import (
-    AGENT_EXPORTERS,
-    ConfigError,
-    export_interval_ms,
-    otlp_target,
-    prometheus_address,
-    signal_exporters,
-)
+from otel_gpu.config import AGENT_EXPORTERS, ConfigError, env_list
 from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
 from otel_gpu.telemetry.failures import FailureTally
 from otel_gpu.telemetry.node_agent import in_container, node_host_name
@@ -66,6 +69,28 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
     return resource
 
 
+#: The OTLP exporter names the SDK's configurator knows, and the protocol each one fixes.
+OTLP_NAMES: dict[str, str | None] = {"otlp": None, "otlp_proto_grpc": "grpc",
+                                     "otlp_proto_http": "http/protobuf"}
+
+
+# The command line refuses a bad setting (``otel_gpu.config``'s readers); a training session
+# reads the same settings leniently, as the SDK does: a warning and the default.
+
+
+def otlp_protocol(signal: str = "metrics", *, strict: bool = False) -> str:
+    """``grpc`` or ``http/protobuf`` (``config.otlp_protocol``). Any other value raises
+    ConfigError when ``strict`` (the command line), else is logged and grpc used (a misspelt
+    protocol must not stop a training run)."""
+    try:
+        return config.otlp_protocol(signal)
+    except ConfigError as err:
+        if strict:
+            raise
+        _warn_once(f"{err}; using grpc")
+        return "grpc"
+
+
 _OTLP_CLASSES = {
     ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
                           "OTLPMetricExporter"),
@@ -82,19 +107,24 @@ _OTLP_CLASSES = {
 }
 
 
-def otlp_exporter(signal: str = "metrics", default_timeout_s: float | None = None) -> Any:
+def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool = False,
+                  default_timeout_s: float | None = None) -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
     itself (endpoint, headers, timeout, compression, TLS, temporality preference).
-
+    ``name``: ``otlp`` (the protocol variables choose), ``otlp_proto_grpc`` or ``..._http``.
     ``default_timeout_s``: the time one export may take (its retries included) when neither
     ``OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`` nor ``OTEL_EXPORTER_OTLP_TIMEOUT`` says."""
-    module, name = _OTLP_CLASSES[(signal, otlp_target(signal=signal).protocol)]
-    cls = getattr(importlib.import_module(module), name)
+    if strict:
+        protocol = config.otlp_target(signal=signal).protocol  # a bad endpoint refused too
+    else:
+        protocol = OTLP_NAMES.get(name) or otlp_protocol(signal)
+    module, cls = _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or protocol)]
+    exporter_class = getattr(importlib.import_module(module), cls)
     configured = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT")
                   or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
     if default_timeout_s is not None and not configured:
-        return cls(timeout=default_timeout_s)
-    return cls()
+        return exporter_class(timeout=default_timeout_s)
+    return exporter_class()
 
 
 def agent_export_timeout_s(interval_s: float) -> float:
@@ -104,34 +134,132 @@ def agent_export_timeout_s(interval_s: float) -> float:
     return min(max(interval_s, 1.0), 10.0)
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("otel-gpu: %s", message)
+
+
+def exporter_names(signal: str) -> list[str]:
+    """The names in ``OTEL_<SIGNAL>_EXPORTER`` (default otlp), without ``none``."""
+    return [n for n in dict.fromkeys(env_list(f"OTEL_{signal.upper()}_EXPORTER", "otlp"))
+            if n != "none"]
+
+
+def exporter_class(signal: str, name: str) -> type | None:
+    """What the entry point ``name`` of the group ``opentelemetry_<signal>_exporter`` names, as
+    the SDK's configurator resolves it; None when no installed package registers it."""
+    from importlib.metadata import entry_points
+
+    group = f"opentelemetry_{signal}_exporter"
+    for point in entry_points(group=group, name=name):
+        return point.load()  # type: ignore[no-any-return]
+    return None
+
+
+def unknown_exporters() -> list[str]:
+    """A line for each exporter name in the ``OTEL_*_EXPORTER`` variables that no installed
+    package registers (the SDK's configurator would refuse to start; a session goes on)."""
+    notes = []
+    for signal in ("metrics", "traces", "logs"):
+        variable = f"OTEL_{signal.upper()}_EXPORTER"
+        for name in exporter_names(signal):
+            if name in OTLP_NAMES or name in ("console", "prometheus"):
+                continue
+            try:
+                found = exporter_class(signal, name) is not None
+            except Exception as err:  # a broken package
+                notes.append(f"{variable}: {name!r} cannot be loaded ({err}); ignored")
+                continue
+            if not found:
+                notes.append(f"{variable}: no installed package provides the exporter {name!r} "
+                             f"(entry point group opentelemetry_{signal}_exporter); ignored")
+    return notes
+
+
 def env_exporters(signal: str, console: Callable[[], Any],
-                  otlp: Callable[[], Any] | None = None) -> list[Any]:
-    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp): otlp, console or none.
-    ``otlp`` makes the exporter that otlp names, instead of the SDK's."""
+                  otlp: Callable[[str], Any] | None = None, *, pull: bool = True) -> list[Any]:
+    """Exporters named by ``OTEL_<SIGNAL>_EXPORTER`` (default otlp), resolved as the SDK's
+    configurator resolves them: ``otlp`` (and ``otlp_proto_grpc``, ``otlp_proto_http``),
+    ``console``, ``none``, ``prometheus`` (metrics) and any name a package registers in the
+    ``opentelemetry_<signal>_exporter`` entry point group. For metrics the list may hold pull
+    readers (``MetricReader``) next to exporters; ``pull`` False leaves them out (another
+    process serves the scrape endpoint). ``otlp(name)`` makes the exporter an OTLP name stands
+    for, instead of the SDK's. A name nothing provides, or an exporter that fails to start, is
+    skipped (``unknown_exporters`` says which, once)."""
     exporters: list[Any] = []
-    for name in signal_exporters(signal):
-        if name == "otlp":
-            exporters.append(otlp() if otlp is not None else otlp_exporter(signal))
-        elif name == "console":
-            exporters.append(console())
+    for name in exporter_names(signal):
+        try:
+            if name in OTLP_NAMES:
+                exporters.append(otlp(name) if otlp is not None else otlp_exporter(signal, name))
+            elif name == "console":
+                exporters.append(console())
+            elif name == "prometheus" and signal == "metrics":
+                if pull:
+                    exporters.append(prometheus_reader(default_host="localhost", strict=False))
+            else:
+                cls = exporter_class(signal, name)
+                if cls is None:
+                    log.debug("otel-gpu: no exporter %r for %s", name, signal)
+                elif pull or not issubclass(cls, MetricReader):
+                    exporters.append(cls())
+        except Exception as err:
+            _warn_once(f"OTEL_{signal.upper()}_EXPORTER: the exporter {name!r} did not start "
+                       f"({err}); going on without it")
     return exporters
 
 
-def env_export_interval_ms(default_ms: float) -> float:
-    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, validated."""
-    return export_interval_ms(default_ms)
+def metric_readers(exporters: Sequence[Any],
+                   periodic: Callable[[Any], MetricReader]) -> list[MetricReader]:
+    """``env_exporters("metrics", ...)``'s list as readers: pull readers as they are, each push
+    exporter in ``periodic(exporter)``."""
+    return [e if isinstance(e, MetricReader) else periodic(e) for e in exporters]
 
 
-def _prometheus_server() -> None:
-    """The HTTP endpoint that Prometheus scrapes: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (default
-    ``localhost``, as the OpenTelemetry specification says) and ``_PORT`` (default 9464)."""
+DEFAULT_EXPORT_INTERVAL_MS = 60_000.0  # the SDK's default for OTEL_METRIC_EXPORT_INTERVAL
+
+
+def env_export_interval_ms(default_ms: float = DEFAULT_EXPORT_INTERVAL_MS) -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds (``config.export_interval_ms``). A value
+    that is not a positive number is logged and ``default_ms`` used, as the SDK's periodic
+    reader does."""
+    try:
+        return config.export_interval_ms(default_ms)
+    except ConfigError as err:
+        _warn_once(f"{err}; using the default {default_ms:g} ms")
+        return default_ms
+
+
+def prometheus_reader(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
+                      strict: bool = True) -> MetricReader:
+    """Our Prometheus reader (``telemetry/prometheus.py``) with its scrape endpoint started."""
+    prometheus_server(default_host, strict=strict)
+    return _prometheus_reader()
+
+
+def prometheus_server(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
+                      strict: bool = True) -> None:
+    """The scrape endpoint where ``config.prometheus_address`` says
+    (``OTEL_EXPORTER_PROMETHEUS_HOST``, default ``default_host``, and
+    ``OTEL_EXPORTER_PROMETHEUS_PORT``, default 9464); raises ConfigError when it cannot serve
+    there. Not ``strict``: a port that is not a port is logged and the default used."""
     try:
         from prometheus_client import start_http_server
     except ImportError as err:
         raise ConfigError(
             f"the prometheus exporter needs prometheus-client ({err})"
         ) from err
-    host, port = prometheus_address()
+    host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or default_host
+    try:
+        port = config.prometheus_address().port
+    except ConfigError as err:
+        if strict:
+            raise
+        _warn_once(f"{err}; using {config.DEFAULT_PROMETHEUS_PORT}")
+        port = config.DEFAULT_PROMETHEUS_PORT
     try:
         start_http_server(port=port, addr=host)
     except OSError as err:
@@ -162,14 +290,15 @@ class ReaderFactory:
         self._prometheus = False
         for name in dict.fromkeys(exporters):
             if name == "otlp":
-                exporter = otlp_exporter("metrics", export_timeout_s)
+                exporter = otlp_exporter("metrics", strict=True,
+                                         default_timeout_s=export_timeout_s)
                 if tally is not None:
                     exporter = QueuedExporter(exporter, tally)
                 self._push.append(exporter)
             elif name == "console":
                 self._push.append(ConsoleMetricExporter())
             elif name == "prometheus":
-                _prometheus_server()
+                prometheus_server()
                 self._prometheus = True
             elif name != "none":
                 raise ConfigError(
@@ -199,14 +328,16 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
     readers: list[MetricReader] = []
     for name in dict.fromkeys(exporters):
         if name == "otlp":
-            readers.append(PeriodicExportingMetricReader(otlp_exporter("metrics"),
-                                                         export_interval_millis=millis))
+            readers.append(
+                PeriodicExportingMetricReader(
+                    otlp_exporter("metrics", strict=True), export_interval_millis=millis
+                )
+            )
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(),
                                                          export_interval_millis=millis))
         elif name == "prometheus":
-            _prometheus_server()
-            readers.append(_prometheus_reader())
+            readers.append(prometheus_reader())
         elif name != "none":
             raise ConfigError(
                 f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
@@ -215,7 +346,39 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
 
 
 def build_meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
-    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False)
+    return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False,
+                         views=observable_views())
+
+
+class _NoExemplars(ExemplarReservoir):
+    """A reservoir that keeps nothing: stateless, so one instance serves every point."""
+
+    def offer(self, value: float, time_unix_nano: int, attributes: Any, context: Context) -> None:
+        pass
+
+    def collect(self, point_attributes: Any) -> list[Exemplar]:
+        return []
+
+
+_NO_EXEMPLARS = _NoExemplars()
+
+
+def _no_exemplars(aggregation_type: type) -> Callable[..., ExemplarReservoir]:
+    return lambda **_: _NO_EXEMPLARS
+
+
+def observable_views() -> list[View]:
+    """Views that give observable instruments no exemplar reservoir.
+
+    Their callbacks run at collection time, outside any span, so an exemplar could only point
+    at the collection itself; yet the SDK's default keeps a reservoir per point and collects it
+    every cycle. Synchronous instruments (the training histograms, whose exemplars link to step
+    spans) keep the SDK's default reservoirs.
+    """
+    return [
+        View(instrument_type=kind, exemplar_reservoir_factory=_no_exemplars)
+        for kind in (ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    ]
 
 
 def get_meter(provider: Any) -> Meter:

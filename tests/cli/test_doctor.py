@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from runner import run_cli
 
+from otel_gpu.cli import doctor
 from otel_gpu.cli.doctor import (
     EXIT_CHECKS_FAILED,
     FAIL,
@@ -328,3 +329,69 @@ def test_cli_exit_code_follows_the_checks(listening: int) -> None:
 def test_cli_rejects_bad_usage() -> None:
     result = run_cli("doctor", "--timeout", "soon")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+# -- DCGM ------------------------------------------------------------------------------------------
+
+
+def _dcgm_source(tmp_path: Path, **dcgm: object):
+    import yaml
+
+    from otel_gpu.collect.build import simulated_dcgm
+    from otel_gpu.simulate import SimulatedServer, load_scenario
+    from otel_gpu.simulate.scenario import BUILTIN_DIR
+
+    doc = yaml.safe_load((BUILTIN_DIR / "dgx-a100.yaml").read_text())
+    doc["dcgm"] = dcgm
+    path = tmp_path / "dgx.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    server = SimulatedServer(load_scenario(str(path)))
+    return server, simulated_dcgm(server)
+
+
+def test_dcgm_host_engine_found_with_its_version_module_and_fields(tmp_path: Path) -> None:
+    _, source = _dcgm_source(tmp_path, version="4.2.3")
+    (check,) = doctor.check_dcgm(source)
+    assert check.status == doctor.OK
+    assert "host engine at 127.0.0.1 (DCGM 4.2.3), profiling module loaded" in check.message
+    assert "SM_ACTIVE" in check.message and "GR_ENGINE_ACTIVE" in check.message
+
+
+def test_dcgm_absent_or_refusing_is_one_quiet_line(tmp_path: Path) -> None:
+    from otel_gpu.sources.dcgm import DcgmSource
+
+    absent = doctor.check_dcgm(DcgmSource(environ={}, load=lambda: None))
+    _, refusing_source = _dcgm_source(tmp_path, hostengine=False)
+    refusing = doctor.check_dcgm(refusing_source)
+    for checks in (absent, refusing):
+        assert [c.status for c in checks] == [doctor.OK]
+        assert checks[0].message.startswith("not found")
+        assert "nv-hostengine" in (checks[0].remedy or "")
+    assert "bindings are not installed" in (absent[0].remedy or "")
+    assert "no DCGM host engine answers at 127.0.0.1" in (refusing[0].remedy or "")
+
+
+def test_dcgm_profiling_held_by_another_client_warns_of_the_pitfall(tmp_path: Path) -> None:
+    _, source = _dcgm_source(tmp_path, faults=[{"call": "WatchFields", "error": "IN_USE"}])
+    checks = doctor.check_dcgm(source)
+    assert [c.status for c in checks] == [doctor.WARN, doctor.WARN]
+    assert "IN_USE" in checks[1].message
+    assert "one group of profiling fields at a time" in (checks[1].remedy or "")
+
+
+def test_dcgm_without_its_profiling_module_warns(tmp_path: Path) -> None:
+    _, source = _dcgm_source(tmp_path, profiling_module=False)
+    (check, *_) = doctor.check_dcgm(source)
+    assert check.status == doctor.WARN
+    assert "profiling module NOT loaded" in check.message and "none" in check.message
+
+
+def test_dcgm_exporter_route(tmp_path: Path) -> None:
+    server, source = _dcgm_source(tmp_path, hostengine=False, exporter=True)
+    try:
+        (check,) = doctor.check_dcgm(source)
+    finally:
+        server.close()
+    assert check.status == doctor.OK
+    assert check.message.startswith("dcgm-exporter at http://127.0.0.1:")
+    assert "SM_ACTIVE" in check.message

@@ -188,8 +188,25 @@ def test_gpm_on_hopper(scenario: str) -> None:
     assert points_named(doc, "nvidia.gpu.tensor.utilization")
 
 
-def test_dgx_a100_has_no_gpm(dgx: dict) -> None:
-    assert not points_named(dgx, "nvidia.gpu.sm.utilization")
+def test_dgx_a100_slice_activity_comes_from_dcgm_with_the_owner(dgx: dict) -> None:
+    # No GPM on A100: the whole GPUs report no SM activity; every MIG slice does, through DCGM.
+    spec = load_scenario("dgx-a100")
+    slices = {f"gpu{g.index}/mig{i.index}" for g in spec.gpus if g.mig
+              for i in g.mig.layouts[0].instances}
+    for name in ("nvidia.gpu.sm.utilization", "nvidia.gpu.graphics_engine.utilization",
+                 "nvidia.gpu.tensor.utilization", "nvidia.gpu.dram.utilization"):
+        points = {p["attributes"]["hw.name"]: p for p in points_named(dgx, name)}
+        assert set(points) == slices, name
+    sm = {p["attributes"]["hw.name"]: p["attributes"]
+          for p in points_named(dgx, "nvidia.gpu.sm.utilization")}
+    assert sm["gpu0/mig0"]["process.owner"] == "carol"
+    assert sm["gpu0/mig0"]["container.name"] == "carol-finetune"
+    assert sm["gpu0/mig1"]["k8s.pod.name"] == "infer-server-0"
+    assert sm["gpu1/mig2"]["container.name"] == "carol-notebook"  # given, runs nothing
+    assert "process.owner" not in sm["gpu1/mig2"]
+    assert not any(k.startswith(("container.", "k8s.", "process.")) for k in sm["gpu0/mig3"])
+    assert not [p for p in points_named(dgx, "otel_gpu.collection.errors")
+                if p["attributes"]["otel_gpu.source"] == "dcgm"]
 
 
 def test_bad_scenario_exits_2_naming_the_key(write_scenario) -> None:

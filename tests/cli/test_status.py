@@ -67,7 +67,8 @@ def test_what_alice_was_given_and_uses(alice: StatusView) -> None:
     assert train["memory"]["used_bytes"] == 62277025792
     notebook = by_name["alice-notebook"]["devices"][0]
     assert notebook["hw.name"] == "gpu0/mig2" and notebook["mig_profile"] == "1g.5gb"
-    assert notebook["hw.parent"] and notebook["activity"] is None and notebook["note"]
+    # No GPM on A100: the slice's activity comes from DCGM (the notebook computes nothing).
+    assert notebook["hw.parent"] and notebook["activity"] == 0.0 and notebook["note"] is None
 
 
 def test_table_fits_80_columns_without_colour(alice: StatusView) -> None:
@@ -213,3 +214,34 @@ def test_processes_outside_containers_are_in_use_not_given() -> None:
     table = status_table(view)
     assert "processes of bob  (no container, user bob)" in table
     assert "  using   gpu6  A100-SXM4-40GB, 40.0 GiB" in table
+
+
+def test_alice_sees_the_activity_of_her_a100_slices_from_dcgm(alice: StatusView) -> None:
+    doc = status_document(alice)
+    by_name = {w["attributes"]["container.name"]: w for w in doc["workloads"]}
+    dev = by_name["alice-dev"]["devices"][0]
+    notebook = by_name["alice-notebook"]["devices"][0]
+    assert dev["hw.name"] == "gpu1/mig1" and notebook["hw.name"] == "gpu0/mig2"
+    assert dev["activity_source"] == "dcgm_sm" and dev["activity"] == pytest.approx(0.06)
+    assert notebook["activity_source"] == "dcgm_sm" and notebook["activity"] == 0.0
+    table = _plain(status_table(alice, colour=False))
+    assert "gpu1/mig1 SM" in table and "DCGM" in table
+    assert "not reported" not in table
+
+
+def test_without_dcgm_status_says_in_one_line_what_would_give_slice_activity(tmp_path) -> None:
+    import yaml
+
+    from otel_gpu.simulate.scenario import BUILTIN_DIR
+
+    doc = yaml.safe_load((BUILTIN_DIR / "dgx-a100.yaml").read_text())
+    doc["dcgm"] = {"hostengine": False}
+    path = tmp_path / "no-dcgm.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = run_cli("status", "--simulate", str(path), "--as-user", "alice", "--format", "table",
+                     env={"NO_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines()
+             if line.strip().startswith("gpu1/mig1 util")]
+    assert len(lines) == 1
+    assert "needs DCGM" in lines[0] and "nv-hostengine" in lines[0]

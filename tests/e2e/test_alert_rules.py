@@ -101,7 +101,7 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
 def test_every_alert_names_its_severity_and_insight() -> None:
     insights = {"xid_critical", "ecc_uncorrectable", "row_remap", "thermal_throttle",
                 "power_brake", "high_temperature", "gpu_lost", "host_memory_pressure",
-                "filesystem_full", "mig_reconfigured"}
+                "filesystem_full", "mig_reconfigured", "nvlink_errors"}
     seen = set()
     for rule in _rules():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]

@@ -98,6 +98,15 @@ TIMELINES = [
     ("device-idle", 14, 300, NO_HOST, _events(
         (6, "fired", "device_idle", "warning", "gpu0"),
         (10, "cleared", "device_idle", "warning", "gpu0"))),
+    ("device-idle-mig-dcgm", 14, 300, NO_HOST, _events(
+        (6, "fired", "device_idle", "warning", "gpu0/mig1"),
+        (10, "cleared", "device_idle", "warning", "gpu0/mig1"))),
+    ("input-bound-mig-dcgm", 25, 60, NO_HOST, _events(
+        (11, "fired", "input_bound", "warning", "alice-train"),
+        (20, "cleared", "input_bound", "warning", "alice-train"))),
+    ("low-sm-activity-mig-dcgm", 30, 60, NO_HOST, _events(
+        (10, "fired", "low_sm_activity", "warning", "gpu0/mig0"),
+        (20, "cleared", "low_sm_activity", "warning", "gpu0/mig0"))),
     ("gpu-memory", 20, 60, NO_HOST, _events(
         (5, "fired", "gpu_memory_pressure", "warning", "gpu0"),
         (15, "cleared", "gpu_memory_pressure", "warning", "gpu0"))),
@@ -140,6 +149,9 @@ TIMELINES = [
     ("host-memory", 12, 300, Thresholds(disabled_rules=("filesystem_full",)), _events(
         (4, "fired", "host_memory_pressure", "warning", "host"),
         (9, "cleared", "host_memory_pressure", "warning", "host"))),
+    ("nvlink-errors", 25, 60, NO_HOST, _events(
+        (7, "fired", "nvlink_errors", "warning", "gpu0"),
+        (19, "cleared", "nvlink_errors", "warning", "gpu0"))),
     ("mig-reconfigured", 16, 60, NO_HOST, _events(
         (3, "fired", "mig_reconfigured", "info", "gpu0"),
         (13, "cleared", "mig_reconfigured", "info", "gpu0"))),
@@ -282,10 +294,12 @@ def test_no_insight_on_a_built_in_over_ten_minutes(name: str) -> None:
 
 # What the built-ins stage on purpose, for users to see: a job starved of CPU (bob-job-0:
 # 4 CPUs at their quota, 35 % throttled, GPU at 19-41 %), devices handed out and left unused
-# (GPU 5, gpu1/mig2), and a sweep whose kernels keep gpu6 busy with 12 % of its SMs.
+# (GPU 5, gpu1/mig2), a notebook that holds gpu0/mig2 and computes nothing (DCGM says 0 %),
+# and a sweep whose kernels keep gpu6 busy with 12 % of its SMs.
 STAGED = {
     "dgx-a100": {("cpu_throttled", "research/bob-job-0"), ("input_bound", "research/bob-job-0"),
-                 ("device_idle", "gpu5"), ("device_idle", "gpu1/mig2")},
+                 ("device_idle", "gpu5"), ("device_idle", "gpu1/mig2"),
+                 ("device_idle", "gpu0/mig2")},
     "dgx-h100-mig": {("low_sm_activity", "gpu6")},
     "h200": set(),
 }
@@ -487,7 +501,10 @@ def test_a_rank_reports_the_insights_of_its_devices_and_the_host_rank_the_rest()
     assert [(i.rule, i.attributes["hw.name"]) for i in own.insights] == [
         ("device_idle", "gpu1/mig2")]
     host = scope_snapshot(snapshot, ["0"], report_host=True)
-    assert {i.rule for i in host.insights} == {"cpu_throttled", "input_bound"}
+    # GPU 0's idle notebook slice (gpu0/mig2, 0 % by DCGM) is this rank's own device.
+    assert {i.rule for i in host.insights} == {"cpu_throttled", "input_bound", "device_idle"}
+    assert {i.attributes["hw.name"] for i in host.insights if i.rule == "device_idle"} == {
+        "gpu0/mig2"}
 
 
 def test_gpu_lost_clears_on_the_first_cycle_the_gpu_answers() -> None:

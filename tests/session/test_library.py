@@ -203,12 +203,16 @@ def test_visible_devices_and_ranks() -> None:
 def test_scope_keeps_a_mig_device_given_by_uuid() -> None:
     collector = build_collector("dgx-a100", 10.0)
     collector.start()
+    collector.collect()
     snapshot = collector.collect()
     mig = snapshot.gpus[0].mig_devices[1]
     scoped = scope_snapshot(snapshot, [mig.uuid], report_host=False)
     assert [g.uuid for g in scoped.gpus] == [snapshot.gpus[0].uuid]
     assert [m.uuid for m in scoped.gpus[0].mig_devices] == [mig.uuid]
     assert scoped.host is None
+    # The accounts of the other devices' workloads stay out too.
+    assert len(snapshot.accounts) > len(scoped.accounts) > 0
+    assert {a.attributes["hw.id"] for a in scoped.accounts} == {mig.uuid}
     assert scope_snapshot(snapshot, None, True) is snapshot
 
 

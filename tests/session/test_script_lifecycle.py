@@ -16,7 +16,9 @@ from runner import ROOT
 
 from otel_gpu.session.delivery import Backend, otlp_address
 
-QUIET = {"OTEL_GPU_SIMULATE": "h200", "OTEL_METRIC_EXPORT_INTERVAL": "60000"}
+# Without the end-of-run summary, which tests/session/test_summary.py checks.
+QUIET = {"OTEL_GPU_SIMULATE": "h200", "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+         "OTEL_GPU_SUMMARY": "false"}
 
 
 def _script(code: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:

@@ -94,14 +94,14 @@ def test_permission_error_gives_partial_info_and_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _proc(tmp_path, 5, uid=1000)
-    real_open = open
+    real_read = procfs.read_bytes
 
-    def fake_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def fake_read(path: str, limit: int) -> bytes:
         if str(path).endswith("/5/cgroup"):
             raise PermissionError(13, "Permission denied", path)
-        return real_open(path, *args, **kwargs)
+        return real_read(path, limit)
 
-    monkeypatch.setattr(procfs, "open", fake_open, raising=False)
+    monkeypatch.setattr(procfs, "read_bytes", fake_read)
     reader = ProcfsReader(str(tmp_path))
     info = reader.read(5)
     assert info is not None
@@ -159,13 +159,13 @@ def test_read_many_evicts_pids_not_seen(tmp_path: Path) -> None:
 def test_never_reads_cmdline_or_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _proc(tmp_path, 8)
     opened: list[str] = []
-    real_open = open
+    real_read = procfs.read_bytes
 
-    def spy(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def spy(path: str, limit: int) -> bytes:
         opened.append(os.path.basename(str(path)))
-        return real_open(path, *args, **kwargs)
+        return real_read(path, limit)
 
-    monkeypatch.setattr(procfs, "open", spy, raising=False)
+    monkeypatch.setattr(procfs, "read_bytes", spy)
     ProcfsReader(str(tmp_path)).read_many([8])
     assert sorted(opened) == ["cgroup", "stat", "status"]
 

@@ -43,6 +43,7 @@ __all__ = [
 
 SECTIONS = (
     gpu.GPUS,
+    gpu.LINKS,
     gpu.MIG_LAYOUT,
     workloads.WHO,
     workloads.CONTAINERS,

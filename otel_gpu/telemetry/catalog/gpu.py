@@ -9,6 +9,7 @@ from otel_gpu.snapshot import (
     Gpu,
     MigDevice,
     Snapshot,
+    device_activity,
     device_identity,
     each_device,
     gpu_identity,
@@ -20,6 +21,7 @@ from otel_gpu.telemetry.catalog.metric import (
     GPU_IDENTITY,
     MIG_IDENTITY,
     UPDOWNCOUNTER,
+    WORKLOAD_ATTRIBUTES,
     Observe,
     Point,
     Section,
@@ -333,29 +335,115 @@ GPUS.add(
 )
 
 
-def _gpm(attr: str) -> Observe:
+def _mig_holders(snap: Snapshot) -> dict[str, Attributes]:
+    """MIG device UUID -> the attributes of its one holder: the one workload on it, else the
+    one container or pod it was given to. A slice with more (or none) gets no holder."""
+    mig_uuids = {m.uuid for g in snap.gpus for m in g.mig_devices}
+    on: dict[str, list[Attributes]] = {}
+    for workload in snap.workloads:
+        if workload.device_uuid in mig_uuids:
+            on.setdefault(workload.device_uuid, []).append(workload.attributes)
+    given: dict[str, list[Attributes]] = {}
+    for assignment in snap.assignments:
+        if assignment.device_uuid in mig_uuids:
+            given.setdefault(assignment.device_uuid, []).append(assignment.attributes)
+    holders: dict[str, Attributes] = {}
+    for uuid in mig_uuids:
+        found = on.get(uuid) or given.get(uuid) or []
+        if len(found) == 1:
+            holders[uuid] = dict(found[0])
+    return holders
+
+
+def _activity(gpm_field: str) -> Observe:
     def observe(snap: Snapshot) -> Iterator[Point]:
+        holders: dict[str, Attributes] | None = None
         for dev, ident in all_devices(snap):
-            value = getattr(dev.gpm, attr) if dev.gpm is not None else None
-            if value is not None:
-                yield value, ident
+            value, _source = device_activity(dev, gpm_field)
+            if value is None:
+                continue
+            if isinstance(dev, MigDevice):
+                if holders is None:
+                    holders = _mig_holders(snap)
+                ident = {**ident, **holders.get(dev.uuid, {})}
+            yield value, ident
 
     return observe
 
 
-for _name, _field, _description in (
-    ("nvidia.gpu.sm.utilization", "sm_utilization", "Fraction of SMs busy (GPM, Hopper+)."),
+_ACTIVITY_SOURCE = (
+    " From GPM (Hopper and later) where the driver has it, else from DCGM's profiling field {}"
+    " (the host engine or dcgm-exporter); one source per device, never both. A MIG device's"
+    " points carry its holder's attributes when one workload (or one container or pod) holds it."
+)
+for _name, _field, _description, _dcgm in (
+    ("nvidia.gpu.sm.utilization", "sm_utilization",
+     "Fraction of SMs busy (at least one warp resident).", "DCGM_FI_PROF_SM_ACTIVE"),
     ("nvidia.gpu.sm.occupancy", "sm_occupancy",
-     "Active warps over the theoretical maximum (GPM, Hopper+)."),
+     "Active warps over the theoretical maximum.", "DCGM_FI_PROF_SM_OCCUPANCY"),
     ("nvidia.gpu.tensor.utilization", "tensor_utilization",
-     "Fraction of time SMs ran tensor operations (GPM, Hopper+)."),
+     "Fraction of time SMs ran tensor operations.", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"),
     ("nvidia.gpu.dram.utilization", "dram_utilization",
-     "DRAM bandwidth used over the maximum (GPM, Hopper+)."),
+     "DRAM bandwidth used over the maximum.", "DCGM_FI_PROF_DRAM_ACTIVE"),
     ("nvidia.gpu.graphics_engine.utilization", "graphics_engine_utilization",
-     "Fraction of time any graphics or compute engine was active (GPM, Hopper+)."),
+     "Fraction of time any graphics or compute engine was active.",
+     "DCGM_FI_PROF_GR_ENGINE_ACTIVE"),
 ):
-    GPUS.add(name=_name, instrument=GAUGE, unit="1", description=_description,
-             attributes=MIG_IDENTITY, observe=_gpm(_field))
+    GPUS.add(name=_name, instrument=GAUGE, unit="1",
+             description=_description + _ACTIVITY_SOURCE.format(_dcgm),
+             attributes=(*MIG_IDENTITY, *WORKLOAD_ATTRIBUTES), observe=_activity(_field))
+
+
+# -- link health ----------------------------------------------------------------------------------
+
+LINKS = Section("Links: NVLink and PCIe")
+NVLINK_ERRORS = (("crc_flit", "crc_flit_errors"), ("crc_data", "crc_data_errors"),
+                 ("replay", "replay_errors"), ("recovery", "recovery_errors"))
+
+
+@LINKS.observed_by(
+    name="nvidia.gpu.nvlink.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Data bytes moved over one active NVLink of the GPU since the driver loaded "
+    "(NVML's NVLink throughput counters).",
+    attributes=(*GPU_IDENTITY, "nvidia.gpu.nvlink.link", "network.io.direction"),
+)
+def _nvlink_io(snap: Snapshot) -> Iterator[Point]:
+    for gpu in _live(snap):
+        for link in gpu.nvlinks:
+            for direction, value in (("transmit", link.tx_bytes), ("receive", link.rx_bytes)):
+                if value is not None:
+                    yield value, {**gpu_identity(gpu), "nvidia.gpu.nvlink.link": link.link,
+                                  "network.io.direction": direction}
+
+
+@LINKS.observed_by(
+    name="nvidia.gpu.nvlink.errors",
+    instrument=COUNTER,
+    unit="{error}",
+    description="Errors on one active NVLink since the driver loaded, by kind: crc_flit and "
+    "crc_data (CRC errors), replay (retransmissions), recovery (link retraining).",
+    attributes=(*GPU_IDENTITY, "nvidia.gpu.nvlink.link", "error.type"),
+)
+def _nvlink_errors(snap: Snapshot) -> Iterator[Point]:
+    for gpu in _live(snap):
+        for link in gpu.nvlinks:
+            for kind, attr in NVLINK_ERRORS:
+                value = getattr(link, attr)
+                if value is not None:
+                    yield value, {**gpu_identity(gpu), "nvidia.gpu.nvlink.link": link.link,
+                                  "error.type": kind}
+
+
+LINKS.add(
+    name="nvidia.gpu.pcie.replays",
+    instrument=COUNTER,
+    unit="{replay}",
+    description="PCIe replays (link-level retransmissions) of the GPU since the driver loaded.",
+    attributes=GPU_IDENTITY,
+    observe=_gpu_field("pcie_replays"),
+)
 
 
 # -- MIG layout -----------------------------------------------------------------------------------

@@ -89,6 +89,63 @@ def _assignments(snap: Snapshot) -> Iterator[Point]:
             yield 1, {**identity, **assignment.attributes}
 
 
+# -- accounting -----------------------------------------------------------------------------------
+
+STATE = "otel_gpu.state"
+ACCOUNTING_RULE = (
+    " Counted from the agent's start (a restart is a counter reset, which increase() and "
+    "rate() read as such); a workload unseen for 24 h starts again from zero."
+)
+
+
+@WHO.observed_by(
+    name="otel_gpu.workload.gpu.time",
+    instrument=COUNTER,
+    unit="s",
+    description="Device-seconds a workload held, by `otel_gpu.state`: busy when the device's "
+    "activity (its SM samples, else GPU utilization, else GPM SM activity) is at least 5 %, "
+    "idle below, unknown with no reading (MIG without GPM). A MIG device counts its share of "
+    "the GPU's compute slices (1g of 7 = 1/7); workloads sharing a device split it by SM "
+    "samples, else by memory, else equally." + ACCOUNTING_RULE,
+    attributes=(*_WORKLOAD, STATE),
+)
+def _gpu_time(snap: Snapshot) -> Iterator[Point]:
+    for account in snap.accounts:
+        yield account.busy_s, {**account.attributes, STATE: "busy"}
+        yield account.idle_s, {**account.attributes, STATE: "idle"}
+        if account.unknown_s:
+            yield account.unknown_s, {**account.attributes, STATE: "unknown"}
+
+
+@WHO.observed_by(
+    name="otel_gpu.workload.mig.slice.time",
+    instrument=COUNTER,
+    unit="s",
+    description="MIG compute slices a workload held times seconds (a 3g device for an hour = "
+    "3 slice-hours); only on MIG devices." + ACCOUNTING_RULE,
+    attributes=_WORKLOAD,
+)
+def _slice_time(snap: Snapshot) -> Iterator[Point]:
+    for account in snap.accounts:
+        if "hw.parent" in account.attributes:
+            yield account.slice_s, dict(account.attributes)
+
+
+@WHO.observed_by(
+    name="otel_gpu.workload.energy",
+    instrument=COUNTER,
+    unit="J",
+    description="A workload's part of its GPU's energy counter (else power times time): a MIG "
+    "device gets its slice share and free slices are charged to no one; workloads sharing a "
+    "device split it by SM samples, else by memory, else equally. Shares are estimates: SM "
+    "samples are duty cycles, memory says nothing of compute." + ACCOUNTING_RULE,
+    attributes=_WORKLOAD,
+)
+def _energy(snap: Snapshot) -> Iterator[Point]:
+    for account in snap.accounts:
+        yield account.energy_joules, dict(account.attributes)
+
+
 # -- containers -----------------------------------------------------------------------------------
 
 
