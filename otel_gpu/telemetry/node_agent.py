@@ -153,7 +153,7 @@ class Announcement:
 
 class OwnSeries:
     """A session's view of each Snapshot when an agent runs: no GPU, MIG, workload, container,
-    assignment or host series (the agent owns them), only the session's own: its insights about
+    assignment, accounting or host series (the agent owns them), only the session's own: its insights about
     a training run and its collection's self-telemetry. The insight rules still see everything;
     this narrows what the instruments report."""
 
@@ -165,5 +165,5 @@ class OwnSeries:
 
         snapshot = self._source.get()
         return replace(snapshot, gpus=(), host=None, workloads=(), assignments=(), containers=(),
-                       insights=tuple(i for i in snapshot.insights
+                       accounts=(), insights=tuple(i for i in snapshot.insights
                                       if "otel_gpu.training.run" in i.attributes))

@@ -30,6 +30,10 @@ SINCE_AGENT_START = frozenset({
     "otel_gpu.collection.errors",
     "nvidia.gpu.xid.errors",
     "nvidia.gpu.mig.reconfigurations",
+    # the agent's accounting: what it counted over the cycles it ran
+    "otel_gpu.workload.gpu.time",
+    "otel_gpu.workload.mig.slice.time",
+    "otel_gpu.workload.energy",
 })
 
 Key = tuple[tuple[str, Any], ...]

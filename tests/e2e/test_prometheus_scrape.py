@@ -24,15 +24,17 @@ from collector_stack import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS = {"dgx-a100-01": "dgx-a100", "h100-07": str(ROOT / "tests" / "scenarios" /
-                                                  "troubled-h100.yaml")}
+SCENARIOS = ROOT / "tests" / "scenarios"
+HOSTS = {"dgx-a100-01": "dgx-a100", "h100-07": str(SCENARIOS / "troubled-h100.yaml"),
+         "nvlink-03": str(SCENARIOS / "nvlink-degrading.yaml")}
 JOB = "otel-gpu-agent"
 # Exported by a training session (otel_gpu.start()), never by the agent.
 TRAINING = re.compile(r"otel_gpu_training_")
 # promtool's lint on a semantic-conventions name that the Collector path exports the same way.
 KNOWN_LINT = {'system_cpu_logical_count non-histogram and non-summary metrics should not have '
               '"_count" suffix'}
-VARIABLES = {"$__rate_interval": "1m", "$host": ".*", "$user": ".*", "$namespace": ".*"}
+VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$host": ".*", "$user": ".*",
+             "$namespace": ".*"}
 
 
 class Scraped:

@@ -94,3 +94,10 @@ def test_a_counter_crossing_a_generation_goes_on_from_its_last_value() -> None:
     assert [v for v, _ in values] == [0.0, 2.0, 2.0, 2.0]
     starts = [s for _, s in values]
     assert starts == sorted(starts) and len(set(starts)) == 4
+
+
+def test_the_counters_without_a_baseline_are_catalog_counters() -> None:
+    from otel_gpu.telemetry.catalog import BY_NAME, COUNTER
+    from otel_gpu.telemetry.series import SINCE_AGENT_START
+
+    assert all(BY_NAME[name].instrument == COUNTER for name in SINCE_AGENT_START)
