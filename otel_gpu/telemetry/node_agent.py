@@ -153,9 +153,9 @@ class Announcement:
 
 class OwnSeries:
     """A session's view of each Snapshot when an agent runs: no GPU, MIG, workload, container,
-    assignment, accounting or host series (the agent owns them), only the session's own: its insights about
-    a training run and its collection's self-telemetry. The insight rules still see everything;
-    this narrows what the instruments report."""
+    assignment, accounting or host series (the agent owns them), only the session's own: its
+    insights about a training run and its collection's self-telemetry. The insight rules still
+    see everything; this narrows what the instruments report."""
 
     def __init__(self, source: Any) -> None:
         self._source = source
