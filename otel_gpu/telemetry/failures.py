@@ -21,6 +21,8 @@ log = logging.getLogger("otel_gpu")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
+_FINITE = float("inf")
+
 OUT_OF_RANGE = "value_out_of_range"
 NOT_FINITE = "value_not_finite"
 
@@ -57,6 +59,9 @@ def carried(points: Iterable[tuple[float, Attributes]], metric: str, source: str
             tally: FailureTally) -> Iterator[tuple[float, Attributes]]:
     """The points OTLP can carry; each other one is dropped alone, counted and logged once."""
     for value, attributes in points:
+        if type(value) is float and -_FINITE < value < _FINITE:  # the common case, quickly
+            yield value, attributes
+            continue
         problem = value_problem(value)
         if problem is None:
             yield value, attributes

@@ -88,8 +88,7 @@ def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally,
                 return []
             snapshot = cache.get()
             points = carried(observe(snapshot), metric.name, source, tally)
-            exported = ledger.observe(metric.name, counter, points, snapshot.cycle)
-            return [Observation(value, attrs) for value, attrs in exported]
+            return ledger.observe(metric.name, counter, points, snapshot.cycle, Observation)
         except Exception:
             log.exception("otel-gpu: could not observe %s", metric.name)
             return []

@@ -18,7 +18,7 @@ increase, after an agent restart or a new generation alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +36,11 @@ SINCE_AGENT_START = frozenset({
     "otel_gpu.workload.energy",
 })
 
-Key = tuple[tuple[str, Any], ...]
+Key = frozenset[tuple[str, Any]]
 
 
 def series_key(attributes: Attributes) -> Key:
-    return tuple(sorted(attributes.items()))
+    return frozenset(attributes.items())
 
 
 @dataclass
@@ -61,13 +61,18 @@ class SeriesLedger:
         self._carried = carried or {}
 
     def observe(self, name: str, counter: bool, points: Iterable[tuple[float, Attributes]],
-                cycle: int) -> Iterator[tuple[float, Attributes]]:
-        """``points`` as exported: counters relative to their baseline."""
-        table = self._series.setdefault(name, {})
+                cycle: int, make: Callable[[float, Attributes], Any] = lambda v, a: (v, a),
+                ) -> list[Any]:
+        """``points`` as exported, each made by ``make(value, attributes)``: counters relative
+        to their baseline."""
+        table = self._series.get(name)
+        if table is None:
+            table = self._series[name] = {}
         if counter:
             self._counters.add(name)
+        out = []
         for value, attributes in points:
-            key = series_key(attributes)
+            key = frozenset(attributes.items())
             entry = table.get(key)
             if entry is None:
                 entry = _Series(seen=cycle, baseline=self._baseline(name, counter, key, value),
@@ -78,9 +83,10 @@ class SeriesLedger:
                 if value < entry.last:  # the source started over (driver reload, restart)
                     entry.baseline = 0
                 entry.last = value
-                yield value - entry.baseline, attributes
+                out.append(make(value - entry.baseline, attributes))
             else:
-                yield value, attributes
+                out.append(make(value, attributes))
+        return out
 
     def _baseline(self, name: str, counter: bool, key: Key, value: float) -> float:
         if not counter:
