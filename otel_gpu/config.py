@@ -239,3 +239,21 @@ def query_api(url: str | None = None, environ: Mapping[str, str] | None = None) 
     if tenant:
         headers["X-Scope-OrgID"] = tenant
     return QueryApi(given.rstrip("/"), headers)
+
+DEFAULT_STATUS_SOCKET = "/run/otel-gpu/status.sock"
+_OFF = ("off", "none", "false", "0")
+
+
+def status_socket(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTEL_GPU_STATUS_SOCKET``: the Unix socket the agent serves status on and ``status``
+    asks (default ``/run/otel-gpu/status.sock``); ``off`` for none."""
+    value = _env(environ).get("OTEL_GPU_STATUS_SOCKET", "").strip()
+    if value.lower() in _OFF:
+        return None
+    return value or DEFAULT_STATUS_SOCKET
+
+
+def operator_group(environ: Mapping[str, str] | None = None) -> str | None:
+    """``OTEL_GPU_OPERATOR_GROUP``: the group whose members get every tenant's status, or None
+    (then root only)."""
+    return _env(environ).get("OTEL_GPU_OPERATOR_GROUP", "").strip() or None

@@ -241,18 +241,32 @@ class Workload:
     sm_utilization: float | None = None  # sum of per-process samples; None on MIG
 
 
+OWNER_SOURCES = ("process", "docker.config.user", "proc.init", "k8s.run_as_user")
+
+
 @dataclass(frozen=True)
 class DeviceAssignment:
-    """A GPU or MIG device that a container runtime or the kubelet gave a container or pod."""
+    """A GPU or MIG device that a container runtime or the kubelet gave a container or pod.
+
+    ``owner`` is the user it is held for, as ``process.owner`` spells users (a name, else the
+    uid); ``owner_uid`` the uid where one is known; ``owner_source`` says where the answer came
+    from, the first that gives one of: ``process`` (the uid of the container's GPU processes),
+    ``docker.config.user`` (Docker inspect ``Config.User``), ``proc.init`` (the uid of the
+    container's init process, Docker's ``State.Pid``, from /proc), ``k8s.run_as_user`` (the pod's
+    or container's ``securityContext.runAsUser``). All three are None when none answers.
+    """
 
     device_uuid: str
     mig: bool
     attributes: dict[str, str]  # container.* and k8s.* attributes
+    owner: str | None = None
+    owner_uid: int | None = None
+    owner_source: str | None = None
 
 
 @dataclass(frozen=True)
 class ContainerUsage:
-    """The cgroup of a container that holds a GPU process."""
+    """The cgroup of a container that holds a GPU process or was given a device."""
 
     attributes: dict[str, str]  # container.* and k8s.* attributes, as on its workloads
     resources: ContainerResources

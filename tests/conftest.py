@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+# The agents and status commands that tests run use no machine-wide status socket; the tests of
+# the socket name their own.
+os.environ.setdefault("OTEL_GPU_STATUS_SOCKET", "off")
 
 
 @pytest.fixture

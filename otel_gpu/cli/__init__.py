@@ -208,10 +208,26 @@ class StopSignals:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from otel_gpu.cli.status import collect_view
+    from otel_gpu.cli.status import collect_view, view_from_agent
     from otel_gpu.cli.status_render import print_status
+    from otel_gpu.cli.status_server import NoAgent, ask_agent
+    from otel_gpu.config import status_socket
     from otel_gpu.insights.thresholds_file import load_thresholds
 
+    path = status_socket() if args.simulate is None else None
+    if path is not None:
+        try:
+            request = {"as_user": args.as_user} if args.as_user else {}
+            reply = ask_agent(path, request)
+            view = view_from_agent(reply)
+            if reply.get("ignored"):
+                print("otel-gpu: the agent shows you your own share only (ignored: "
+                      f"{', '.join(map(str, reply['ignored']))})", file=sys.stderr)
+            print_status(view, args.format)
+            return EXIT_OK
+        except NoAgent as err:
+            print(f"otel-gpu: no agent answered on {path} ({err}); collecting here for "
+                  f"{args.cycles} cycle{'s' if args.cycles != 1 else ''}", file=sys.stderr)
     options = {"thresholds": load_thresholds(args.thresholds)}
     if args.watch:
         return _watch_status(args, options)

@@ -8,19 +8,24 @@ import gc
 import json
 import os
 import re
+import socket
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
+from otel_gpu.cli.status_server import StatusServer, in_group, user_name
 from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
+from otel_gpu.config import operator_group, status_socket
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Snapshot, device_activity
 from otel_gpu.telemetry.node_agent import AGENT_FILE_ENV, Announcement
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
+from otel_gpu.telemetry.providers import exemplar_filter_note
 
 EXIT_OK = 0
 
@@ -37,37 +42,73 @@ def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) 
     )
     if pipeline.driver_message:
         print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
+    note = exemplar_filter_note()
+    if note:
+        print(f"otel-gpu: {note}", file=sys.stderr)
     return pipeline
 
 
-def run_agent(args: argparse.Namespace, stop: threading.Event) -> int:
+def run_agent(
+    args: argparse.Namespace, stop: threading.Event, wait: Callable[[float], Any] | None = None
+) -> int:
     """Collect and export every interval until ``stop`` is set (by a signal), then export the
-    state at shutdown once more. ``stop`` may already be set: one export still goes out."""
+    state at shutdown once more. ``stop`` may already be set: one export still goes out. Each
+    cycle's Snapshot goes to the status socket too. ``wait`` sleeps between cycles (default:
+    until the interval is up or ``stop`` is set)."""
     pipeline = _pipeline(args, "otlp", in_memory=False)
     # What start-up built (modules, the catalog, the SDK's instruments) lives as long as the
     # process: kept out of the collector's full passes, which then walk only what cycles made.
     gc.freeze()
     announcement = _announcement(args, pipeline)
+    server = _status_server(args, pipeline)
+    wait = stop.wait if wait is None else wait
     try:
         done = 0
         while not stop.is_set():
             started = time.monotonic()
-            pipeline.collect_and_export()
+            snapshot = pipeline.collect_and_export()
+            if server is not None:
+                server.publish(snapshot)
             if announcement is not None:
                 announcement.beat()
             done += 1
             if args.cycles and done >= args.cycles:
                 break
-            stop.wait(max(0.0, args.interval - (time.monotonic() - started)))
+            wait(max(0.0, args.interval - (time.monotonic() - started)))
         if stop.is_set():
             pipeline.collect_and_export()  # the state at shutdown goes out too
     finally:
         try:
+            if server is not None:
+                server.close()
             if announcement is not None:
                 announcement.close()
         finally:
             pipeline.shutdown()
     return EXIT_OK
+
+
+def _status_server(args: argparse.Namespace, pipeline: Pipeline) -> StatusServer | None:
+    """The status socket (``OTEL_GPU_STATUS_SOCKET``), serving; None when it is off or cannot
+    be bound (said in one line: the agent runs on without it)."""
+    path = status_socket()
+    if path is None:
+        return None
+    scenario = getattr(getattr(pipeline.collector.sources, "simulation", None), "scenario", None)
+    server = StatusServer(
+        path,
+        is_operator=in_group(operator_group()),
+        owner_name=scenario.users.get if scenario is not None else user_name,
+        host=str(scenario.name) if scenario is not None else socket.gethostname(),
+        simulated=scenario is not None,
+        interval_s=args.interval,
+    )
+    try:
+        server.start()
+    except OSError as err:
+        print(f"otel-gpu: not serving status on {path}: {err}", file=sys.stderr)
+        return None
+    return server
 
 
 def _announcement(args: argparse.Namespace, pipeline: Pipeline) -> Announcement | None:
@@ -268,7 +309,7 @@ def _holders(snapshot: Snapshot) -> list[str]:
         if (a.device_uuid, holder) not in busy:
             busy.add((a.device_uuid, holder))
             rows.append((order.get(a.device_uuid, len(order)), names.get(a.device_uuid, "?"),
-                         "-", holder, "given, runs nothing"))
+                         a.owner or "-", holder, "given, runs nothing"))
     if not rows:
         return []
     lines = ["", "who uses what (device, user, container or pod, its processes there):"]

@@ -4,7 +4,9 @@ Who I am (user, container, pod), what I was given (GPUs or MIG devices, my cgrou
 memory limits), what I use now, and the insights that apply to me, for a person at a terminal or,
 with ``--format json``, for scripts (the shape is in ``status_render.status_document``).
 
-Who "I" am:
+When an agent answers on its status socket (``OTEL_GPU_STATUS_SOCKET``), the view is of its
+latest Snapshot, and the agent decides who "I" am from the socket's peer credentials
+(``status_server``); otherwise ``status`` collects by itself, and who "I" am is:
 
 - ``--as-user NAME``: the workloads whose ``process.owner`` is NAME (or that uid);
 - on the host as root: every workload; as another user: that user's (name or uid);
@@ -26,6 +28,7 @@ from typing import Any
 from otel_gpu.snapshot import (
     SEVERITY_RANK,
     ContainerResources,
+    DeviceAssignment,
     Gpu,
     Insight,
     MigDevice,
@@ -70,6 +73,16 @@ class Me:
         if self.container_id and attributes.get("container.id") == self.container_id:
             return True
         return bool(self.pod_uid) and attributes.get("k8s.pod.uid") == self.pod_uid
+
+    def holds(self, assignment: DeviceAssignment) -> bool:
+        """Whether a device given to a container or pod is held for this user."""
+        if self.scope == "all":
+            return True
+        if self.scope == "user":
+            return (assignment.owner is not None
+                    and assignment.owner in (self.user, str(self.uid))) or (
+                self.uid is not None and assignment.owner_uid == self.uid)
+        return self.owns(assignment.attributes)
 
 
 def resolve_me(
@@ -257,10 +270,12 @@ def build_view(
             )
             if key not in groups:
                 if me.scope == "all" or (me.scope == "container" and me.owns(
-                        assignment.attributes)):
+                        assignment.attributes)) or (me.scope == "user" and me.holds(assignment)):
                     groups[key] = GroupView(attributes=dict(assignment.attributes))
                 else:
                     continue
+            if assignment.owner is not None and assignment.owner not in groups[key].owners:
+                groups[key].owners.append(assignment.owner)
             device_of(key, groups[key], assignment.device_uuid, given=True)
         before = {
             c.attributes.get("container.id"): c.resources
@@ -440,3 +455,40 @@ def collect_view(
         return source.view(), source.message
     finally:
         source.close()
+
+
+
+# -- through the agent ----------------------------------------------------------------------
+
+
+def view_from_agent(reply: Mapping[str, Any]) -> StatusView:
+    """The view of an agent's status reply (``status_server``): its scope decides who "I" am.
+    Raises ``NoAgent`` for a reply without a share."""
+    from otel_gpu.cli.status_server import NoAgent
+    from otel_gpu.cli.status_share import ALL, CONTAINER, USER, DecodeError, Scope, decode_snapshot
+
+    raw_scope = reply.get("scope")
+    scope = Scope.from_dict(raw_scope if isinstance(raw_scope, dict) else {})
+    if reply.get("snapshot") is None:
+        why = "cannot tell who asks" if scope.kind not in (ALL, USER, CONTAINER) \
+            else "has no snapshot yet"
+        raise NoAgent(f"the agent {why}")
+    try:
+        snapshot = decode_snapshot(reply["snapshot"])
+        previous = decode_snapshot(reply["previous"]) if reply.get("previous") else None
+    except DecodeError as err:
+        raise NoAgent(str(err)) from None
+    if scope.kind == ALL:
+        me = Me("all", user=scope.user, uid=scope.uid)
+    elif scope.kind == CONTAINER:
+        me = Me("container", user=scope.user, uid=scope.uid, container_id=scope.container_id,
+                pod_uid=scope.pod_uid)
+    else:
+        me = Me("user", user=scope.user, uid=scope.uid)
+    agent = reply.get("agent") if isinstance(reply.get("agent"), dict) else {}
+    interval = agent.get("interval_s")
+    return build_view(
+        snapshot, me, previous=previous, host=str(agent.get("host") or ""),
+        simulated=agent.get("simulated") is True, cycles=snapshot.cycle + 1,
+        interval_s=float(interval) if isinstance(interval, (int, float)) else 0.0,
+    )

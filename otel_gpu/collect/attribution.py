@@ -2,7 +2,9 @@
 
 One ``Attributor.attribute(gpus)`` per cycle turns the GPU and MIG processes NVML reported (host
 pids) into workloads (the processes of one user in one container on one device), the devices
-given to containers and pods, and the cgroup figures of the containers that hold GPU processes:
+given to containers and pods with the user each is held for, and the cgroup figures of the
+containers that hold GPU processes or devices (a Docker container that runs no GPU process through
+its init process, Docker's ``State.Pid``; a pod container where the kubelet puts its cgroup):
 
     processes (pid, device, memory) x procfs (uid, cgroup -> container id)
         x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from otel_gpu.snapshot import (
@@ -29,7 +31,13 @@ from otel_gpu.snapshot import (
     each_device,
 )
 from otel_gpu.sources._text import clean_value, passwd_name
-from otel_gpu.sources.cgroup import CgroupReader, ContainerRef, container_from_cgroup_lines
+from otel_gpu.sources.cgroup import (
+    CgroupReader,
+    ContainerRef,
+    cgroup_lines_for,
+    container_from_cgroup_lines,
+    pod_container_paths,
+)
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
     KubeletPod,
@@ -141,6 +149,7 @@ class Attributor:
         self._users: dict[int, tuple[float, str]] = {}
         # Parsed cgroup lines: the processes of one container share them. Kept for one cycle.
         self._parsed: dict[tuple[str, ...], ContainerRef | None] = {}
+        self._pod_paths: dict[str, str] = {}  # pod container id -> its cgroup path, when idle
 
     def close(self) -> None:
         """Forget what was learnt; the readers and clients hold no connection between calls."""
@@ -218,10 +227,15 @@ class _Cycle:
         self._timed("kubelet", self.a.pod_list, self._pod_list, None)
         pod_devices = self._timed("kubelet", self.a.pod_resources, self._pod_resources, None)
         workloads, holders = self._workloads(placed, infos)
-        containers = self._timed(
-            "cgroup", self.a.cgroup, lambda: self._container_usage(holders), ()
-        )
         assignments = self._assignments(pod_devices or ())
+        inits = self._timed("procfs", self.a.procfs, lambda: self._inits(assignments, holders), {})
+        cgroups = {cid: info.cgroup_lines for cid, info in {**inits, **holders}.items()}
+        cgroups |= self._timed("cgroup", self.a.cgroup,
+                               lambda: self._pod_cgroups(assignments, cgroups), {})
+        containers = self._timed(
+            "cgroup", self.a.cgroup, lambda: self._container_usage(cgroups), ()
+        )
+        assignments = tuple(self._owned(a, infos, inits) for a in assignments)
         return Attribution(
             workloads=workloads,
             assignments=assignments,
@@ -373,12 +387,98 @@ class _Cycle:
         )
         return workloads, holders
 
-    def _container_usage(self, holders: dict[str, ProcessInfo]) -> tuple[ContainerUsage, ...]:
+    def _inits(
+        self, assignments: Iterable[DeviceAssignment], holders: dict[str, ProcessInfo]
+    ) -> dict[str, ProcessInfo]:
+        """The init processes (Docker's ``State.Pid``) of the containers that hold a device but
+        run no GPU process, where /proc still shows them in that container's cgroup."""
+        found: dict[str, ProcessInfo] = {}
+        for assignment in assignments:
+            cid = assignment.attributes.get("container.id")
+            meta = self.metas.get(cid) if cid is not None else None
+            if cid is None or cid in holders or cid in found or meta is None or meta.pid is None:
+                continue
+            info = self.a.procfs.read(meta.pid)
+            ref = container_from_cgroup_lines(info.cgroup_lines) if info is not None else None
+            if info is not None and ref is not None and ref.id == cid:  # not a reused pid
+                found[cid] = info
+        return found
+
+    def _pod_cgroups(
+        self, assignments: Iterable[DeviceAssignment], known: dict[str, tuple[str, ...]]
+    ) -> dict[str, tuple[str, ...]]:
+        """The cgroups of pod containers that hold a device and run no GPU process, found where
+        the kubelet puts them; a path found is kept while the container holds a device."""
+        cgroup = self.a.cgroup
+        assert cgroup is not None
+        found: dict[str, tuple[str, ...]] = {}
+        for assignment in assignments:
+            cid = assignment.attributes.get("container.id")
+            if cid is None or cid in known or cid in found or cid not in self.by_container:
+                continue
+            pod, container = self.by_container[cid]
+            cached = self.a._pod_paths.get(cid)
+            candidates = (cached,) if cached else pod_container_paths(
+                pod.uid, cid, container.runtime)
+            for path in candidates:
+                if cgroup.read_path(path) is not None:
+                    found[cid] = cgroup_lines_for(path)
+                    self.a._pod_paths[cid] = path
+                    break
+        for cid in self.a._pod_paths.keys() - found.keys():
+            del self.a._pod_paths[cid]
+        return found
+
+    def _owned(
+        self,
+        assignment: DeviceAssignment,
+        infos: dict[int, ProcessInfo],
+        inits: dict[str, ProcessInfo],
+    ) -> DeviceAssignment:
+        """``assignment`` with the user it is held for, and where that answer came from."""
+        owner: tuple[str, int | None, str] | None = None
+        cid = assignment.attributes.get("container.id")
+        if cid is not None:
+            for pid, info in sorted(infos.items()):
+                ref = self.process_refs.get(pid)
+                if ref is not None and ref.id == cid and info.uid is not None:
+                    owner = (self.a.owner(info.uid), info.uid, "process")
+                    break
+        meta = self.metas.get(cid) if cid is not None else None
+        if owner is None and meta is not None and meta.user:
+            name = meta.user.split(":", 1)[0]
+            if name.isdigit():
+                owner = (self.a.owner(int(name)), int(name), "docker.config.user")
+            elif name:
+                owner = (name, None, "docker.config.user")
+        init = inits.get(cid) if cid is not None else None
+        if owner is None and init is not None and init.uid is not None:
+            owner = (self.a.owner(init.uid), init.uid, "proc.init")
+        if owner is None:
+            uid = self._run_as_user(assignment.attributes)
+            if uid is not None:
+                owner = (self.a.owner(uid), uid, "k8s.run_as_user")
+        if owner is None:
+            return assignment
+        return replace(assignment, owner=owner[0], owner_uid=owner[1], owner_source=owner[2])
+
+    def _run_as_user(self, attrs: Attrs) -> int | None:
+        cid = attrs.get("container.id")
+        if cid is not None and cid in self.by_container:
+            pod, container = self.by_container[cid]
+            return pod.user_of(container.name)
+        for pod in (self.pods or {}).values():
+            if (pod.namespace, pod.name) == (attrs.get("k8s.namespace.name"),
+                                             attrs.get("k8s.pod.name")):
+                return pod.user_of(attrs.get("k8s.container.name"))
+        return None
+
+    def _container_usage(self, cgroups: dict[str, tuple[str, ...]]) -> tuple[ContainerUsage, ...]:
         cgroup = self.a.cgroup
         assert cgroup is not None
         usage = []
-        for cid, info in holders.items():
-            resources = cgroup.read(info.cgroup_lines)
+        for cid, lines in cgroups.items():
+            resources = cgroup.read(lines)
             if resources is not None:
                 usage.append(ContainerUsage(attributes=self._attrs_of(cid), resources=resources))
         return tuple(usage)

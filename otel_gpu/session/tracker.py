@@ -468,7 +468,36 @@ class TrainingTracker:
         return self._error_log.take_errors()
 
 
-class _StepMark:
+class _HandMark:
+    """A mark used as ``with``: ``end()`` on a clean exit, ``_abandon()`` when the block raised."""
+
+    __slots__ = ()
+
+    def end(self) -> None:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        self.end()
+
+    def __enter__(self: _Mark) -> _Mark:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.end()
+        else:
+            self._abandon()
+
+
+_Mark = TypeVar("_Mark", bound=_HandMark)
+
+
+class _StepMark(_HandMark):
     """One step marked by hand: started when created, recorded by ``end()``."""
 
     __slots__ = ("_done", "_start", "_tracker", "samples")
@@ -489,22 +518,11 @@ class _StepMark:
             samples = self.samples
         self._tracker._record_marked(self._start, end, samples)
 
-    def __enter__(self) -> _StepMark:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.end()
-        else:
-            self._done = True
+    def _abandon(self) -> None:
+        self._done = True  # a step that raised is not counted
 
 
-class _WaitMark:
+class _WaitMark(_HandMark):
     """One data wait marked by hand: started when created, counted by ``end()``."""
 
     __slots__ = ("_done", "_start", "_tracker")
@@ -522,16 +540,6 @@ class _WaitMark:
         self._done = True
         self._tracker._add_wait(self._start, end)
 
-    def __enter__(self) -> _WaitMark:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.end()
 
 
 class _EpochMark:

@@ -10,9 +10,10 @@ series too), ``device`` (``nvidia<index>``), ``modelName``, ``Hostname``, and on
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
+from otel_gpu.simulate._http import QuietHandler
 from otel_gpu.simulate.fake_dcgm import FIELDS, VALUE_OF, FakeDcgm
 from otel_gpu.simulate.spec import at_cycle
 
@@ -61,20 +62,14 @@ class DcgmExporterStandIn:
         self._dcgm = dcgm
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
                 body = stand_in.body().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body, "text/plain; version=0.0.4")
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -11,14 +11,16 @@ into that shape; one with an ``inspect`` key is served as that JSON value verbat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socketserver
 import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from otel_gpu.simulate._http import QuietHandler
 
 _PATH = re.compile(r"^(?:/v[0-9.]+)?/containers/([^/]+)/json$")
 _LIST = re.compile(r"^(?:/v[0-9.]+)?/containers/json$")
@@ -50,6 +52,7 @@ def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
             "Image": container.get("image", ""),
             "Labels": dict(container.get("labels", {})),
             "Env": env,
+            "User": container.get("user", ""),
         },
         "HostConfig": {
             "Runtime": container.get("runtime", "runc"),
@@ -85,7 +88,7 @@ class DockerApiServer:
         self._release = threading.Event()
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -93,20 +96,12 @@ class DockerApiServer:
                 if api.delay_s:
                     api._release.wait(api.delay_s)
                 status, body = api.answer(self.path)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up waiting
+                with contextlib.suppress(OSError):  # the client gave up waiting
+                    self.reply(status, body)
 
             def address_string(self) -> str:
                 return "unix"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         if os.path.exists(socket_path):
             os.unlink(socket_path)

@@ -35,6 +35,7 @@ from typing import Any
 
 from otel_gpu.simulate.fake_nvml import FakeNvml
 from otel_gpu.simulate.spec import DcgmSpec, DcgmValues, GpuSpec, at_cycle
+from otel_gpu.sources.dcgm import PROFILING_FIELDS
 
 DCGM_FP64_BLANK = 140737488355328.0  # dcgmvalue.py: values at or above it are blank
 _MAX_INSTANCES_PER_GPU = 8
@@ -66,18 +67,8 @@ FIELDS: dict[str, int] = {
     "DCGM_FI_PROF_NVLINK_TX_BYTES": 1011,
     "DCGM_FI_PROF_NVLINK_RX_BYTES": 1012,
 }
-# field name -> DcgmValues attribute
-VALUE_OF: dict[str, str] = {
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "graphics_engine_active",
-    "DCGM_FI_PROF_SM_ACTIVE": "sm_active",
-    "DCGM_FI_PROF_SM_OCCUPANCY": "sm_occupancy",
-    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": "tensor_active",
-    "DCGM_FI_PROF_DRAM_ACTIVE": "dram_active",
-    "DCGM_FI_PROF_PCIE_TX_BYTES": "pcie_tx_bytes_per_s",
-    "DCGM_FI_PROF_PCIE_RX_BYTES": "pcie_rx_bytes_per_s",
-    "DCGM_FI_PROF_NVLINK_TX_BYTES": "nvlink_tx_bytes_per_s",
-    "DCGM_FI_PROF_NVLINK_RX_BYTES": "nvlink_rx_bytes_per_s",
-}
+# field name -> DcgmValues attribute: the adapter's own table
+VALUE_OF = PROFILING_FIELDS
 FE_GPU, FE_GPU_I, FE_GPU_CI = 1, 4, 5
 MODULE_ID_PROFILING, MODULE_STATUS_LOADED, MODULE_STATUS_FAILED = 8, 3, 4
 

@@ -65,6 +65,7 @@ from otel_gpu.simulate.fake_nvml_board import BoardServing
 from otel_gpu.simulate.fake_nvml_gpm import GpmAndEventServing
 from otel_gpu.simulate.fake_nvml_mig import MigServing
 from otel_gpu.simulate.fake_nvml_parts import (
+    CLOCK_TYPES,
     DRIVER_UPTIME_S,
     NVLINK_ERROR_FIELDS,
     SAMPLING_PERIOD_US,
@@ -416,15 +417,9 @@ class FakeNvml(BoardServing, ProcessServing, MigServing, GpmAndEventServing):
 
     @device_call(physical=True)
     def nvmlDeviceGetClockInfo(self, gpu: GpuSpec, instance: None, type: int) -> int:
-        names = {
-            pynvml.NVML_CLOCK_GRAPHICS: "graphics",
-            pynvml.NVML_CLOCK_SM: "sm",
-            pynvml.NVML_CLOCK_MEM: "memory",
-            pynvml.NVML_CLOCK_VIDEO: "video",
-        }
-        if type not in names:
+        if type not in CLOCK_TYPES:
             raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        name = names[type]
+        name = CLOCK_TYPES[type]
         given = self._value(getattr(gpu.clocks_mhz, name))
         if given is not None:
             return int(given)

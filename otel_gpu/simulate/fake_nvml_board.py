@@ -9,6 +9,7 @@ import pynvml
 
 from otel_gpu.simulate.fake_nvml_parts import (
     BAR1_USED_BYTES,
+    CLOCK_TYPES,
     CUDA_BY_DRIVER_BRANCH,
     PCI_DEVICE_IDS,
     GpuHandle,
@@ -109,15 +110,9 @@ class BoardServing:
 
     @device_call(physical=True)
     def nvmlDeviceGetMaxClockInfo(self, gpu: GpuSpec, instance: None, type: int) -> int:
-        names = {
-            pynvml.NVML_CLOCK_GRAPHICS: "graphics",
-            pynvml.NVML_CLOCK_SM: "sm",
-            pynvml.NVML_CLOCK_MEM: "memory",
-            pynvml.NVML_CLOCK_VIDEO: "video",
-        }
-        if type not in names:
+        if type not in CLOCK_TYPES:
             raise nvml_error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return getattr(gpu.model.max_clocks, names[type])
+        return getattr(gpu.model.max_clocks, CLOCK_TYPES[type])
 
     @device_call(physical=True)
     def nvmlDeviceGetPowerManagementLimit(self, gpu: GpuSpec, instance: None) -> int:

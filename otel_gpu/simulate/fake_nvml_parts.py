@@ -11,7 +11,7 @@ import pynvml
 from otel_gpu.simulate.spec import (
     GpmValues,
 )
-from otel_gpu.sources.libnvml import gpm_metric_ids
+from otel_gpu.sources.libnvml import CLOCK_DOMAINS, gpm_metric_ids
 
 # Per-link NVLink error counters as field values (NVML_FI_DEV_NVLINK_<kind>_ERROR_COUNT_L<n>):
 # field id -> (link, NvLinkSpec attribute), for the ids this pynvml defines.
@@ -24,6 +24,8 @@ NVLINK_ERROR_FIELDS: dict[int, tuple[int, str]] = {
 }
 
 NO_ID = 0xFFFFFFFF
+# nvmlClockType_t value -> clock domain
+CLOCK_TYPES = {getattr(pynvml, const): name for name, const in CLOCK_DOMAINS.items()}
 SAMPLING_PERIOD_US = 167_000
 MIB = 1024 * 1024
 

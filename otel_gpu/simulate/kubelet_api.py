@@ -14,11 +14,12 @@ import ssl
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import grpc
 
+from otel_gpu.simulate._http import QuietHandler
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
     ListPodResourcesRequest,
@@ -129,6 +130,8 @@ def pod_list(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "status": {"phase": "Running", "containerStatuses": statuses},
             }
         )
+        if pod.get("run_as_user") is not None:
+            items[-1]["spec"]["securityContext"] = {"runAsUser": pod["run_as_user"]}
     return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 
 
@@ -148,7 +151,7 @@ class PodListServer:
         self.authorizations: list[str | None] = []
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
@@ -159,14 +162,8 @@ class PodListServer:
                     status, body = api.status, api.raw_body
                 else:
                     status, body = api.status, json.dumps(pod_list(api.pods)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -64,6 +64,7 @@ from otel_gpu.simulate.scenario_checks import (
     HOST_KEYS,
     KUBELET_KEYS,
     MAX_FILE_INTEGER,
+    MAX_PID,
     MAX_UID,
     NVLINK_KEYS,
     POD_CONTAINER_KEYS,
@@ -155,10 +156,12 @@ def _parse_text(text: str, path: str) -> Any:
     if path.endswith(".json"):
         try:
             return json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or a number of more than 4300 digits
             raise ScenarioError(path, "(file)", f"JSON syntax error: {exc}") from exc
     try:
         return yaml.safe_load(text)
+    except ValueError as exc:  # int() refusing a number of more than 4300 digits
+        raise ScenarioError(path, "(file)", f"YAML value error: {exc}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -373,6 +376,10 @@ class _Loader(GpuChecks):
             devices=written,
             device_uuids=resolved,
             resources=self.resources(raw.get("resources", {}), f"{key}.resources"),
+            user=self.string(raw["user"], f"{key}.user") if "user" in raw else None,
+            pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID)
+            if "pid" in raw else None,
+            uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
@@ -392,6 +399,8 @@ class _Loader(GpuChecks):
             name=self.string(raw["name"], f"{key}.name"),
             uid=uid,
             containers=tuple(containers),
+            run_as_user=self.integer(raw["run_as_user"], f"{key}.run_as_user", maximum=MAX_UID)
+            if "run_as_user" in raw else None,
         )
 
     def check_unique_containers(

@@ -83,7 +83,7 @@ XID_KEYS = _keys(XidEvent)
 FAULT_KEYS = _keys(Fault)
 DRIVER_KEYS = _keys(DriverSpec)
 CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
-POD_CONTAINER_KEYS = CONTAINER_KEYS - {"labels"}
+POD_CONTAINER_KEYS = CONTAINER_KEYS - {"labels", "user", "pid", "uid"}  # Docker only
 POD_KEYS = _keys(PodSpec)
 HOST_KEYS = _keys(HostSpec)
 FILESYSTEM_KEYS = _keys(FilesystemSpec)

@@ -335,6 +335,9 @@ class ContainerSpec:
     devices: tuple[str, ...]  # as written: UUIDs or hw.names
     device_uuids: tuple[str, ...]  # the same, resolved to UUIDs
     resources: Resources
+    user: str | None = None  # Docker's Config.User, as written
+    pid: int | None = None  # the host pid of its init process (Docker's State.Pid), in /proc
+    uid: int = 0  # the uid of that init process
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,7 @@ class PodSpec:
     name: str
     uid: str
     containers: tuple[ContainerSpec, ...]
+    run_as_user: int | None = None  # spec.securityContext.runAsUser
 
 
 @dataclass(frozen=True)

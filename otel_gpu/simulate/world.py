@@ -136,6 +136,10 @@ class SimulatedWorld:
         }
         if container.image:
             entry["image"] = container.image
+        if container.user is not None:
+            entry["user"] = container.user
+        if container.pid is not None:
+            entry["pid"] = container.pid
         for process in self._all_processes():
             if self._container_of(process) == container.id:
                 entry["cmdline"] = list(process.cmdline)
@@ -166,6 +170,7 @@ class SimulatedWorld:
             "name": pod.name,
             "uid": pod.uid,
             "containers": containers,
+            "run_as_user": pod.run_as_user,
         }
 
     # -- /proc --
@@ -186,11 +191,25 @@ class SimulatedWorld:
         for gpu in self.scenario.gpus:
             for process in gpu.processes_at(cycle):
                 running.setdefault(process.pid, process)
+        for pid, process in self._init_processes().items():
+            running.setdefault(pid, process)
         for pid in self._pids - running.keys():
             shutil.rmtree(os.path.join(self.proc_root, str(pid)), ignore_errors=True)
         for pid in running.keys() - self._pids:
             _write_process(self.proc_root, running[pid])
         self._pids = set(running)
+
+    def _init_processes(self) -> dict[int, ProcessSpec]:
+        """The init processes of the containers that name one (``pid``), in their cgroups."""
+        found = {}
+        for container in self.scenario.containers:
+            state = self._cgroups.get(container.id)
+            if container.pid is not None and state is not None:
+                found[container.pid] = ProcessSpec(
+                    pid=container.pid, uid=container.uid, comm="init",
+                    cgroup=f"0::{state.path}", cmdline=("init",), used_memory_bytes=0,
+                )
+        return found
 
     # -- cgroups --
 

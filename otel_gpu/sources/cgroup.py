@@ -125,6 +125,36 @@ def container_from_cgroup_lines(lines: Iterable[str]) -> ContainerRef | None:
     return None
 
 
+_SCOPE_PREFIXES = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}
+
+
+def pod_container_paths(
+    pod_uid: str, container_id: str, runtime: str | None = None
+) -> tuple[str, ...]:
+    """Where a pod container's cgroup may be, for a container that runs no process the agent
+    saw: the kubelet's layout with the systemd driver (``kubepods[-<qos>]-pod<uid>.slice`` with
+    the uid's dashes as underscores, then ``<runtime>-<id>.scope``) and with the cgroupfs driver
+    (``kubepods[/<qos>]/pod<uid>/<id>``), in each QoS class (guaranteed pods sit directly under
+    ``kubepods``). Each candidate still names ``container_id`` when parsed back."""
+    if not _BARE_ID.match(container_id):
+        return ()
+    escaped = pod_uid.replace("-", "_")
+    prefixes = [_SCOPE_PREFIXES[runtime]] if runtime in _SCOPE_PREFIXES else \
+        list(_SCOPE_PREFIXES.values())
+    paths = []
+    for qos in ("burstable", "besteffort", None):
+        slice_dir = "/kubepods.slice" + (f"/kubepods-{qos}.slice" if qos else "")
+        pod_slice = f"kubepods-{qos}-pod{escaped}.slice" if qos else f"kubepods-pod{escaped}.slice"
+        paths += [f"{slice_dir}/{pod_slice}/{prefix}-{container_id}.scope" for prefix in prefixes]
+        paths.append("/kubepods" + (f"/{qos}" if qos else "") + f"/pod{pod_uid}/{container_id}")
+    return tuple(p for p in paths if (ref := parse_cgroup_path(p)) and ref.id == container_id)
+
+
+def cgroup_lines_for(path: str) -> tuple[str, ...]:
+    """/proc/<pid>/cgroup lines of a process in ``path`` on v2 and on v1 hierarchies alike."""
+    return (f"0::{path}", f"1:cpu,cpuacct:{path}", f"2:memory:{path}", f"3:blkio:{path}")
+
+
 # cgroup v1 reports "no memory limit" as PAGE_COUNTER_MAX pages, 9223372036854771712 with 4 KiB
 # pages; anything this large is no limit on any page size.
 _V1_UNLIMITED = 1 << 62

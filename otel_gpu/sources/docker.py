@@ -59,6 +59,8 @@ class ContainerMeta:
     gpu_ids: tuple[str, ...] = ()  # GPU/MIG UUIDs or indexes given to it
     all_gpus: bool = False
     gpu_count: int | None = None  # GPUs requested by number: the API does not say which
+    user: str | None = None  # Config.User as given to `docker run --user`: name, uid, uid:gid
+    pid: int | None = None  # State.Pid: the host pid of its init process; None when not running
 
 
 class _Failed(Exception):
@@ -220,6 +222,8 @@ class DockerClient(ErrorLog):
             all_gpus = all_gpus or env_all
         name = doc.get("Name")
         image = config.get("Image")
+        user = config.get("User")
+        pid = _dict(doc.get("State")).get("Pid")
         return ContainerMeta(
             id=container_id,
             name=clean_text(name.lstrip("/")) if isinstance(name, str) else container_id[:12],
@@ -233,6 +237,8 @@ class DockerClient(ErrorLog):
             gpu_ids=ids[:MAX_DEVICES],
             all_gpus=all_gpus,
             gpu_count=count,
+            user=clean_text(user) if isinstance(user, str) and user else None,
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
         )
 
 

@@ -221,6 +221,14 @@ class KubeletPod:
     name: str
     namespace: str
     containers: dict[str, PodContainer] = field(default_factory=dict)  # by container id
+    run_as_user: int | None = None  # spec.securityContext.runAsUser
+    container_run_as_user: dict[str, int] = field(default_factory=dict)  # by container name
+
+    def user_of(self, container_name: str | None) -> int | None:
+        """The uid a container runs as: its own securityContext.runAsUser, else the pod's."""
+        if container_name is not None and container_name in self.container_run_as_user:
+            return self.container_run_as_user[container_name]
+        return self.run_as_user
 
 
 class PodListClient(ErrorLog):
@@ -381,8 +389,28 @@ def _pod(item: Any) -> KubeletPod | None:
             container = _container(entry)
             if container is not None:
                 containers[container.id] = container
+    spec = item.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    per_container: dict[str, int] = {}
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        entries = spec.get(key)
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                run_as = _run_as_user(entry.get("securityContext"))
+                if run_as is not None:
+                    per_container[clean_text(entry["name"])] = run_as
     return KubeletPod(uid=clean_text(uid), name=clean_text(name), namespace=clean_text(namespace),
-                      containers=containers)
+                      containers=containers, run_as_user=_run_as_user(spec.get("securityContext")),
+                      container_run_as_user=per_container)
+
+
+def _run_as_user(context: Any) -> int | None:
+    """``runAsUser`` of a PodSecurityContext or SecurityContext (Kubernetes API reference, Pod
+    v1: an int64 uid), or None."""
+    value = context.get("runAsUser") if isinstance(context, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return value
+    return None
 
 
 def _container(entry: Any) -> PodContainer | None:

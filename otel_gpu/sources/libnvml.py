@@ -21,6 +21,15 @@ from otel_gpu.snapshot import SourceError
 
 SOURCE = "nvml"
 
+# Clock domains, as ``nvmlDeviceGetClockInfo`` and ``nvmlDeviceGetMaxClockInfo`` name them
+# (nvmlClockType_t, nvml.h): our name -> the pynvml constant.
+CLOCK_DOMAINS = {
+    "graphics": "NVML_CLOCK_GRAPHICS",
+    "sm": "NVML_CLOCK_SM",
+    "memory": "NVML_CLOCK_MEM",
+    "video": "NVML_CLOCK_VIDEO",
+}
+
 # nvmlClocksEventReason* bits (nvml.h); names are the catalog's attribute values.
 CLOCK_EVENT_REASONS: dict[str, int] = {
     "gpu_idle": 0x1,

@@ -18,6 +18,7 @@ from typing import Any
 from otel_gpu.snapshot import Gpu, GpuProcess, MigDevice, SourceError
 from otel_gpu.sources.libnvml import (
     ABSENT,
+    CLOCK_DOMAINS,
     CLOCK_EVENT_REASONS,
     SOURCE,
     Caller,
@@ -35,13 +36,6 @@ from otel_gpu.sources.nvml_gpm import GpmReader
 from otel_gpu.sources.nvml_links import LinkReader
 
 _NO_ID = 0xFFFFFFFF
-
-_CLOCKS = {
-    "graphics": "NVML_CLOCK_GRAPHICS",
-    "sm": "NVML_CLOCK_SM",
-    "memory": "NVML_CLOCK_MEM",
-    "video": "NVML_CLOCK_VIDEO",
-}
 
 
 def profile_from_name(name: str | None) -> str | None:
@@ -376,7 +370,7 @@ class NvmlSource(LinkReader, GpmReader, XidEventReader):
         values["temperature_memory_celsius"] = self._memory_temperature(call, handle)
         values["clocks_hz"] = {
             kind: mhz * 1e6
-            for kind, const in _CLOCKS.items()
+            for kind, const in CLOCK_DOMAINS.items()
             if present(mhz := call("nvmlDeviceGetClockInfo", handle, getattr(nvml, const)))
         }
         current = call("nvmlDeviceGetCurrentClocksEventReasons", handle)

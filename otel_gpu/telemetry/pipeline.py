@@ -6,7 +6,7 @@ process that reports through its own providers and by a session's collector proc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,18 +73,21 @@ class Pipeline:
         self.meters.maybe_rotate(snapshot.cycle)
         return snapshot
 
-    def shutdown(self) -> None:
-        """The last export of the providers, then the sources."""
+    def shutdown(self, *, done: Collection[Any] = ()) -> None:
+        """The last export of the providers, then the sources. ``done``: providers the caller
+        has already shut down or flushed (an exporter shut down complains of a second export)."""
         try:
-            if self.owns_provider:
-                try:
-                    self.meters.shutdown()
-                finally:
-                    if self.outputs is not None:
-                        self.outputs.close()
-            else:
-                self.provider.force_flush()
-            if self.logger_provider is not None:
+            done_ids = {id(d) for d in done}
+            if id(self.provider) not in done_ids:
+                if self.owns_provider:
+                    try:
+                        self.meters.shutdown()
+                    finally:
+                        if self.outputs is not None:
+                            self.outputs.close()
+                else:
+                    self.provider.force_flush()
+            if self.logger_provider is not None and id(self.logger_provider) not in done_ids:
                 if self.owns_logger_provider:
                     self.logger_provider.shutdown()
                 else:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from dataclasses import replace
 
 import pytest
-from runner import run_cli
+from runner import ROOT, run_cli
 
 from otel_gpu.cli.status import (
     Me,
@@ -44,15 +45,17 @@ def test_alice_sees_her_containers_only(alice: StatusView) -> None:
     assert doc["me"]["scope"] == "user" and doc["me"]["user"] == "alice"
     assert doc["host"] == {**doc["host"], "name": "dgx-a100", "simulated": True,
                            "driver_version": "550.54.15", "cycles": 2, "interval_s": 10.0}
-    names = [w["attributes"].get("container.name") for w in doc["workloads"]]
-    assert names == ["alice-dev", "alice-notebook", "alice-train"]
+    names = [w["attributes"].get("container.name") or w["attributes"]["k8s.pod.name"]
+             for w in doc["workloads"]]
+    # alice-eval-0 runs nothing: it is hers by its securityContext.runAsUser
+    assert names == ["alice-dev", "alice-eval-0", "alice-notebook", "alice-train"]
     assert all(w["owners"] == ["alice"] for w in doc["workloads"])
     assert "bob" not in json.dumps(doc) and "carol" not in json.dumps(doc)
 
 
 def test_what_alice_was_given_and_uses(alice: StatusView) -> None:
     doc = status_document(alice)
-    by_name = {w["attributes"]["container.name"]: w for w in doc["workloads"]}
+    by_name = {w["attributes"].get("container.name", ""): w for w in doc["workloads"]}
     train = by_name["alice-train"]
     assert [d["hw.name"] for d in train["devices"]] == ["gpu2", "gpu3"]
     assert all(d["given"] and d["mig_profile"] is None for d in train["devices"])
@@ -99,7 +102,7 @@ def test_cli_output_is_reproducible() -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     doc = json.loads(run_cli(*args, "--format", "json").stdout)
-    assert len(doc["workloads"]) == 3
+    assert len(doc["workloads"]) == 4
 
 
 def test_root_sees_every_workload_and_idle_assignments(alice: StatusView) -> None:
@@ -195,6 +198,21 @@ def test_bad_scenario_is_a_usage_error(tmp_path) -> None:
     assert result.returncode == 2 and "nonsense" in result.stderr
 
 
+@pytest.mark.parametrize(("scenario", "shown"), [
+    ("hostile-names.yaml", ["pod]2;retitledfake-line/ctr[31m", "ns[2J[H", "mal]0;ownedlory"]),
+    ("hostile-container.yaml", ["evil[31mred[0mname", "registry.example/evil:tag"]),
+])
+def test_hostile_names_print_no_control_or_format_character(scenario: str,
+                                                            shown: list[str]) -> None:
+    result = run_cli("status", "--simulate", str(ROOT / "tests" / "scenarios" / scenario))
+    assert result.returncode == 0, result.stderr
+    for needle in shown:  # the names are there, only their control characters are gone
+        assert needle in result.stdout
+    for line in result.stdout.split("\n"):
+        bad = [c for c in line if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"]
+        assert not bad, (line, bad)
+
+
 def test_readme_shows_the_real_output() -> None:
     from pathlib import Path
 
@@ -218,7 +236,7 @@ def test_processes_outside_containers_are_in_use_not_given() -> None:
 
 def test_alice_sees_the_activity_of_her_a100_slices_from_dcgm(alice: StatusView) -> None:
     doc = status_document(alice)
-    by_name = {w["attributes"]["container.name"]: w for w in doc["workloads"]}
+    by_name = {w["attributes"].get("container.name", ""): w for w in doc["workloads"]}
     dev = by_name["alice-dev"]["devices"][0]
     notebook = by_name["alice-notebook"]["devices"][0]
     assert dev["hw.name"] == "gpu1/mig1" and notebook["hw.name"] == "gpu0/mig2"

