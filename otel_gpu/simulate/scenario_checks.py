@@ -41,6 +41,10 @@ MAX_PID = 4 * 1024 * 1024
 MAX_UID = 2**32 - 2
 # Every other integer (counters, bytes, cycles) fits the driver's 64-bit signed range.
 MAX_INTEGER = 2**63 - 1
+# NVML's error counters are unsigned long long; a cgroup file is text and may hold any number.
+# Both may be given past int64, so that what the agent does with such a value can be tested.
+MAX_UINT64 = 2**64 - 1
+MAX_FILE_INTEGER = 2**128
 
 
 class ScenarioError(Exception):
