@@ -56,8 +56,8 @@ def _count(text: str) -> int:
 
 
 _SIMULATE_HELP = (
-    "use a simulated GPU server: a built-in name (dgx-a100, dgx-h100-mig, h200) or a scenario "
-    "file (YAML or JSON)"
+    "use a simulated GPU server: a built-in name (dgx-a100, dgx-h100-mig, h200, "
+    "dgx-station-a100) or a scenario file (YAML or JSON)"
 )
 
 
