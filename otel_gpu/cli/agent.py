@@ -23,6 +23,7 @@ from otel_gpu.config import operator_group, status_socket
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Snapshot, device_activity
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
+from otel_gpu.telemetry.providers import exemplar_filter_note
 
 EXIT_OK = 0
 
@@ -39,6 +40,9 @@ def _pipeline(args: argparse.Namespace, default_exporter: str, in_memory: bool) 
     )
     if pipeline.driver_message:
         print(f"otel-gpu: {pipeline.driver_message}; reporting host metrics only", file=sys.stderr)
+    note = exemplar_filter_note()
+    if note:
+        print(f"otel-gpu: {note}", file=sys.stderr)
     return pipeline
 
 
@@ -287,7 +291,7 @@ def _holders(snapshot: Snapshot) -> list[str]:
         if (a.device_uuid, holder) not in busy:
             busy.add((a.device_uuid, holder))
             rows.append((order.get(a.device_uuid, len(order)), names.get(a.device_uuid, "?"),
-                         "-", holder, "given, runs nothing"))
+                         a.owner or "-", holder, "given, runs nothing"))
     if not rows:
         return []
     lines = ["", "who uses what (device, user, container or pod, its processes there):"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from otel_gpu.cli.status_render import status_table
-from otel_gpu.cli.terminal import WIDTH, Style, use_colour
+from otel_gpu.cli.terminal import WIDTH, Style, use_colour, visible
 from otel_gpu.config import ConfigError
 from otel_gpu.sources.sessions import SessionState, read_sessions
 
@@ -37,13 +37,16 @@ def session_lines(sessions: Sequence[SessionState], now: float, style: Style) ->
     if not sessions:
         lines.append("  none running (a script that calls otel_gpu.start() shows here)")
     for s in sessions:
-        name = f" {s.service}" if s.service else ""
         wait = "data wait -" if s.data_wait_ratio is None else \
             f"data wait {s.data_wait_ratio:.0%}"
-        if s.data_wait_ratio is not None and s.data_wait_ratio >= 0.2:
-            wait = style(wait, "33")
         age = max(0.0, now - s.updated)
-        lines.append(f"  pid {s.pid}{name}: {s.steps} steps, {wait} ({age:.0f} s ago)"[:WIDTH + 20])
+        tail = f": {s.steps} steps, {wait} ({age:.0f} s ago)"
+        if s.data_wait_ratio is not None and s.data_wait_ratio >= 0.2:
+            tail = tail.replace(wait, style(wait, "33"))
+        head = f"  pid {s.pid}"
+        room = WIDTH - len(head) - len(visible(tail))  # a long service name is cut, not wrapped
+        name = f" {s.service}"[:max(0, room)] if s.service else ""
+        lines.append(head + name + tail)
     return lines
 
 

@@ -13,6 +13,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from otel_gpu.config import ConfigError
 
+_INT64_MAX = 2**63 - 1  # what an OTLP int attribute or a Prometheus sample can carry
+
 
 class ThresholdsError(ConfigError):
     """Thresholds that cannot be used; names the key (and the file, when read from one)."""
@@ -153,13 +155,15 @@ def _checked(key: str, expected: Any, value: Any) -> Any:
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong("expected a number")
+        if isinstance(value, int) and abs(value) > _INT64_MAX:
+            raise wrong("expected a finite number >= 0")
         value = float(value)
-        if math.isnan(value) or value < 0:
-            raise wrong("expected a number >= 0")
+        if not math.isfinite(value) or value < 0:
+            raise wrong("expected a finite number >= 0")
         return value
     if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise wrong("expected a whole number >= 0")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT64_MAX:
+            raise wrong(f"expected a whole number from 0 to {_INT64_MAX}")
         return value
     if get_origin(expected) is tuple:
         (item_type, _) = get_args(expected)
@@ -167,8 +171,9 @@ def _checked(key: str, expected: Any, value: Any) -> Any:
             raise wrong("expected a list")
         for i, item in enumerate(value):
             where = f"{key}[{i}]"
-            if item_type is int and (isinstance(item, bool) or not isinstance(item, int)):
-                raise wrong("expected a whole number", where, item)
+            if item_type is int and (isinstance(item, bool) or not isinstance(item, int)
+                                     or not 0 <= item <= _INT64_MAX):
+                raise wrong(f"expected a whole number from 0 to {_INT64_MAX}", where, item)
             if item_type is str and not isinstance(item, str):
                 raise wrong("expected a string", where, item)
         return tuple(value)

@@ -37,6 +37,7 @@ from otel_gpu.telemetry.providers import (
     DEFAULT_EXPORT_INTERVAL_MS,
     build_resource,
     env_export_interval_ms,
+    exemplar_filter_note,
     unknown_exporters,
 )
 
@@ -98,6 +99,20 @@ class Session:
         if self.stopped or self.pid != os.getpid():
             return
         self.stopped = True
+        try:
+            self._flush()
+        except KeyboardInterrupt:
+            # A Ctrl-C while flushing gives up the last export; nothing of ours stays behind,
+            # and the interrupt goes on without the frames it came through.
+            if self.child is not None:
+                self.child.kill()
+            if self._beacon is not None:
+                self._beacon.remove()
+            raise KeyboardInterrupt from None
+        if self.summary:
+            self._write_summary()
+
+    def _flush(self) -> None:
         if self._drain is not None:
             self._drain.close()  # the last steps, before the providers' last export
         # A provider this session made exports one last time as it shuts down; one the
@@ -119,15 +134,13 @@ class Session:
             self._view.closed = True
         if self.pipeline is not None:
             try:
-                self.pipeline.shutdown()
+                self.pipeline.shutdown(done=(self.meter_provider,))
             except Exception:
                 log.warning("otel-gpu: flush failed", exc_info=True)
             if self.pipeline.owns_logger_provider and self.pipeline.logger_provider is not None:
                 retired.add(self.pipeline.logger_provider)
         if self._beacon is not None:
             self._beacon.remove()
-        if self.summary:
-            self._write_summary()
 
     def _write_summary(self) -> None:
         try:
@@ -145,7 +158,12 @@ class Session:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        try:
+            self.stop()
+        except KeyboardInterrupt:
+            if exc_type is None:
+                raise
+            # A second Ctrl-C while stopping: the first one, in flight, is the one to report.
 
 
 _lock = threading.Lock()
@@ -200,8 +218,10 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(thresholds_file())
-    for note in unknown_exporters():  # said once here; the collector process skips them too
-        log.warning("otel-gpu: %s", note)
+    # Said once here; the collector process skips them too.
+    for note in [*unknown_exporters(), exemplar_filter_note()]:
+        if note:
+            log.warning("otel-gpu: %s", note)
     detect = resource is None
     if resource is None:
         resource = build_resource(DEFAULT_SERVICE_NAME).merge(

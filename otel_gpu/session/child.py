@@ -138,6 +138,7 @@ class CollectorChild:
         #: the export child's figures for the end-of-run summary, once it has closed
         self.figures: RunFigures | None = None
         self._current: _Process | None = _Process(task, ready_timeout_s)
+        self._closing: _Process | None = None  # the child ``close`` waits for
         self.ready = self._current.ready
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -283,12 +284,24 @@ class CollectorChild:
         """End the child now, without its last export."""
         self._stopping.set()
         current, self._current = self._current, None
-        if current is not None:
-            with contextlib.suppress(OSError):
-                current.process.kill()
+        for process in (current, self._closing):
+            if process is not None:
+                with contextlib.suppress(OSError):
+                    process.process.kill()
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        """Send the last report; the child collects and exports once more, then exits."""
+        """Send the last report; the child collects and exports once more, then exits. A
+        Ctrl-C meanwhile gives up that export: the child is killed, the KeyboardInterrupt goes
+        on."""
+        try:
+            self._close(timeout_s)
+        except KeyboardInterrupt:
+            self.kill()
+            raise
+        finally:
+            self._closing = None
+
+    def _close(self, timeout_s: float) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
@@ -318,7 +331,7 @@ class CollectorChild:
                     log.warning("otel-gpu: could not send the last training steps (%s)", err)
                     with contextlib.suppress(OSError, ValueError):
                         current.conn.send((Kind.CLOSE, None))
-                self._current = None
+                self._current, self._closing = None, current
                 try:
                     kind, payload = current.receive(timeout_s)
                     if kind is Kind.SUMMARY:

@@ -3,7 +3,8 @@
 The SDK's exporters retry a refused connection with back-off until their timeout (10 s by
 default, ``OTEL_EXPORTER_OTLP_TIMEOUT``), logging each attempt. A training script started
 without a collector would then wait that long at ``stop()`` and print a screen of retries. So the
-collector process's exporters look first: while the backend has never answered, an export to an
+collector process's exporters (and the OTLP exporters of providers an in-process session makes)
+look first: while the backend has never answered, an export to an
 endpoint that refuses connections fails at once, and one line on stderr says what to do. Once the
 backend has answered, exports go to the SDK's exporter, retries included, until one fails; after
 that, only while the endpoint accepts connections.

@@ -14,6 +14,7 @@ from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.session.child import CollectorChild
+from otel_gpu.session.delivery import Backend, guarded_otlp
 from otel_gpu.session.drain import StepDrain
 from otel_gpu.session.modes import Request
 from otel_gpu.session.protocol import Role, SourceSettings, Task
@@ -83,9 +84,15 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         collector = build_collector(request.simulate, interval_s, attribution=attribution,
                                     thresholds=request.thresholds)
     providers = None
+    # The OTLP exporters of the providers made here fail at once while no collector was ever
+    # reached (``otel_gpu.session.delivery``), as the export child's do.
+    backend = Backend()
     try:
-        providers = session_providers(request.meter_provider, request.tracer_provider,
-                                      request.metric_exporters, request.interval_ms, resource)
+        providers = session_providers(
+            request.meter_provider, request.tracer_provider, request.metric_exporters,
+            request.interval_ms, resource,
+            otlp_metrics=lambda name: guarded_otlp("metrics", backend, name),
+            otlp_spans=lambda name: guarded_otlp("traces", backend, name))
         errors = ErrorLog("training")
         # The loop only writes into the tracker's buffer; the drain records on the providers.
         tracker = TrainingTracker(providers.meter, providers.tracer,
@@ -95,7 +102,8 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         collector.add_error_source(tracker.take_errors)
         collector.add_training_source(lambda: TrainingSignals(
             tracker.data_wait_ratio, tracker.steps, run_attributes, dali_loaded()))
-        logger_provider, owns_logger = insight_logger_provider(resource)
+        logger_provider, owns_logger = insight_logger_provider(
+            resource, otlp=lambda name: guarded_otlp("logs", backend, name))
         devices, host = rank_devices()
         recorder = RunRecorder(devices, host)
         collector.add_insight_listener(recorder)

@@ -25,7 +25,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from otel_gpu.telemetry.insight_log import build_logger_provider
-from otel_gpu.telemetry.providers import env_exporters, metric_readers, observable_views
+from otel_gpu.telemetry.providers import (
+    env_exemplar_filter,
+    env_exporters,
+    metric_readers,
+    observable_views,
+)
 
 
 class _OwnerOnlyReader(PeriodicExportingMetricReader):
@@ -110,7 +115,8 @@ def session_providers(meter_provider: Any, tracer_provider: Any,
         readers: list[MetricReader] = metric_readers(
             exporters, lambda exporter: _OwnerOnlyReader(exporter, interval_ms))
         meter_provider = MeterProvider(metric_readers=readers, resource=resource,
-                                       views=observable_views())
+                                       views=observable_views(),
+                                       exemplar_filter=env_exemplar_filter())
         _set_global(metrics.set_meter_provider, metrics.get_meter_provider, meter_provider)
         owns_meter = True
     if tracer_provider is None:
@@ -124,13 +130,15 @@ def session_providers(meter_provider: Any, tracer_provider: Any,
     return Providers(meter_provider, tracer_provider, owns_meter, owns_tracer)
 
 
-def insight_logger_provider(resource: Resource) -> tuple[Any, bool]:
+def insight_logger_provider(resource: Resource, *, otlp: Callable[[str], Any] | None = None
+                            ) -> tuple[Any, bool]:
     """Where insight log records go: the application's SDK LoggerProvider, else one built from
-    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter."""
+    ``OTEL_LOGS_EXPORTER`` (default otlp); ``(None, False)`` when that names no exporter.
+    ``otlp(name)`` makes the exporter an OTLP name stands for, instead of the SDK's."""
     current = app_logger_provider()
     if current is not None:
         return current, False
-    exporters = env_exporters("logs", ConsoleLogRecordExporter)
+    exporters = env_exporters("logs", ConsoleLogRecordExporter, otlp=otlp)
     if not exporters:
         return None, False
     return build_logger_provider(exporters, resource), True

@@ -155,10 +155,12 @@ def _parse_text(text: str, path: str) -> Any:
     if path.endswith(".json"):
         try:
             return json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or a number of more than 4300 digits
             raise ScenarioError(path, "(file)", f"JSON syntax error: {exc}") from exc
     try:
         return yaml.safe_load(text)
+    except ValueError as exc:  # int() refusing a number of more than 4300 digits
+        raise ScenarioError(path, "(file)", f"YAML value error: {exc}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

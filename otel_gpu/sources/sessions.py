@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_gpu.config import runtime_dir
+from otel_gpu.sources._text import clean_value
 
 
 def sessions_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -85,9 +87,12 @@ def _state(document: Any) -> SessionState | None:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or \
             not isinstance(steps, int) or not isinstance(updated, (int, float)):
         return None
-    if ratio is not None and not isinstance(ratio, (int, float)):
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not math.isfinite(ratio)):
         return None
-    return SessionState(pid, service if isinstance(service, str) else None, steps,
+    if not math.isfinite(updated):
+        return None
+    # Any process of the user writes these files: the service name is outside text.
+    return SessionState(pid, clean_value(service) if isinstance(service, str) else None, steps,
                         None if ratio is None else float(ratio), float(updated))
 
 
@@ -103,7 +108,7 @@ def read_sessions(directory: Path | None = None) -> list[SessionState]:
         try:
             with open(path, encoding="utf-8") as f:
                 state = _state(json.loads(f.read(1 << 16)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if state is not None and _alive(state.pid):
             found.append(state)

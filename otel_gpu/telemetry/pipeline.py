@@ -6,7 +6,7 @@ process that reports through its own providers and by a session's collector proc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +49,13 @@ class Pipeline:
         self.provider.force_flush()
         return snapshot
 
-    def shutdown(self) -> None:
-        """The last export of the providers, then the sources."""
+    def shutdown(self, *, done: Collection[Any] = ()) -> None:
+        """The last export of the providers, then the sources. ``done``: providers the caller
+        has already shut down or flushed (an exporter shut down complains of a second export)."""
         try:
             for provider, owned in ((self.provider, self.owns_provider),
                                     (self.logger_provider, self.owns_logger_provider)):
-                if provider is None:
+                if provider is None or any(provider is d for d in done):
                     continue
                 if owned:
                     provider.shutdown()

@@ -8,18 +8,22 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
     Exemplar,
+    ExemplarFilter,
     ExemplarReservoir,
     MeterProvider,
     ObservableCounter,
     ObservableGauge,
     ObservableUpDownCounter,
+    TraceBasedExemplarFilter,
 )
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -114,7 +118,29 @@ def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool =
     else:
         protocol = OTLP_NAMES.get(name) or otlp_protocol(signal)
     module, cls = _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or protocol)]
-    return getattr(importlib.import_module(module), cls)()
+    kwargs = {} if strict else _lenient_timeout(signal)
+    return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+OTLP_TIMEOUT_S = 10.0  # the SDK exporters' default for OTEL_EXPORTER_OTLP_TIMEOUT, in seconds
+
+
+def _lenient_timeout(signal: str) -> dict[str, float]:
+    """``timeout=`` the default when ``OTEL_EXPORTER_OTLP_TIMEOUT`` is not a number (and no
+    per-signal timeout overrides it): the SDK's HTTP exporters warn and use the default, its
+    gRPC exporters would raise."""
+    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT") is not None:
+        return {}
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    if raw is None:
+        return {}
+    try:
+        float(raw)
+        return {}
+    except ValueError:
+        _warn_once(f"OTEL_EXPORTER_OTLP_TIMEOUT: {raw!r} is not a number of seconds; "
+                   f"using {OTLP_TIMEOUT_S:g}")
+        return {"timeout": OTLP_TIMEOUT_S}
 
 
 _warned: set[str] = set()
@@ -270,9 +296,33 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
     return readers
 
 
+EXEMPLAR_FILTERS: dict[str, Callable[[], ExemplarFilter]] = {
+    "trace_based": TraceBasedExemplarFilter, "always_on": AlwaysOnExemplarFilter,
+    "always_off": AlwaysOffExemplarFilter}
+
+
+def exemplar_filter_note(environ: Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with ``OTEL_METRICS_EXEMPLAR_FILTER``, if anything. The SDK's MeterProvider
+    raises on a name it does not know; the specification's rule for an unrecognised enum value
+    is a warning and the default (OpenTelemetry specification, "Environment Variable
+    Specification", enum values)."""
+    raw = (os.environ if environ is None else environ).get("OTEL_METRICS_EXEMPLAR_FILTER")
+    if raw is None or raw.strip().lower() in EXEMPLAR_FILTERS:
+        return None
+    return (f"OTEL_METRICS_EXEMPLAR_FILTER: {raw!r} is not one of "
+            f"{', '.join(EXEMPLAR_FILTERS)}; using trace_based")
+
+
+def env_exemplar_filter() -> ExemplarFilter:
+    """``OTEL_METRICS_EXEMPLAR_FILTER`` (default ``trace_based``); an unknown name is the
+    default (``exemplar_filter_note`` says so)."""
+    raw = os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip().lower()
+    return EXEMPLAR_FILTERS.get(raw, TraceBasedExemplarFilter)()
+
+
 def build_meter_provider(readers: Sequence[MetricReader], resource: Resource) -> MeterProvider:
     return MeterProvider(metric_readers=list(readers), resource=resource, shutdown_on_exit=False,
-                         views=observable_views())
+                         views=observable_views(), exemplar_filter=env_exemplar_filter())
 
 
 class _NoExemplars(ExemplarReservoir):

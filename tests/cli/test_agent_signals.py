@@ -95,3 +95,34 @@ def _open_files(pid: int) -> set[str]:
         except OSError:
             continue  # closed meanwhile
     return found
+
+
+HEAVY = ("opentelemetry", "grpc", "google.protobuf", "yaml", "pynvml")
+_SPY = f"""
+import signal, sys
+HEAVY = {HEAVY!r}
+first = []
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if not first and name.startswith(HEAVY):
+            first.append((name, signal.getsignal(signal.SIGTERM)))
+            signal.raise_signal(signal.SIGTERM)  # a SIGTERM at the first heavy import
+        return None
+
+sys.meta_path.insert(0, Spy())
+from otel_gpu.cli import main
+code = main(["agent", "--simulate", "h200", "--interval", "30", "--exporter", "none"])
+name, handler = first[0]
+print(name, callable(handler))
+raise SystemExit(code)
+"""
+
+
+def test_the_stop_handlers_are_in_before_the_first_heavy_import() -> None:
+    result = subprocess.run([sys.executable, "-c", _SPY], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    name, installed = result.stdout.split()
+    assert name.startswith(HEAVY) and installed == "True", result.stdout

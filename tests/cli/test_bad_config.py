@@ -22,6 +22,8 @@ SCENARIOS = {
     "nested brackets": ("gpus: " + "[" * DEEP + "]" * DEEP + "\n", "(file)"),
     "nan utilization": ("gpus: [{model: H200, utilization: .nan}]\n", "gpus[0].utilization"),
     "infinite power": ("gpus: [{model: H200, power_watts: .inf}]\n", "gpus[0].power_watts"),
+    "a number of 5000 digits": ("gpus: [{model: H200, power_watts: " + "9" * 5000 + "}]\n",
+                                "(file)"),
     "huge pid": (f"gpus: [{{model: H200, processes: [{{pid: {2**70}}}]}}]\n",
                  "gpus[0].processes[0].pid"),
 }
@@ -29,6 +31,12 @@ SCENARIOS = {
 THRESHOLDS = {
     "nested brackets": (("gpu_memory_used: " + "[" * DEEP + "]" * DEEP + "\n").encode(),
                         "nested too deeply"),
+    "a number of 5000 digits": (b"gpu_memory_used: " + b"9" * 5000 + b"\n", "4300 digits"),
+    "a huge whole number": (b"data_wait_min_steps: 1180591620717411303424\n",
+                            "data_wait_min_steps"),
+    "an infinite duration": (b"container_memory_for_s: .inf\n", "container_memory_for_s"),
+    "a number too large for a float": (("xid_hold_s: " + "9" * 400 + "\n").encode(),
+                                       "xid_hold_s"),
     "not utf-8": (b"gpu_memory_used: 0.9\n# caf\xe9\n", "not UTF-8"),
     "clear above fire": (b"gpu_memory_used: 0.5\n", "gpu_memory_used_clear"),
     "clear below fire on a rule that fires below": (
@@ -54,6 +62,12 @@ def test_bad_scenario_exits_2_with_file_and_key(tmp_path: Path, text: str, key: 
     path = tmp_path / "scenario.yaml"
     path.write_text(text)
     _one_line_exit_2(run_cli("snapshot", "--simulate", str(path)), f"{path}: {key}: ")
+
+
+def test_a_json_scenario_with_a_number_of_5000_digits_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.json"
+    path.write_text('{"gpus": [{"model": "H200", "power_watts": ' + "9" * 5000 + "}]}")
+    _one_line_exit_2(run_cli("snapshot", "--simulate", str(path)), f"{path}: (file): ")
 
 
 @pytest.mark.parametrize(("content", "needle"), THRESHOLDS.values(), ids=THRESHOLDS.keys())

@@ -240,7 +240,20 @@ def test_broken_driver_is_a_failure() -> None:
     broken = _NoDriver()
     broken.nvmlInit = lambda: (_ for _ in ()).throw(  # type: ignore[method-assign]
         _NoDriver.NVMLError(_NoDriver.NVML_ERROR_UNKNOWN))
-    assert _one(check_nvml(broken)).status == FAIL
+    check = _one(check_nvml(broken))
+    assert check.status == FAIL and "retries nvmlInit" in check.message
+
+
+def test_a_driver_not_loaded_yet_is_said_to_be_retried() -> None:
+    loading = _NoDriver()
+    loading.NVML_ERROR_DRIVER_NOT_LOADED = 9  # type: ignore[attr-defined]
+    loading.nvmlInit = lambda: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        _NoDriver.NVMLError(9))
+    check = _one(check_nvml(loading))
+    assert check.status == WARN and "DRIVER_NOT_LOADED" in check.message
+    assert "retries nvmlInit" in check.message
+    # Without the driver library there is nothing to wait for: no retry is promised.
+    assert "retries" not in _one(check_nvml(_NoDriver())).message
 
 
 # -- /proc and cgroups ---------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def test_the_first_command_shows_who_holds_which_device(first_screen: str) -> No
     assert any(re.match(r"  gpu\d+/mig\d+ +\w+ +(container|pod) \S+", row) for row in rows), rows
     assert any(re.match(r"  gpu\d+ +\w+ +pod \S+/\S+", row) for row in rows), rows
     assert any(row.rstrip().endswith("given, runs nothing") for row in rows), rows
+    # a device held by a container that runs nothing still names the user it is held for
+    idle = [row for row in rows if row.rstrip().endswith("given, runs nothing")]
+    assert all(not re.match(r"  \S+ +- ", row) for row in idle), idle
 
 
 def test_the_first_command_measures_the_host_cpu(first_screen: str) -> None:

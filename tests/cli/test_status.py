@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from dataclasses import replace
 
 import pytest
-from runner import run_cli
+from runner import ROOT, run_cli
 
 from otel_gpu.cli.status import (
     Me,
@@ -195,6 +196,21 @@ def test_bad_scenario_is_a_usage_error(tmp_path) -> None:
     bad.write_text("gpus: [{model: A100-SXM4-40GB, nonsense: 1}]\n")
     result = run_cli("status", "--simulate", str(bad))
     assert result.returncode == 2 and "nonsense" in result.stderr
+
+
+@pytest.mark.parametrize(("scenario", "shown"), [
+    ("hostile-names.yaml", ["pod]2;retitledfake-line/ctr[31m", "ns[2J[H", "mal]0;ownedlory"]),
+    ("hostile-container.yaml", ["evil[31mred[0mname", "registry.example/evil:tag"]),
+])
+def test_hostile_names_print_no_control_or_format_character(scenario: str,
+                                                            shown: list[str]) -> None:
+    result = run_cli("status", "--simulate", str(ROOT / "tests" / "scenarios" / scenario))
+    assert result.returncode == 0, result.stderr
+    for needle in shown:  # the names are there, only their control characters are gone
+        assert needle in result.stdout
+    for line in result.stdout.split("\n"):
+        bad = [c for c in line if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"]
+        assert not bad, (line, bad)
 
 
 def test_readme_shows_the_real_output() -> None:

@@ -136,3 +136,16 @@ def test_a_session_writes_its_state_while_it_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert lines[-2:] == ["[30]", "[]"]  # written while running, removed at stop()
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_long_service_name_keeps_the_session_line_in_80_columns(colour: bool) -> None:
+    from otel_gpu.cli.terminal import Style, visible
+    from otel_gpu.cli.watch import session_lines
+    from otel_gpu.sources.sessions import SessionState
+
+    state = SessionState(4242, "a-very-long-service-name-" * 4, 123456, 0.5, 100.0)
+    line = session_lines([state], 103.0, Style(colour))[-1]
+    assert len(visible(line)) <= 80, visible(line)
+    assert visible(line).startswith("  pid 4242 a-very-long-service-name-")
+    assert visible(line).endswith(": 123456 steps, data wait 50% (3 s ago)")

@@ -306,3 +306,13 @@ def test_readme_lists_every_deployment_file() -> None:
     listed = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
     present = {p.name for p in DEPLOY.iterdir() if p.name != "README.md"}
     assert listed == present
+
+
+def test_install_steps_work_before_the_package_is_published() -> None:
+    # Not on PyPI yet: every pip install names a checkout or a built wheel, never the name.
+    root = DEPLOY.parents[1]
+    texts = [root / "README.md", *UNITS, *DEPLOY.glob("*.md"), *(root / "docs").glob("*.md")]
+    by_name = re.compile(r"pip install (?:-[-\w]+ )*[\"']?otel[-_]gpu\b")
+    offenders = [f"{path.name}: {line.strip()}" for path in texts
+                 for line in path.read_text().splitlines() if by_name.search(line)]
+    assert not offenders, offenders

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from otlp_receiver import OtlpReceiver, points
 from runner import ROOT
 
@@ -83,7 +85,8 @@ def test_nothing_listening_is_one_failed_delivery_and_one_line(caplog: object) -
         assert backend.deliverable(server.getsockname())
 
 
-def test_without_a_collector_stop_is_quick_and_says_so_in_one_line() -> None:
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_without_a_collector_stop_is_quick_and_says_so_in_one_line(in_process: str) -> None:
     port = _free_port()
     stdout, stderr = _finish(_script("""
         import time
@@ -94,7 +97,8 @@ def test_without_a_collector_stop_is_quick_and_says_so_in_one_line() -> None:
         started = time.monotonic()
         otel_gpu.stop()
         print(time.monotonic() - started)
-    """, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}))
+    """, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+          "OTEL_GPU_COLLECT_IN_PROCESS": in_process}))
     # A bound with generous slack over the expected tenths of a second: the SDK's retries
     # alone would take its 10 s timeout.
     assert float(stdout) < 2.0
@@ -210,3 +214,50 @@ def test_steps_after_a_kill_are_exported_when_stop_comes_before_the_restart() ->
         assert receiver.wait_for(lambda: 25 in _steps(receiver.metric_requests), timeout_s=10)
         steps = _steps(receiver.metric_requests)
     assert steps == sorted(steps) and steps[-1] == 25
+
+
+def test_a_second_ctrl_c_while_stop_waits_gives_up_the_flush_quietly() -> None:
+    process = _script("""
+        import time
+        import otel_gpu
+        session = otel_gpu.start()
+        print(session.child.process.pid, flush=True)
+        with session:
+            while True:
+                with otel_gpu.step():
+                    time.sleep(0.01)
+    """, {"OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none",
+          "OTEL_METRICS_EXPORTER": "none"}, start_new_session=True)
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    time.sleep(0.5)
+    os.kill(child, signal.SIGSTOP)  # a child that does not answer: stop() waits for it
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert process.poll() is None  # still waiting in stop()
+        os.killpg(process.pid, signal.SIGINT)  # the impatient second Ctrl-C
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+    assert process.returncode != 0
+    assert stderr.count("Traceback") == 1, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert "otel_gpu" not in stderr and "otel-gpu" not in stderr, stderr
+    assert _gone(child)
+
+
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_with_a_collector_stop_writes_nothing_on_stderr(in_process: str) -> None:
+    with OtlpReceiver() as receiver:
+        _, stderr = _finish(_script("""
+            import otel_gpu
+            otel_gpu.start()
+            for _ in otel_gpu.track(range(20)):
+                pass
+            otel_gpu.stop()
+        """, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_GPU_COLLECT_IN_PROCESS": in_process}))
+        assert receiver.wait_for(lambda: 20 in _steps(receiver.metric_requests), timeout_s=10)
+    assert stderr == ""

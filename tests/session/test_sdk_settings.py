@@ -84,6 +84,42 @@ def test_invalid_export_interval_warns_and_the_run_goes_on() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_invalid_otlp_timeout_warns_and_exports_with_the_default() -> None:
+    with OtlpReceiver() as receiver:
+        result = _script("""
+            import otel_gpu
+            with otel_gpu.start():
+                for _ in otel_gpu.track(range(5)):
+                    pass
+        """, {**QUIET, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_EXPORTER_OTLP_TIMEOUT": "abc"})
+        assert result.returncode == 0, result.stderr
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        received = points(list(receiver.metric_requests))
+    assert sum(p["value"] for p in received if p["name"] == "otel_gpu.training.steps") == 5
+    assert result.stderr.count("OTEL_EXPORTER_OTLP_TIMEOUT: 'abc'") == 1, result.stderr
+    assert "did not start" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_exemplar_filter_warns_and_the_run_goes_on() -> None:
+    with OtlpReceiver() as receiver:
+        result = _script("""
+            import otel_gpu
+            with otel_gpu.start() as session:
+                for _ in otel_gpu.track(range(5)):
+                    pass
+            print(session.mode.name)
+        """, {**QUIET, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+              "OTEL_METRICS_EXEMPLAR_FILTER": "sometimes"})
+        assert result.returncode == 0, result.stderr
+        assert receiver.wait_for(lambda: receiver.metric_requests, timeout_s=10)
+        received = points(list(receiver.metric_requests))
+    assert result.stdout.strip() == "EXPORT_CHILD"  # not a fallback: the child started too
+    assert sum(p["value"] for p in received if p["name"] == "otel_gpu.training.steps") == 5
+    assert result.stderr.count("OTEL_METRICS_EXEMPLAR_FILTER: 'sometimes'") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("raw", ["abc", "-5", "0", "inf", "nan"])
 def test_bad_interval_is_the_default(raw: str, monkeypatch: pytest.MonkeyPatch,
                                      caplog: pytest.LogCaptureFixture) -> None:

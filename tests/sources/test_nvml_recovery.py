@@ -262,6 +262,9 @@ class CountingPcie:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._nvml, name)
 
+    def __dir__(self) -> list[str]:  # the error names are read from the module's constants
+        return dir(self._nvml)
+
     def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list) -> Any:
         values = self._nvml.nvmlDeviceGetFieldValues(handle, field_ids)
         nvml = self._nvml
@@ -340,3 +343,47 @@ def test_event_registration_that_always_fails_is_asked_again_each_cycle(tmp_path
         assert errors_of(snapshot, "nvmlDeviceRegisterEvents") == ["UNKNOWN"]
     assert gpu_of(bad[-1], 0).xid_errors == {}  # type: ignore[union-attr]
     assert gpu_of(bad[-1], 1).xid_errors == {79: 1, 13: 1}  # type: ignore[union-attr]
+
+
+
+class ResetAfterLoss:
+    """The driver as it is around a GPU reset: GPU 0 answers GPU_IS_LOST while ``lost``, and
+    answers again afterwards (the simulator, like a real loss without a reset, never recovers)."""
+
+    def __init__(self, nvml: Any) -> None:
+        self._nvml = nvml
+        self.lost = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._nvml, name)
+
+    def __dir__(self) -> list[str]:  # the error names are read from the module's constants
+        return dir(self._nvml)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        if self.lost and index == 0:
+            raise self._nvml.NVMLError(self._nvml.NVML_ERROR_GPU_IS_LOST)
+        return self._nvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def test_gpu_lost_clears_on_the_first_cycle_the_gpu_answers_again(tmp_path: Path) -> None:
+    clean = run(scenario(tmp_path, dict(WHOLE_GPU)))
+    server = SimulatedServer(scenario(tmp_path, dict(WHOLE_GPU)), interval_s=INTERVAL_S)
+    driver = ResetAfterLoss(server.nvml)
+    collector = Collector(LocalSources(NvmlSource(driver, gpm_warmup_s=0.0), None,
+                                       simulation=server))
+    collector.start()
+    bad = []
+    try:
+        for k in range(CYCLES):
+            driver.lost = k in (1, 2)
+            bad.append(collector.collect())
+    finally:
+        collector.close()
+    assert [gpu_of(s, 0).lost for s in bad] == [False, True, True, False, False, False]  # type: ignore[union-attr]
+    assert ["gpu_lost" in insight_ids(s) for s in bad] == [False, True, True, False, False, False]
+    for k in (1, 2):  # the identity read before the loss is kept, never a stand-in
+        assert gpu_of(bad[k], 0).uuid == gpu_of(clean[k], 0).uuid  # type: ignore[union-attr]
+        assert gpu_of(bad[k], 0).uuid.startswith("GPU-")  # type: ignore[union-attr]
+    for k in (3, 4, 5):
+        assert comparable(gpu_of(bad[k], 0)) == comparable(gpu_of(clean[k], 0))
