@@ -119,23 +119,29 @@ def _reachable(root: str, path: str) -> bool:
 # -- home directories ---------------------------------------------------------------------------
 
 
+# Where DGX systems and shared servers keep per-user data beside /home (DGX OS mounts its data
+# RAID at /raid); only entries named after a user in /etc/passwd are taken as user directories.
+USER_DATA_DIRS = ("raid", "data", "scratch", "workspace")
+
+
 def check_homes(root: str = "/", names: _Names | None = None) -> list[Check]:
     names = names or _Names(root)
-    home = os.path.join(root, "home")
+    known = set(names.users.values())
+    candidates = [("home", entry) for entry in _children(os.path.join(root, "home"))]
+    candidates += [(base, entry) for base in USER_DATA_DIRS
+                   for entry in _children(os.path.join(root, base)) if entry in known]
     open_dirs = []
-    for entry in _children(home):
-        path = os.path.join(home, entry)
+    for base, entry in candidates:
         try:
-            info = os.lstat(path)
+            info = os.lstat(os.path.join(root, base, entry))
         except OSError:
             continue
         if stat.S_ISDIR(info.st_mode) and _open_to_others(info.st_mode):
-            open_dirs.append(f"/home/{entry} ({stat.filemode(info.st_mode)} "
+            open_dirs.append(f"/{base}/{entry} ({stat.filemode(info.st_mode)} "
                              f"{names.user(info.st_uid)})")
     if not open_dirs:
-        return [Check("home dirs", "ok", "no home directory under /home is open to other "
-                                         "users")]
-    return [Check("home dirs", WARN, f"{len(open_dirs)} home director"
+        return [Check("home dirs", "ok", "no home or user directory is open to other users")]
+    return [Check("home dirs", WARN, f"{len(open_dirs)} home or user director"
                                      f"{'y' if len(open_dirs) == 1 else 'ies'} other users can "
                                      f"list or enter (over SFTP too): {_listed(open_dirs)}",
                   "chmod 750 (or 700) each of them; for new users set DIR_MODE=0750 in "

@@ -92,6 +92,8 @@ def plant_host(root: Path, docker_gid: int) -> None:
     (root / "home" / "carol").chmod(0o750)
     (root / "home" / "alice").chmod(0o755)
     plant(root, "proc/self/mounts", "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n")
+    plant(root, "raid/bob/results.csv", "epoch,loss\n")  # a user's directory on the data RAID
+    plant(root, "raid/datasets/imagenet.txt", "shared on purpose\n")  # not named after a user
     if os.geteuid() == 0:
         for path in [root / "home" / "alice", *(root / "home" / "alice").rglob("*")]:
             os.chown(path, 1000, 1000)
@@ -178,6 +180,8 @@ def test_unprivileged_checks_find_each_planted_key_and_print_no_secret(host: Pat
         assert "/home/alice/.ssh/id_ed25519 (-rw-r--r-- alice:alice, private key)" in \
             credentials["message"]
     assert "/home/bob" not in homes["message"] and "/home/carol" not in homes["message"]
+    assert "/raid/bob (drwxr-xr-x " in homes["message"]
+    assert "/raid/datasets" not in homes["message"]
 
     group = checks["docker group"]
     assert group["status"] == WARN and "group docker" in group["message"]
