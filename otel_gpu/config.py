@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 AGENT_EXPORTERS = ("otlp", "console", "prometheus", "none")  # what --exporter may name
 SIGNAL_EXPORTERS = ("otlp", "console", "none")
-DEFAULT_PROMETHEUS_HOST = "0.0.0.0"
+DEFAULT_PROMETHEUS_HOST = "localhost"  # the OpenTelemetry specification's default
 DEFAULT_PROMETHEUS_PORT = 9464
 _DEFAULT_OTLP_ENDPOINT = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
 _HTTP_PATHS = {"metrics": "/v1/metrics", "traces": "/v1/traces", "logs": "/v1/logs"}
@@ -137,10 +137,11 @@ class PrometheusAddress(NamedTuple):
 
 
 def prometheus_address(environ: Mapping[str, str] | None = None) -> PrometheusAddress:
-    """Where the scrape endpoint listens: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (default 0.0.0.0)
+    """Where the scrape endpoint listens: ``OTEL_EXPORTER_PROMETHEUS_HOST`` (default localhost,
+    the OpenTelemetry specification's default)
     and ``OTEL_EXPORTER_PROMETHEUS_PORT`` (default 9464, 1..65535)."""
     env = _env(environ)
-    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST", DEFAULT_PROMETHEUS_HOST)
+    host = env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or DEFAULT_PROMETHEUS_HOST
     text = env.get("OTEL_EXPORTER_PROMETHEUS_PORT", str(DEFAULT_PROMETHEUS_PORT))
     try:
         port = int(text)

@@ -267,11 +267,22 @@ class DeviceAssignment:
 
 
 @dataclass(frozen=True)
+class ContainerNetwork:
+    """A container's network namespace: counters summed over its interfaces but loopback."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+
+@dataclass(frozen=True)
 class ContainerUsage:
     """The cgroup of a container that holds a GPU process or was given a device."""
 
     attributes: dict[str, str]  # container.* and k8s.* attributes, as on its workloads
     resources: ContainerResources
+    network: ContainerNetwork | None = None  # None: on the host's network, or no process seen
 
 
 @dataclass(frozen=True)

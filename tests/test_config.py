@@ -63,7 +63,7 @@ def test_export_interval() -> None:
 
 
 def test_prometheus_address() -> None:
-    assert config.prometheus_address({}) == ("0.0.0.0", 9464)
+    assert config.prometheus_address({}) == ("localhost", 9464)  # the specification's default
     env = {"OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": "9100"}
     assert config.prometheus_address(env) == ("127.0.0.1", 9100)
     for bad in ("http", "0", "65536", "-1", ""):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import socket
 import sys
@@ -22,6 +23,7 @@ from otel_gpu.cli.terminal import WIDTH, percent, short_gib, whole, wrap
 from otel_gpu.config import operator_group, status_socket
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.snapshot import Snapshot, device_activity
+from otel_gpu.telemetry.node_agent import AGENT_FILE_ENV, Announcement
 from otel_gpu.telemetry.pipeline import Pipeline, build_pipeline
 from otel_gpu.telemetry.providers import exemplar_filter_note
 
@@ -57,6 +59,7 @@ def run_agent(
     # What start-up built (modules, the catalog, the SDK's instruments) lives as long as the
     # process: kept out of the collector's full passes, which then walk only what cycles made.
     gc.freeze()
+    announcement = _announcement(args, pipeline)
     server = _status_server(args, pipeline)
     wait = stop.wait if wait is None else wait
     try:
@@ -66,6 +69,8 @@ def run_agent(
             snapshot = pipeline.collect_and_export()
             if server is not None:
                 server.publish(snapshot)
+            if announcement is not None:
+                announcement.beat()
             done += 1
             if args.cycles and done >= args.cycles:
                 break
@@ -73,9 +78,13 @@ def run_agent(
         if stop.is_set():
             pipeline.collect_and_export()  # the state at shutdown goes out too
     finally:
-        if server is not None:
-            server.close()
-        pipeline.shutdown()
+        try:
+            if server is not None:
+                server.close()
+            if announcement is not None:
+                announcement.close()
+        finally:
+            pipeline.shutdown()
     return EXIT_OK
 
 
@@ -100,6 +109,15 @@ def _status_server(args: argparse.Namespace, pipeline: Pipeline) -> StatusServer
         print(f"otel-gpu: not serving status on {path}: {err}", file=sys.stderr)
         return None
     return server
+
+
+def _announcement(args: argparse.Namespace, pipeline: Pipeline) -> Announcement | None:
+    """The agent tells training sessions on this node that it runs (see ``node_agent``); a
+    simulated one only where ``OTEL_GPU_AGENT_FILE`` names a file for it."""
+    if args.simulate is not None and not os.environ.get(AGENT_FILE_ENV):
+        return None
+    host = pipeline.resource.attributes.get("host.name")
+    return Announcement(str(host) if host else None, args.interval)
 
 
 def run_snapshot(args: argparse.Namespace) -> int:

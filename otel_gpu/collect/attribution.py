@@ -8,6 +8,7 @@ its init process, Docker's ``State.Pid``; a pod container where the kubelet puts
 
     processes (pid, device, memory) x procfs (uid, cgroup -> container id)
         x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
+    a process in no container x its Slurm job step (from its cgroup path) -> workloads
 
 The readers keep the caches: ``ProcfsReader`` by (pid, start time), ``DockerClient`` by container
 id, the kubelet clients for a few seconds; each forgets what was not asked for in the last cycle.
@@ -34,9 +35,11 @@ from otel_gpu.sources._text import clean_value, passwd_name
 from otel_gpu.sources.cgroup import (
     CgroupReader,
     ContainerRef,
+    SlurmStep,
     cgroup_lines_for,
     container_from_cgroup_lines,
     pod_container_paths,
+    slurm_step_from_cgroup_lines,
 )
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
 from otel_gpu.sources.kubelet import (
@@ -47,10 +50,14 @@ from otel_gpu.sources.kubelet import (
     PodResourcesClient,
     device_uuid,
 )
+from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.procfs import ProcessInfo, ProcfsReader
 
 Attrs = dict[str, str]
 UserLookup = Callable[[int], "str | None"]
+# A process in a Slurm job step, named like a pod (the conventions have no Slurm names yet).
+SLURM_JOB_ID = "otel_gpu.slurm.job.id"
+SLURM_STEP_ID = "otel_gpu.slurm.step.id"
 
 _LABEL_PREFIX = "container.label."
 # Labels cri-dockerd sets on the Docker containers of pods: the pod without asking the kubelet.
@@ -137,6 +144,7 @@ class Attributor:
         pod_resources: PodResourcesClient | None = None,
         pod_list: PodListClient | None = None,
         *,
+        network: NetnsReader | None = None,
         user_name: UserLookup = passwd_user_name,
         user_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -146,6 +154,7 @@ class Attributor:
         self.docker = docker
         self.pod_resources = pod_resources
         self.pod_list = pod_list
+        self.network = network
         self._user_name = user_name
         self._user_ttl_s = user_ttl_s
         self._clock = clock
@@ -237,6 +246,10 @@ class _Cycle:
                                lambda: self._pod_cgroups(assignments, cgroups), {})
         containers = self._timed(
             "cgroup", self.a.cgroup, lambda: self._container_usage(cgroups), ()
+        )
+        pids = {cid: info.pid for cid, info in {**inits, **holders}.items()}
+        containers = self._timed(
+            "procfs", self.a.network, lambda: self._networks(containers, pids), containers
         )
         assignments = tuple(self._owned(a, infos, inits) for a in assignments)
         return Attribution(
@@ -350,17 +363,24 @@ class _Cycle:
         holders: dict[str, ProcessInfo] = {}  # container id -> one of its GPU processes
         uids: set[int] = set()
         # The processes of one user in one container share their attributes: built once.
-        shared: dict[tuple[int | None, str | None], tuple[tuple[str, str], ...]] = {}
+        shared: dict[tuple[int | None, str | None, SlurmStep | None],
+                     tuple[tuple[str, str], ...]] = {}
+        steps: dict[tuple[str, ...], SlurmStep | None] = {}
         for uuid, _, process in placed:
             info = infos.get(process.pid)
-            uid = cid = None
+            uid = cid = step = None
             if info is not None:
                 uid = info.uid
                 ref = self.process_refs.get(process.pid)
                 if ref is not None:
                     cid = ref.id
                     holders.setdefault(cid, info)
-            items = shared.get((uid, cid))
+                else:
+                    lines = info.cgroup_lines
+                    if lines not in steps:
+                        steps[lines] = slurm_step_from_cgroup_lines(lines)
+                    step = steps[lines]
+            items = shared.get((uid, cid, step))
             if items is None:
                 attrs: Attrs = {}
                 if uid is not None:
@@ -368,7 +388,10 @@ class _Cycle:
                     attrs["process.owner"] = self.a.owner(uid)
                 if cid is not None:
                     attrs.update(self._attrs_of(cid))
-                items = shared[(uid, cid)] = tuple(sorted(attrs.items()))
+                if step is not None:
+                    attrs[SLURM_JOB_ID] = step.job_id
+                    attrs[SLURM_STEP_ID] = step.step_id
+                items = shared[(uid, cid, step)] = tuple(sorted(attrs.items()))
             key = (uuid, items)
             group = groups.get(key)
             if group is None:
@@ -477,6 +500,19 @@ class _Cycle:
                 return pod.user_of(attrs.get("k8s.container.name"))
         return None
 
+    def _networks(
+        self, containers: tuple[ContainerUsage, ...], pids: dict[str, int]
+    ) -> tuple[ContainerUsage, ...]:
+        """Each container's network counters, through one of its processes (none: no figures)."""
+        network = self.a.network
+        assert network is not None
+        out = []
+        for usage in containers:
+            pid = pids.get(usage.attributes.get("container.id", ""))
+            counters = network.read(pid) if pid is not None else None
+            out.append(replace(usage, network=counters) if counters is not None else usage)
+        return tuple(out)
+
     def _container_usage(self, cgroups: dict[str, tuple[str, ...]]) -> tuple[ContainerUsage, ...]:
         cgroup = self.a.cgroup
         assert cgroup is not None
@@ -523,8 +559,14 @@ class _Cycle:
                     "k8s.pod.name": entry.pod_name,
                     "k8s.container.name": entry.container_name,
                 }
+            if entry.claim is not None:
+                attrs = {**attrs, "otel_gpu.k8s.resourceclaim.name": entry.claim.name,
+                         "otel_gpu.k8s.dra.driver.name": entry.claim.driver}
             for ref in entry.device_ids:
-                add(self.devices.resolve(ref), attrs)
+                uuid = self.devices.resolve(ref)
+                if uuid is None and entry.claim is not None:
+                    self.errors.append(SourceError("kubelet", "dra", "UnresolvedDevice"))
+                add(uuid, attrs)
         return tuple(
             DeviceAssignment(device_uuid=uuid, mig=self.devices.mig[uuid], attributes=attrs)
             for (uuid, _), attrs in found.items()

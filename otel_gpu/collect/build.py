@@ -18,6 +18,7 @@ from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
+from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
 
@@ -93,7 +94,8 @@ def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributo
             node=env.get("NODE_NAME") or "localhost",
             verify=not kubelet_insecure(env),
         )
-    return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list)
+    return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list,
+                      network=NetnsReader())
 
 
 
@@ -106,5 +108,6 @@ def simulated_attributor(world: SimulatedWorld) -> Attributor:
         DockerClient(world.docker_socket) if world.docker_socket else None,
         PodResourcesClient(world.pod_resources_socket) if world.pod_resources_socket else None,
         PodListClient(world.pod_list_url) if world.pod_list_url else None,
+        network=NetnsReader(world.proc_root),
         user_name=users.get,
     )

@@ -39,6 +39,7 @@ RULES: tuple[Rule, ...] = (
     Rule("container_memory_pressure", USER, user.container_memory_pressure),
     Rule("cpu_throttled", USER, user.cpu_throttled),
     Rule("low_sm_activity", USER, user.low_sm_activity),
+    Rule("large_egress", USER, user.large_egress),
     Rule("xid_critical", OPERATOR, operator.xid_critical),
     Rule("ecc_uncorrectable", OPERATOR, operator.ecc_uncorrectable),
     Rule("row_remap", OPERATOR, operator.row_remap),

@@ -59,6 +59,13 @@ class Thresholds:
     cpu_throttled: float = 0.25
     cpu_throttled_clear: float = 0.15
     cpu_throttled_for_s: float = 900.0
+    # large_egress: a container sending over 100 MB/s (800 Mbit/s: most of a 1 GbE uplink, a
+    # tenth of 10 GbE) for 10 min, about 60 GB. A training job's own traffic (metrics, logs) is
+    # far below; data it reads arrives, it is not sent; checkpoints written to a mounted
+    # volume are the host's traffic, not the container's. A burst (one upload) is shorter.
+    egress_bytes_per_s: float = 100e6
+    egress_bytes_per_s_clear: float = 50e6
+    egress_for_s: float = 600.0
     # Counters (CPU time, CFS periods) become rates over this trailing span, as rate(...[5m]).
     rate_span_s: float = 300.0
     # low_sm_activity: a high duty cycle ("utilization", a kernel ran) over low SM activity

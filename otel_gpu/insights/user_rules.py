@@ -293,6 +293,35 @@ def cpu_throttled(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
         )
 
 
+def large_egress(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
+    """A container sending much over the network, from its namespace's transmit counter."""
+    if len(window) < 2:
+        return
+    snap = window[-1].snapshot
+    start = span_start(window, t.rate_span_s)
+    elapsed = snap.timestamp - start.snapshot.timestamp
+    if elapsed <= 0:
+        return
+    for usage in snap.containers:
+        before = start.containers.get(container_key(usage.attributes))
+        if usage.network is None or before is None or before.network is None:
+            continue
+        sent = usage.network.tx_bytes - before.network.tx_bytes
+        if sent < 0:  # a new namespace: its counters started again
+            continue
+        rate = sent / elapsed
+        yield condition(
+            container_key(usage.attributes),
+            usage.attributes,
+            level(rate, True, ((INFO, t.egress_bytes_per_s, t.egress_bytes_per_s_clear),)),
+            f"{cap(who(usage.attributes))} is sending {rate / 1e6:.0f} MB/s over the network "
+            f"({sent / 1e9:.1f} GB in the last {minutes(elapsed)}).",
+            "Large results belong on the shared storage mounted into the container, where "
+            "they need no copy out; if this is multi-node training traffic, it is expected.",
+            t.egress_for_s,
+        )
+
+
 def low_sm_activity(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     snap = window[-1].snapshot
     for device, ident in workload_devices(snap):

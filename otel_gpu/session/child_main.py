@@ -232,6 +232,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
     from otel_gpu.sources.identity import detect_self
     from otel_gpu.telemetry.insight_log import build_logger_provider
     from otel_gpu.telemetry.instruments import TrainingInstruments
+    from otel_gpu.telemetry.node_agent import agent_running
     from otel_gpu.telemetry.pipeline import assemble_pipeline
     from otel_gpu.telemetry.providers import env_exporters, metric_readers, self_resource
 
@@ -270,6 +271,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         pipeline = assemble_pipeline(
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),
+            own_only=agent_running(),
             logger_provider=build_logger_provider(log_exporters, resource)
             if log_exporters else None)
         feed.instruments = TrainingInstruments(pipeline.provider)

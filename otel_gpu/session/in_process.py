@@ -27,6 +27,7 @@ from otel_gpu.snapshot import ErrorLog, Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
 from otel_gpu.sources.sessions import SessionBeacon
 from otel_gpu.telemetry.instruments import TrainingInstruments
+from otel_gpu.telemetry.node_agent import agent_running
 from otel_gpu.telemetry.pipeline import Pipeline, assemble_pipeline
 from otel_gpu.telemetry.providers import self_resource
 from otel_gpu.telemetry.system_metrics import StandDown
@@ -119,7 +120,7 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         pipeline = assemble_pipeline(collector, cache_max_age_s=min(1.0, interval_s / 2),
                                      provider=providers.meter, logger_provider=logger_provider,
                                      owns_logger_provider=owns_logger, view=view,
-                                     stand_down=StandDown())
+                                     stand_down=StandDown(), own_only=agent_running())
         drain = StepDrain(tracker.buffer, TrainingInstruments(providers.meter), interval_s,
                           errors)
     except BaseException:

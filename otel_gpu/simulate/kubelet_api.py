@@ -3,7 +3,8 @@
 A scenario pod is ``{namespace, name, uid, containers: [{name, id, devices, resource_name?,
 runtime?}]}``; ``devices`` are device plugin ids (GPU/MIG UUIDs), given under ``resource_name``
 (default ``nvidia.com/gpu``), and ``runtime`` (default ``containerd``) prefixes the container id in
-``/pods``.
+``/pods``. A container's ``claims`` are its DRA claims, ``[{name, namespace, devices: [{driver,
+pool, device, cdi: [CDI device ids]}]}]``, served as ``dynamic_resources``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def list_response(pods: Sequence[dict[str, Any]]) -> Any:
                 dev = added.devices.add(resource_name=container.get("resource_name", GPU_RESOURCE))
                 dev.device_ids.extend(devices)
             added.cpu_ids.extend(container.get("cpu_ids", ()))
+            for claim in container.get("claims", ()):
+                dynamic = added.dynamic_resources.add(
+                    claim_name=claim["name"], claim_namespace=claim["namespace"]
+                )
+                for device in claim["devices"]:
+                    resource = dynamic.claim_resources.add(
+                        driver_name=device["driver"],
+                        pool_name=device["pool"],
+                        device_name=device["device"],
+                    )
+                    for cdi in device.get("cdi", ()):
+                        resource.cdi_devices.add(name=cdi)
     return response
 
 

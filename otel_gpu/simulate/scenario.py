@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import uuid as uuidlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ import yaml
 
 from otel_gpu.simulate.hardware import GpuModel
 from otel_gpu.simulate.scenario_checks import (
+    CLAIM_KEYS,
     CONTAINER_KEYS,
     DCGM_FAULT_KEYS,
     DCGM_KEYS,
@@ -63,6 +65,7 @@ from otel_gpu.simulate.scenario_checks import (
     HEX_DIGITS,
     HOST_KEYS,
     KUBELET_KEYS,
+    MAX_FILE_INTEGER,
     MAX_PID,
     MAX_UID,
     NVLINK_KEYS,
@@ -83,6 +86,7 @@ from otel_gpu.simulate.spec import (
     DCGM_FAULT_ERRORS,
     DCGM_FAULTABLE_CALLS,
     DRIVER_FAULTABLE_CALLS,
+    ClaimSpec,
     ContainerSpec,
     DcgmFault,
     DcgmSpec,
@@ -349,11 +353,13 @@ class _Loader(GpuChecks):
             "cpu_limit": lambda v, k: self.number(v, k, minimum=0.001),
             "cpu_utilization": self.ratio,
             "cpu_throttled_ratio": self.ratio,
-            "memory_limit_bytes": self.integer,
-            "memory_used_bytes": self.integer,
+            "memory_limit_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
+            "memory_used_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
             "oom_kills": self.integer,
             "disk_read_bytes_per_s": self.integer,
             "disk_write_bytes_per_s": self.integer,
+            "network_rx_bytes_per_s": self.integer,
+            "network_tx_bytes_per_s": self.integer,
         }
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 
@@ -379,6 +385,8 @@ class _Loader(GpuChecks):
             pid=self.integer(raw["pid"], f"{key}.pid", minimum=1, maximum=MAX_PID)
             if "pid" in raw else None,
             uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
+            host_network=self.boolean(raw["host_network"], f"{key}.host_network")
+            if "host_network" in raw else False,
         )
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
@@ -392,7 +400,12 @@ class _Loader(GpuChecks):
         for i, item in enumerate(self.list_of(raw.get("containers", []), f"{key}.containers")):
             item_key = f"{key}.containers[{i}]"
             self.mapping(item, item_key, POD_CONTAINER_KEYS, ("name", "id"))
-            containers.append(self.container(item, item_key, refs))
+            plain = {k: v for k, v in item.items() if k != "claims"}
+            listed = self.list_of(item.get("claims", []), f"{item_key}.claims")
+            claims = tuple(
+                self.claim(claim, f"{item_key}.claims[{c}]", refs) for c, claim in enumerate(listed)
+            )
+            containers.append(replace(self.container(plain, item_key, refs), claims=claims))
         return PodSpec(
             namespace=self.string(raw["namespace"], f"{key}.namespace"),
             name=self.string(raw["name"], f"{key}.name"),
@@ -400,6 +413,19 @@ class _Loader(GpuChecks):
             containers=tuple(containers),
             run_as_user=self.integer(raw["run_as_user"], f"{key}.run_as_user", maximum=MAX_UID)
             if "run_as_user" in raw else None,
+        )
+
+    def claim(self, value: Any, key: str, refs: dict[str, str]) -> ClaimSpec:
+        raw = self.mapping(value, key, CLAIM_KEYS, ("name", "devices"))
+        written, resolved = self.devices(raw["devices"], f"{key}.devices", refs)
+        if not written:
+            raise self.error(f"{key}.devices", "a claim allocates at least one device")
+        return ClaimSpec(
+            name=self.string(raw["name"], f"{key}.name"),
+            devices=written,
+            device_uuids=resolved,
+            driver=self.string(raw["driver"], f"{key}.driver") if "driver" in raw
+            else ClaimSpec.driver,
         )
 
     def check_unique_containers(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from otel_gpu.simulate.spec import (
+    ClaimSpec,
     ClockValues,
     ContainerSpec,
     DcgmFault,
@@ -40,6 +41,10 @@ MAX_PID = 4 * 1024 * 1024
 MAX_UID = 2**32 - 2
 # Every other integer (counters, bytes, cycles) fits the driver's 64-bit signed range.
 MAX_INTEGER = 2**63 - 1
+# NVML's error counters are unsigned long long; a cgroup file is text and may hold any number.
+# Both may be given past int64, so that what the agent does with such a value can be tested.
+MAX_UINT64 = 2**64 - 1
+MAX_FILE_INTEGER = 2**128
 
 
 class ScenarioError(Exception):
@@ -78,8 +83,9 @@ REMAPPED_KEYS = _keys(RemappedRows)
 XID_KEYS = _keys(XidEvent)
 FAULT_KEYS = _keys(Fault)
 DRIVER_KEYS = _keys(DriverSpec)
-CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids",))
-POD_CONTAINER_KEYS = CONTAINER_KEYS - {"labels", "user", "pid", "uid"}  # Docker only
+CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids", "claims"))
+POD_CONTAINER_KEYS = (CONTAINER_KEYS - {"labels", "user", "pid", "uid"}) | {"claims"}  # Docker only
+CLAIM_KEYS = _keys(ClaimSpec, without=("device_uuids",))
 POD_KEYS = _keys(PodSpec)
 HOST_KEYS = _keys(HostSpec)
 FILESYSTEM_KEYS = _keys(FilesystemSpec)

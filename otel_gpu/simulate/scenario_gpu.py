@@ -18,6 +18,7 @@ from otel_gpu.simulate.scenario_checks import (
     LAYOUT_KEYS,
     MAX_PID,
     MAX_UID,
+    MAX_UINT64,
     MIG_KEYS,
     PROCESS_KEYS,
     REMAPPED_KEYS,
@@ -183,7 +184,9 @@ class GpuChecks(Checks):
     def ecc(self, value: Any, key: str) -> EccCounts:
         raw = self.mapping(value, key, ECC_KEYS)
         return EccCounts(
-            **{name: self.varying(raw[name], join_key(key, name), self.integer) for name in raw}
+            **{name: self.varying(raw[name], join_key(key, name),
+                                  lambda v, k: self.integer(v, k, maximum=MAX_UINT64))
+               for name in raw}
         )
 
     def remapped(self, value: Any, key: str) -> RemappedRows:

@@ -325,6 +325,18 @@ class Resources:
     oom_kills: Varying = None
     disk_read_bytes_per_s: Varying = None
     disk_write_bytes_per_s: Varying = None
+    network_rx_bytes_per_s: Varying = None  # its network namespace's, loopback aside
+    network_tx_bytes_per_s: Varying = None
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A DRA ResourceClaim allocated to a pod container (pod-resources ``dynamic_resources``)."""
+
+    name: str
+    devices: tuple[str, ...]  # as written: UUIDs or hw.names
+    device_uuids: tuple[str, ...]  # the same, resolved to UUIDs
+    driver: str = "gpu.nvidia.com"
 
 
 @dataclass(frozen=True)
@@ -339,6 +351,8 @@ class ContainerSpec:
     user: str | None = None  # Docker's Config.User, as written
     pid: int | None = None  # the host pid of its init process (Docker's State.Pid), in /proc
     uid: int = 0  # the uid of that init process
+    claims: tuple[ClaimSpec, ...] = ()  # pods only: its DRA claims
+    host_network: bool = False  # on the host's network namespace (--network host, hostNetwork)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid as uuidlib
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from otel_gpu.simulate.kubelet_api import (
     serve_pod_resources,
 )
 from otel_gpu.simulate.server import HostOverrides, SimulatedServer
-from otel_gpu.simulate.spec import ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.simulate.spec import ClaimSpec, ContainerSpec, PodSpec, ProcessSpec, at_cycle
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
@@ -41,6 +42,11 @@ _SHM = "/dev/shm"
 _SHM_MIN_FREE = 256 << 20
 
 
+HOST_NET_INODE = 4026531840  # an inode the host namespace often has: the kernel picks it at boot
+HOST_NET_NS = f"net:[{HOST_NET_INODE}]"
+HOST_NET_BYTES = 10**12  # the whole host's traffic, seen from a host-network container
+
+
 @dataclass
 class _CgroupState:
     """A container's cumulative counters, advanced once per cycle."""
@@ -52,6 +58,9 @@ class _CgroupState:
     throttled: int = 0
     read_bytes: int = 0
     write_bytes: int = 0
+    host_network: bool = False
+    rx_bytes: int = 0
+    tx_bytes: int = 0
 
 
 class SimulatedWorld:
@@ -66,6 +75,8 @@ class SimulatedWorld:
         self.cgroup_root = os.path.join(self.root, "cgroup")
         os.makedirs(self.proc_root)
         os.makedirs(self.cgroup_root)
+        os.makedirs(os.path.join(self.proc_root, "1", "ns"))
+        os.symlink(HOST_NET_NS, os.path.join(self.proc_root, "1", "ns", "net"))
         _write(os.path.join(self.cgroup_root, "cgroup.controllers"), "cpuset cpu io memory pids\n")
         self._closers: list[Callable[[], Any]] = []
         self._finalizer = weakref.finalize(self, _cleanup, self.root, self._closers, os.getpid())
@@ -91,6 +102,7 @@ class SimulatedWorld:
         self.server.begin_cycle(cycle)
         self._write_processes(cycle)
         self._write_cgroups(cycle)
+        self._write_networks()
 
     def clock(self, cycle: int) -> float:
         return self.server.clock(cycle)
@@ -146,6 +158,30 @@ class SimulatedWorld:
                 break
         return entry
 
+    def _claim_entry(self, pod: PodSpec, claim: ClaimSpec) -> dict[str, Any]:
+        """A DRA claim as NVIDIA's DRA driver allocates it: device ``gpu-<index>`` (MIG:
+        ``gpu-<index>-mig-<n>``) in the node's pool, CDI id ``k8s.<driver>/claim=<uid>-<name>``."""
+        names = {}
+        for gpu in self.scenario.gpus:
+            names[gpu.uuid] = f"gpu-{gpu.index}"
+            for layout in gpu.mig.layouts if gpu.mig else ():
+                for instance in layout.instances:
+                    names[instance.uuid] = f"gpu-{gpu.index}-mig-{instance.index}"
+        claim_uid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{pod.uid}/{claim.name}"))
+        return {
+            "name": claim.name,
+            "namespace": pod.namespace,
+            "devices": [
+                {
+                    "driver": claim.driver,
+                    "pool": self.scenario.name,
+                    "device": names[uuid],
+                    "cdi": [f"k8s.{claim.driver}/claim={claim_uid}-{names[uuid]}"],
+                }
+                for uuid in claim.device_uuids
+            ],
+        }
+
     def _pod_entry(self, pod: PodSpec) -> dict[str, Any]:
         profiles = {
             instance.uuid: instance.profile.name
@@ -164,6 +200,10 @@ class SimulatedWorld:
                 entry["image"] = container.image
             migs = [profiles[d] for d in container.device_uuids if d in profiles]
             entry["resource_name"] = MIG_RESOURCE_PREFIX + migs[0] if migs else GPU_RESOURCE
+            if container.claims:
+                entry["claims"] = [
+                    self._claim_entry(pod, claim) for claim in container.claims
+                ]
             containers.append(entry)
         return {
             "namespace": pod.namespace,
@@ -223,7 +263,8 @@ class SimulatedWorld:
         states = {}
         for container in self.scenario.containers:
             path = paths.get(container.id, f"/system.slice/docker-{container.id}.scope")
-            states[container.id] = _CgroupState(path, container.resources)
+            states[container.id] = _CgroupState(path, container.resources,
+                                                host_network=container.host_network)
         for pod in self.scenario.pods:
             pod_slice = "kubepods-burstable-pod" + pod.uid.replace("-", "_") + ".slice"
             for container in pod.containers:
@@ -232,7 +273,8 @@ class SimulatedWorld:
                     f"/cri-containerd-{container.id}.scope"
                 )
                 path = paths.get(container.id, default)
-                states[container.id] = _CgroupState(path, container.resources)
+                states[container.id] = _CgroupState(path, container.resources,
+                                                    host_network=container.host_network)
         return states
 
     def _write_cgroups(self, cycle: int) -> None:
@@ -250,6 +292,8 @@ class SimulatedWorld:
                     state.throttled += round(ratio * periods)
                 state.read_bytes += int((at_cycle(res.disk_read_bytes_per_s, k) or 0) * interval)
                 state.write_bytes += int((at_cycle(res.disk_write_bytes_per_s, k) or 0) * interval)
+                state.rx_bytes += int((at_cycle(res.network_rx_bytes_per_s, k) or 0) * interval)
+                state.tx_bytes += int((at_cycle(res.network_tx_bytes_per_s, k) or 0) * interval)
             usage = round(state.usage_us)
             user = round(usage * USER_SHARE)
             memory_limit = at_cycle(res.memory_limit_bytes, cycle)
@@ -279,6 +323,49 @@ class SimulatedWorld:
             for name, text in files.items():
                 _write(os.path.join(base, name), text)
         self._last_cycle = max(self._last_cycle, cycle)
+
+
+    def _write_networks(self) -> None:
+        """``/proc/<pid>/net/dev`` and ``ns/net`` of every running process in a container: its
+        container's namespace (the host's for one on the host network, whose traffic is then
+        written as the whole host's: a reader must skip it)."""
+        for pid in self._pids:
+            base = os.path.join(self.proc_root, str(pid))
+            ref = container_from_cgroup_lines(_read(os.path.join(base, "cgroup")).splitlines())
+            state = self._cgroups.get(ref.id) if ref is not None else None
+            if state is None:
+                continue
+            if state.host_network:
+                link, rx, tx = HOST_NET_NS, HOST_NET_BYTES, HOST_NET_BYTES
+            else:
+                inode = HOST_NET_INODE + 1 + int(ref.id[:8], 16)
+                link, rx, tx = f"net:[{inode}]", state.rx_bytes, state.tx_bytes
+            os.makedirs(os.path.join(base, "ns"), exist_ok=True)
+            os.makedirs(os.path.join(base, "net"), exist_ok=True)
+            ns = os.path.join(base, "ns", "net")
+            if not os.path.islink(ns):
+                os.symlink(link, ns)
+            _write(os.path.join(base, "net", "dev"), _net_dev(rx, tx))
+
+
+def _net_dev(rx_bytes: int, tx_bytes: int) -> str:
+    """proc_net(5) ``/proc/net/dev`` for a namespace with ``lo`` and one veth end, ``eth0``;
+    packets are full 1500-byte Ethernet frames."""
+    header = (
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast"
+        "|bytes    packets errs drop fifo colls carrier compressed\n"
+    )
+    lo = "    lo:    4096      64    0    0    0     0          0         0     4096      64"
+    lo += "    0    0    0     0       0          0\n"
+    eth = (f"  eth0: {rx_bytes} {-(-rx_bytes // 1500)} 0 0 0 0 0 0 "
+           f"{tx_bytes} {-(-tx_bytes // 1500)} 0 0 0 0 0 0\n")
+    return header + lo + eth
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def _write_process(proc_root: str, process: ProcessSpec) -> None:

@@ -22,8 +22,11 @@ __all__ = [
     "CgroupReader",
     "ContainerRef",
     "ContainerResources",
+    "SlurmStep",
     "container_from_cgroup_lines",
     "parse_cgroup_path",
+    "parse_slurm_path",
+    "slurm_step_from_cgroup_lines",
 ]
 
 _ID = FULL_CONTAINER_ID
@@ -100,6 +103,51 @@ def _container_of(parts: Sequence[str], i: int, in_pod: bool) -> tuple[str, str 
             return part, "podman"
         if in_pod or parent == "":
             return part, None
+    return None
+
+
+@dataclass(frozen=True)
+class SlurmStep:
+    """The Slurm job step a process runs in, as its cgroup path names it."""
+
+    job_id: str  # digits: an array task or a het-job component has its own job id
+    step_id: str  # digits, or batch, extern, interactive
+
+
+# slurmd's proctrack/cgroup and task/cgroup plugins: cgroup v1 puts a step at
+# /slurm[_<node>]/uid_<uid>/job_<id>/step_<step>[/task_<n>]; cgroup/v2 (Slurm 22.05 and later) at
+# /system.slice/[<node>_]slurmstepd.scope/job_<id>/step_<step>[/user/task_<n>]
+# (Slurm's cgroup_v1 and cgroup_v2 plugin sources, and its "Control Group v2" guide).
+_SLURM_PARENT = re.compile(r"^(?:uid_\d+|(?:.+_)?slurmstepd\.scope)$")
+_SLURM_JOB = re.compile(r"^job_(\d+)$")
+_SLURM_STEP = re.compile(r"^step_(\d+|batch|extern|interactive)$")
+
+
+def parse_slurm_path(path: str) -> SlurmStep | None:
+    """The Slurm job step a cgroup path belongs to, or None. A path that stops at the job
+    (slurmstepd's own processes) has no step: None too."""
+    parts = [p for p in path.strip().split("/") if p]
+    for i in range(1, len(parts) - 1):
+        job = _SLURM_JOB.match(parts[i])
+        if job and _SLURM_PARENT.match(parts[i - 1]):
+            step = _SLURM_STEP.match(parts[i + 1])
+            if step:
+                return SlurmStep(job.group(1), step.group(1))
+    return None
+
+
+def slurm_step_from_cgroup_lines(lines: Iterable[str]) -> SlurmStep | None:
+    """The Slurm job step named by /proc/<pid>/cgroup lines: the v2 line, else a v1 one (Slurm's
+    v1 plugins create the same path in the freezer, cpuset, memory and devices hierarchies)."""
+    paths = []
+    for line in lines:
+        fields = line.strip().split(":", 2)
+        if len(fields) == 3:
+            paths.append((fields[0] != "0", fields[2]))
+    for _, path in sorted(paths, key=lambda p: p[0]):
+        step = parse_slurm_path(path)
+        if step is not None:
+            return step
     return None
 
 

@@ -22,6 +22,8 @@ from otel_gpu.telemetry.catalog import (
     Metric,
     observed_metrics,
 )
+from otel_gpu.telemetry.failures import FailureTally, carried
+from otel_gpu.telemetry.series import SeriesLedger
 
 log = logging.getLogger("otel_gpu")
 
@@ -30,12 +32,54 @@ class SnapshotSource(Protocol):
     def get(self) -> Snapshot: ...
 
 
+COLLECTION_ERRORS = "otel_gpu.collection.errors"
+
+# Which source a metric's values come from, for counting the values OTLP cannot carry.
+_SOURCE_BY_PREFIX = (
+    ("hw.", "nvml"),
+    ("nvidia.", "nvml"),
+    ("otel_gpu.workload.", "attribution"),
+    ("otel_gpu.device.", "attribution"),
+    ("container.", "cgroup"),
+    ("otel_gpu.container.", "cgroup"),
+    ("system.", "host"),
+)
+
+
+def value_source(metric_name: str) -> str:
+    """The source whose values ``metric_name`` exports (``collector`` for our own)."""
+    for prefix, source in _SOURCE_BY_PREFIX:
+        if metric_name.startswith(prefix):
+            return source
+    return "collector"
+
+
+def _observe(metric: Metric, tally: FailureTally) -> Any:
+    """The metric's observe function; ``otel_gpu.collection.errors`` adds the failures counted
+    after collection (dropped values, exports) to the sources' own."""
+    observe = metric.observe
+    assert observe is not None
+    if metric.name != COLLECTION_ERRORS:
+        return observe
+
+    def with_tally(snapshot: Snapshot) -> Iterable[tuple[float, dict[str, Any]]]:
+        counts = dict(snapshot.error_counts)
+        for key, count in tally.counts().items():
+            counts[key] = counts.get(key, 0) + count
+        for (source, error_type), count in counts.items():
+            yield count, {"otel_gpu.source": source, "error.type": error_type}
+
+    return with_tally
+
+
 StandDown = Callable[[], Collection[str]]
 
 
-def _callback(metric: Metric, cache: SnapshotSource, stand_down: StandDown | None) -> Any:
-    observe = metric.observe
-    assert observe is not None
+def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally,
+              ledger: SeriesLedger, stand_down: StandDown | None) -> Any:
+    observe = _observe(metric, tally)
+    source = value_source(metric.name)
+    counter = metric.instrument == COUNTER
     name = metric.name
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
@@ -43,7 +87,8 @@ def _callback(metric: Metric, cache: SnapshotSource, stand_down: StandDown | Non
             if stand_down is not None and name in stand_down():
                 return []
             snapshot = cache.get()
-            return [Observation(value, attrs) for value, attrs in observe(snapshot)]
+            points = carried(observe(snapshot), metric.name, source, tally)
+            return ledger.observe(metric.name, counter, points, snapshot.cycle, Observation)
         except Exception:
             log.exception("otel-gpu: could not observe %s", metric.name)
             return []
@@ -52,12 +97,23 @@ def _callback(metric: Metric, cache: SnapshotSource, stand_down: StandDown | Non
 
 
 def register_catalog(
-    meter: Meter, cache: SnapshotSource, metrics: Iterable[Metric] | None = None,
+    meter: Meter,
+    cache: SnapshotSource,
+    metrics: Iterable[Metric] | None = None,
+    tally: FailureTally | None = None,
+    ledger: SeriesLedger | None = None,
     stand_down: StandDown | None = None,
 ) -> list[Any]:
     """Create one observable instrument per catalog entry; all read the cached Snapshot.
+
+    A value OTLP cannot carry (an int beyond int64, a non-finite float) is dropped for its point
+    alone and counted in ``tally``, which ``otel_gpu.collection.errors`` reports. ``ledger``
+    records the series reported and gives counters their baselines (see ``SeriesLedger``).
     ``stand_down``: the names that report nothing at a collection (another instrumentation
-    reports them), asked at each one."""
+    reports them), asked at each one.
+    """
+    tally = tally if tally is not None else FailureTally()
+    ledger = ledger if ledger is not None else SeriesLedger()
     instruments = []
     for metric in observed_metrics() if metrics is None else metrics:
         create = {
@@ -68,7 +124,7 @@ def register_catalog(
         instruments.append(
             create(
                 metric.name,
-                callbacks=[_callback(metric, cache, stand_down)],
+                callbacks=[_callback(metric, cache, tally, ledger, stand_down)],
                 unit=metric.unit,
                 description=metric.description,
             )

@@ -6,7 +6,6 @@ import importlib
 import logging
 import math
 import os
-import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
+    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -36,6 +36,9 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from otel_gpu import config
 from otel_gpu._version import __version__
 from otel_gpu.config import AGENT_EXPORTERS, ConfigError, env_list
+from otel_gpu.telemetry.export_queue import Borrowed, QueuedExporter
+from otel_gpu.telemetry.failures import FailureTally
+from otel_gpu.telemetry.node_agent import in_container, node_host_name
 
 if TYPE_CHECKING:  # the training process needs no source to build its providers
     from otel_gpu.sources.identity import SelfInfo
@@ -51,18 +54,17 @@ def build_resource(service_name: str = "otel-gpu-agent", *,
                    stable_instance: bool = False) -> Resource:
     """Our defaults, overridden by ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``.
 
-    ``stable_instance``: a node agent's ``service.instance.id`` is derived from its service and
-    host names instead of drawn at random, so that a restart continues the same series.
+    ``host.name`` is the node's name (``node_host_name``): inside a container, never the
+    container's own host name, which is its id. ``stable_instance``: a node agent's
+    ``service.instance.id`` is derived from its service and host names instead of drawn at
+    random, so that a restart continues the same series.
     """
-    ours = Resource(
-        {
-            "service.name": service_name,
-            "host.name": socket.gethostname(),
-            "service.version": __version__,
-        }
-    )
+    defaults: dict[str, str] = {"service.name": service_name, "service.version": __version__}
+    host = node_host_name(in_container())
+    if host:
+        defaults["host.name"] = host
     env = OTELResourceDetector().detect()
-    resource = Resource.create({}).merge(ours).merge(env)
+    resource = Resource.create({}).merge(Resource(defaults)).merge(env)
     if stable_instance and "service.instance.id" not in env.attributes:
         attrs = resource.attributes
         name = f"{attrs.get('service.name')}/{attrs.get('host.name')}"
@@ -109,17 +111,32 @@ _OTLP_CLASSES = {
 }
 
 
-def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool = False) -> Any:
+def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool = False,
+                  default_timeout_s: float | None = None) -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
     itself (endpoint, headers, timeout, compression, TLS, temporality preference).
-    ``name``: ``otlp`` (the protocol variables choose), ``otlp_proto_grpc`` or ``..._http``."""
+    ``name``: ``otlp`` (the protocol variables choose), ``otlp_proto_grpc`` or ``..._http``.
+    ``default_timeout_s``: the time one export may take (its retries included) when neither
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`` nor ``OTEL_EXPORTER_OTLP_TIMEOUT`` says."""
     if strict:
         protocol = config.otlp_target(signal=signal).protocol  # a bad endpoint refused too
     else:
         protocol = OTLP_NAMES.get(name) or otlp_protocol(signal)
     module, cls = _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or protocol)]
-    kwargs = {} if strict else _lenient_timeout(signal)
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    exporter_class = getattr(importlib.import_module(module), cls)
+    kwargs: dict[str, float] = {} if strict else _lenient_timeout(signal)
+    configured = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT")
+                  or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"))
+    if default_timeout_s is not None and not configured:
+        kwargs = {"timeout": default_timeout_s}
+    return exporter_class(**kwargs)
+
+
+def agent_export_timeout_s(interval_s: float) -> float:
+    """An agent's export waits at most one interval (1 to 10 s, the SDK's default) unless a
+    timeout is configured, so that a backend back from an outage gets data within about one
+    interval instead of after the exporter's retry schedule."""
+    return min(max(interval_s, 1.0), 10.0)
 
 
 OTLP_TIMEOUT_S = 10.0  # the SDK exporters' default for OTEL_EXPORTER_OTLP_TIMEOUT, in seconds
@@ -244,16 +261,22 @@ def env_export_interval_ms(default_ms: float = DEFAULT_EXPORT_INTERVAL_MS) -> fl
 
 def prometheus_reader(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
                       strict: bool = True) -> MetricReader:
-    """The SDK's Prometheus reader, with its scrape endpoint where ``config.prometheus_address``
-    says (``OTEL_EXPORTER_PROMETHEUS_HOST``, default ``default_host``, and
+    """Our Prometheus reader (``telemetry/prometheus.py``) with its scrape endpoint started."""
+    prometheus_server(default_host, strict=strict)
+    return _prometheus_reader()
+
+
+def prometheus_server(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
+                      strict: bool = True) -> None:
+    """The scrape endpoint where ``config.prometheus_address`` says
+    (``OTEL_EXPORTER_PROMETHEUS_HOST``, default ``default_host``, and
     ``OTEL_EXPORTER_PROMETHEUS_PORT``, default 9464); raises ConfigError when it cannot serve
     there. Not ``strict``: a port that is not a port is logged and the default used."""
     try:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
     except ImportError as err:
         raise ConfigError(
-            f"the prometheus exporter needs opentelemetry-exporter-prometheus ({err})"
+            f"the prometheus exporter needs prometheus-client ({err})"
         ) from err
     host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or default_host
     try:
@@ -267,11 +290,66 @@ def prometheus_reader(default_host: str = config.DEFAULT_PROMETHEUS_HOST, *,
         start_http_server(port=port, addr=host)
     except OSError as err:
         raise ConfigError(f"prometheus exporter: cannot listen on {host}:{port}: {err}") from err
-    return PrometheusMetricReader()
+
+
+def _prometheus_reader() -> MetricReader:
+    from otel_gpu.telemetry.prometheus import PrometheusReader
+
+    return PrometheusReader()
+
+
+class ReaderFactory:
+    """The exporters named, made once (an HTTP server for ``prometheus``), and a fresh reader
+    for each whenever called: one set per MeterProvider generation (``MeterGenerations``).
+
+    ``interval_s`` None: the caller drives collection itself. With a ``tally``, the OTLP
+    exporter runs behind a ``QueuedExporter`` (its own thread, a bounded queue) whose dropped
+    batches and failed exports are counted there. The readers borrow the exporters;
+    ``close()`` shuts them down.
+    """
+
+    def __init__(self, exporters: Sequence[str], interval_s: float | None, *,
+                 tally: FailureTally | None = None,
+                 export_timeout_s: float | None = None) -> None:
+        self._millis = math.inf if interval_s is None else interval_s * 1000.0
+        self._push: list[MetricExporter] = []
+        self._prometheus = False
+        for name in dict.fromkeys(exporters):
+            if name == "otlp":
+                exporter = otlp_exporter("metrics", strict=True,
+                                         default_timeout_s=export_timeout_s)
+                if tally is not None:
+                    exporter = QueuedExporter(exporter, tally)
+                self._push.append(exporter)
+            elif name == "console":
+                self._push.append(ConsoleMetricExporter())
+            elif name == "prometheus":
+                prometheus_server()
+                self._prometheus = True
+            elif name != "none":
+                raise ConfigError(
+                    f"--exporter: unknown exporter {name!r} (choose from {', '.join(EXPORTERS)})"
+                )
+
+    def __call__(self) -> list[MetricReader]:
+        readers: list[MetricReader] = [
+            PeriodicExportingMetricReader(Borrowed(exporter), export_interval_millis=self._millis)
+            for exporter in self._push
+        ]
+        if self._prometheus:
+            readers.append(_prometheus_reader())
+        return readers
+
+    def close(self) -> None:
+        for exporter in self._push:
+            try:
+                exporter.shutdown()
+            except Exception:
+                log.exception("otel-gpu: could not shut an exporter down")
 
 
 def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[MetricReader]:
-    """One reader per exporter. ``interval_s`` None: the caller drives collection itself."""
+    """One reader per exporter, owning it. ``interval_s`` None: the caller drives collection."""
     millis = math.inf if interval_s is None else interval_s * 1000.0
     readers: list[MetricReader] = []
     for name in dict.fromkeys(exporters):
@@ -282,11 +360,8 @@ def build_readers(exporters: Sequence[str], interval_s: float | None) -> list[Me
                 )
             )
         elif name == "console":
-            readers.append(
-                PeriodicExportingMetricReader(
-                    ConsoleMetricExporter(), export_interval_millis=millis
-                )
-            )
+            readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(),
+                                                         export_interval_millis=millis))
         elif name == "prometheus":
             readers.append(prometheus_reader())
         elif name != "none":

@@ -182,7 +182,8 @@ def test_containers_that_hold_gpus_report_their_cgroup(dgx) -> None:
         assert value("otel_gpu.container.oom_kills") == 0
         cpu = value("container.cpu.time", **{"cpu.mode": "user"}) + value(
             "container.cpu.time", **{"cpu.mode": "system"})
-        used = sum(at_cycle(res.cpu_utilization, k) for k in (0, 1)) * res.cpu_limit * 10.0
+        # Counted since the agent's first reading (cycle 0): the CPU of cycle 1.
+        used = at_cycle(res.cpu_utilization, 1) * res.cpu_limit * 10.0
         assert cpu == pytest.approx(used)
 
 
@@ -280,7 +281,8 @@ def test_process_exiting_between_cycles(docker_only) -> None:
     assert oom == {"alice-train": 1}
     io = {p["attributes"]["disk.io.direction"]: p["value"]
           for p in points_named(second, "container.disk.io")}
-    assert io == {"read": 2 * 10 * 1048576, "write": 2 * 10 * 4096}
+    # Counted since the agent's first reading (cycle 0): cycle 1's 10 s.
+    assert io == {"read": 10 * 1048576, "write": 10 * 4096}
 
 
 def test_kubernetes_node_without_the_pod_list() -> None:
@@ -483,3 +485,74 @@ def test_a_hostile_user_name_is_cleaned() -> None:
     assert attributor.owner(1000) == "mal]0;xlory"
     blank = Attributor(ProcfsReader("/nonexistent"), user_name=lambda uid: "\x1b\x07")
     assert blank.owner(1000) == "1000"
+
+
+def test_dra_claims_give_devices_as_the_device_plugin_does() -> None:
+    doc, _ = _snapshot(str(SCENARIOS / "k8s-dra.yaml"), 1)
+    keys = ("hw.name", "k8s.pod.name", "k8s.container.name", "otel_gpu.k8s.resourceclaim.name",
+            "otel_gpu.k8s.dra.driver.name")
+    assigned = {tuple(p["attributes"][k] for k in keys)
+                for p in points_named(doc, "otel_gpu.device.assignment")}
+    assert assigned == {("gpu0", "trainer-0", "trainer", "trainer-0-gpu", "gpu.nvidia.com"),
+                        ("gpu1/mig0", "idle-0", "server", "idle-0-mig", "gpu.nvidia.com")}
+    ((_, attrs),) = _workloads(doc)
+    assert dict(attrs)["k8s.pod.name"] == "trainer-0"
+    errors = {(p["attributes"]["otel_gpu.source"], p["attributes"]["error.type"])
+              for p in points_named(doc, "otel_gpu.collection.errors")}
+    assert ("kubelet", "UnresolvedDevice") not in errors
+
+
+def test_dra_devices_by_uuid_index_or_unresolved(write_scenario, sock_dir: str) -> None:
+    gpus = _gpus(write_scenario(MIXED))
+    mig0, _ = gpus[0].mig_devices
+    claim = {"name": "gpus", "namespace": "ns", "devices": [
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "gpu-2", "cdi": []},
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "any",
+         "cdi": [f"nvidia.com/gpu={mig0.uuid}"]},
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "gpu-9", "cdi": []},  # no GPU 9
+        {"driver": "gpu.nvidia.com", "pool": "n", "device": "mig-1g.5gb-7", "cdi": []},
+    ]}
+    pods = [{"namespace": "ns", "name": "dra", "uid": "u",
+             "containers": [{"name": "c", "id": "c" * 64, "claims": [claim]}]}]
+    with serve_pod_resources(f"{sock_dir}/k.sock", pods):
+        attributor = Attributor(ProcfsReader(sock_dir),
+                                pod_resources=PodResourcesClient(f"{sock_dir}/k.sock"))
+        result = attributor.attribute(gpus)
+    found = {(a.device_uuid, a.attributes["otel_gpu.k8s.resourceclaim.name"])
+             for a in result.assignments}
+    assert found == {(gpus[2].uuid, "gpus"), (mig0.uuid, "gpus")}
+    assert [(e.source, e.error_type) for e in result.errors] == [
+        ("kubelet", "UnresolvedDevice"), ("kubelet", "UnresolvedDevice")]
+
+
+def test_slurm_job_steps_are_workloads_like_pods() -> None:
+    doc, _ = _snapshot(str(SCENARIOS / "slurm.yaml"), 1)
+    keys = ("hw.name", "process.owner", "otel_gpu.slurm.job.id", "otel_gpu.slurm.step.id")
+    found = {tuple(p["attributes"].get(k) for k in keys)
+             for p in points_named(doc, "otel_gpu.workload.gpu.processes")}
+    assert found == {
+        ("gpu0", "alice", "4242", "0"),
+        ("gpu0", "alice", "4242", "batch"),
+        ("gpu1", "bob", "77", "3"),
+        ("gpu1", "bob", None, None),  # a login session: no job
+    }
+
+
+def test_container_network_from_its_namespace_host_network_skipped() -> None:
+    result = run_cli("snapshot", "--format", "json", "--simulate",
+                     str(SCENARIOS / "container-network.yaml"), "--cycles", "3",
+                     "--interval", "10")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    found = {(p["attributes"]["container.name"], p["attributes"]["network.io.direction"]):
+             p["value"] for p in points_named(doc, "container.network.io")}
+    # three cycles of 10 s (the first counts one interval), read through a GPU process and an
+    # idle container's init process; the host-network container has no point
+    assert found == {("alice-train", "receive"): 30_000_000,
+                     ("alice-train", "transmit"): 1_500_000_000,
+                     ("bob-idle", "receive"): 90_000, ("bob-idle", "transmit"): 0}
+    packets = {(p["attributes"]["container.name"], p["attributes"]["network.io.direction"]):
+               p["value"] for p in points_named(doc, "otel_gpu.container.network.packets")}
+    assert packets[("alice-train", "transmit")] == 1_000_000  # 1500-byte frames
+    assert {p["attributes"]["container.name"]
+            for p in points_named(doc, "container.cpu.time")} >= {"bob-hostnet"}

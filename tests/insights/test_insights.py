@@ -121,6 +121,9 @@ TIMELINES = [
     ("low-sm-activity", 30, 60, NO_HOST, _events(
         (10, "fired", "low_sm_activity", "warning", "gpu0"),
         (25, "cleared", "low_sm_activity", "warning", "gpu0"))),
+    ("large-egress", 30, 60, NO_HOST, _events(
+        (11, "fired", "large_egress", "info", "alice-train"),
+        (23, "cleared", "large_egress", "info", "alice-train"))),
     ("xid", 20, 60, NO_HOST, _events(
         (2, "fired", "xid_critical", "critical", "gpu0:xid79"),
         (6, "fired", "xid_critical", "warning", "gpu0:xid94"),

@@ -353,6 +353,13 @@ gpus:
       instances: [{{profile: 3g.20gb, start: 0}}, {{profile: 1g.5gb, start: 4}}]
 """
 
+def _claims(claims: str) -> str:
+    """A scenario with one pod container whose claims are ``claims``."""
+    return ("pods: [{namespace: n, name: p, uid: 5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b, "
+            f"containers: [{{name: c, id: {'a' * 64}, claims: {claims}}}]}}]\n"
+            "gpus: [{model: H200}]\n")
+
+
 INVALID = {
     "unknown top-level key": ("colour: red\ngpus: []\n", "colour"),
     "gpus missing": ("name: x\n", "gpus"),
@@ -539,6 +546,21 @@ INVALID = {
     "xid cycle past 64 bits": (
         f"gpus: [{{model: H200, xid_events: [{{cycle: {2**63}, code: 79}}]}}]\n",
         "gpus[0].xid_events[0].cycle"),
+    "claim naming no device": (_claims("[{name: g, devices: [gpu7]}]"),
+                               "pods[0].containers[0].claims[0].devices[0]"),
+    "claim without devices": (_claims("[{name: g, devices: []}]"),
+                              "pods[0].containers[0].claims[0].devices"),
+    "claim with an unknown key": (_claims("[{name: g, devices: [gpu0], pool: x}]"),
+                                  "pods[0].containers[0].claims[0].pool"),
+    "claims on a Docker container": (
+        f"containers: [{{id: {'a' * 64}, name: c, claims: []}}]\ngpus: []\n",
+        "containers[0].claims"),
+    "host_network not a boolean": (
+        f"containers: [{{id: {'a' * 64}, name: c, host_network: 1}}]\ngpus: []\n",
+        "containers[0].host_network"),
+    "negative network rate": (
+        f"containers: [{{id: {'a' * 64}, name: c, resources: {{network_tx_bytes_per_s: -1}}}}]"
+        "\ngpus: []\n", "containers[0].resources.network_tx_bytes_per_s"),
     "not a mapping": ("- just\n- a list\n", "(file)"),
     "empty file": ("", "(file)"),
     "yaml syntax error": ("gpus: [{model: H200\n", "(file)"),

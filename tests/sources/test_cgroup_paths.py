@@ -8,8 +8,11 @@ import pytest
 from otel_gpu.sources.cgroup import (
     CgroupReader,
     ContainerRef,
+    SlurmStep,
     container_from_cgroup_lines,
     parse_cgroup_path,
+    parse_slurm_path,
+    slurm_step_from_cgroup_lines,
 )
 
 CID = "3f2a9c1be0d74e55a0c6b1f2d3e4a5b6c7d8e9f00112233445566778899aabbc"
@@ -383,3 +386,47 @@ def _own_file_exists(lines: list[str], name: str) -> bool:
                 if os.path.exists(os.path.join(base, path.lstrip("/"), name)):
                     return True
     return False
+
+
+# -- Slurm --------------------------------------------------------------------------------------
+
+SLURM_PATHS = {
+    # cgroup/v2 plugin: slurmstepd.scope, the step's processes under user/task_<n>
+    "/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0": ("4242", "0"),
+    "/system.slice/slurmstepd.scope/job_4242/step_batch/user/task_0": ("4242", "batch"),
+    "/system.slice/slurmstepd.scope/job_4242/step_extern/user/task_special": ("4242", "extern"),
+    "/system.slice/slurmstepd.scope/job_4242/step_interactive": ("4242", "interactive"),
+    "/system.slice/node07_slurmstepd.scope/job_9/step_2/user/task_3": ("9", "2"),  # multi-slurmd
+    # cgroup/v1 plugins: /slurm/uid_<uid>/job_<id>/step_<step>[/task_<n>]
+    "/slurm/uid_1000/job_77/step_3/task_1": ("77", "3"),
+    "/slurm/uid_1000/job_77/step_0": ("77", "0"),
+    "/slurm_node07/uid_0/job_5/step_extern": ("5", "extern"),
+}
+NOT_SLURM = [
+    "/system.slice/slurmstepd.scope/job_4242",  # slurmstepd itself: no step
+    "/system.slice/slurmstepd.scope/system",
+    "/slurm/uid_1000/job_77",
+    "/user.slice/user-1000.slice/session-3.scope",
+    "/job_1/step_0",  # no slurm parent
+    "/system.slice/slurmd.service",
+    "/system.slice/slurmstepd.scope/job_x/step_0",
+    "/system.slice/slurmstepd.scope/job_1/step_weird",
+]
+
+
+@pytest.mark.parametrize(("path", "step"), SLURM_PATHS.items())
+def test_slurm_steps_from_the_paths_slurm_writes(path: str, step: tuple[str, str]) -> None:
+    assert parse_slurm_path(path) == SlurmStep(*step)
+    assert parse_cgroup_path(path) is None  # a job step is no container
+
+
+@pytest.mark.parametrize("path", NOT_SLURM)
+def test_paths_of_no_slurm_step(path: str) -> None:
+    assert parse_slurm_path(path) is None
+
+
+def test_slurm_step_from_hybrid_lines() -> None:
+    lines = ["12:memory:/slurm/uid_1000/job_77/step_3/task_1",
+             "5:devices:/slurm/uid_1000/job_77/step_3", "0::/"]
+    assert slurm_step_from_cgroup_lines(lines) == SlurmStep("77", "3")
+    assert slurm_step_from_cgroup_lines(["0::/init.scope", "garbage"]) is None

@@ -58,7 +58,8 @@ class OtlpReceiver:
     lower-cased header names (gRPC metadata or HTTP headers).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, grpc_port: int = 0) -> None:
+        self._grpc_port = grpc_port  # 0: any free port; a fixed one lets a test restart a peer
         self._cond = threading.Condition()
         self._metrics: list[ExportMetricsServiceRequest] = []
         self._traces: list[ExportTraceServiceRequest] = []
@@ -89,7 +90,7 @@ class OtlpReceiver:
         )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceServicer(self), server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), server)
-        grpc_port = server.add_insecure_port("127.0.0.1:0")
+        grpc_port = server.add_insecure_port(f"127.0.0.1:{self._grpc_port}")
         server.start()
         self._grpc_server = server
         self.grpc_endpoint = f"http://127.0.0.1:{grpc_port}"

@@ -74,6 +74,17 @@ def render_markdown(metrics: Iterable[Metric] = CATALOG) -> str:
         + "; MIG devices add `hw.parent` and `nvidia.gpu.mig.profile`.",
         "Ratios are 0..1. A value the hardware cannot give is absent, never 0.",
         "",
+        "Counters count from their series' start time, so that start time and value agree: a",
+        "counter whose source holds a lifetime total (energy since the driver loaded, ECC",
+        "errors, a container's or the host's CPU time, disk and network bytes) is exported as",
+        "what it counted since the agent first read it, which is the series' start time; its",
+        "first point is 0. Through cumulative_to_delta, or a Prometheus `rate()`, an agent",
+        "restart is a new start, never a lifetime total in one interval. When a new",
+        "MeterProvider generation starts (see the README, Series and cardinality), a counter",
+        "starts over with a new start time, its first point the increase over the last",
+        "interval. An int beyond int64 or a non-finite",
+        "float is dropped for its point alone and counted in `otel_gpu.collection.errors`.",
+        "",
         "Workload attributes, each present only when known: "
         + ", ".join(f"`{a}`" for a in WORKLOAD_ATTRIBUTES)
         + " (`process.owner` is the user name, or the numeric uid when it has none;"

@@ -155,7 +155,8 @@ GPUS.add(
     name="hw.energy",
     instrument=COUNTER,
     unit="J",
-    description="Energy used by the GPU since the driver was loaded.",
+    description="Energy used by the GPU since the series' start time (the driver counts it "
+                "since it loaded; the agent's first reading is the baseline).",
     attributes=HW_GPU,
     observe=_gpu_field("energy_joules", {"hw.type": "gpu"}),
     semconv=True,
@@ -210,7 +211,8 @@ def _fan(snap: Snapshot) -> Iterator[Point]:
     name="hw.errors",
     instrument=COUNTER,
     unit="{error}",
-    description="ECC memory errors over the GPU's life.",
+    description="ECC memory errors since the series' start time (the driver counts them "
+                "over the GPU's life; the agent's first reading is the baseline).",
     attributes=(*HW_GPU, "error.type"),
     semconv=True,
 )

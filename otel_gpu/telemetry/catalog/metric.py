@@ -30,7 +30,11 @@ CONTAINER_ATTRIBUTES = (
     "k8s.container.name",
     LABEL_TEMPLATE,
 )
-WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES)
+# On a device given through a Dynamic Resource Allocation claim: the claim and its driver.
+DRA_ATTRIBUTES = ("otel_gpu.k8s.resourceclaim.name", "otel_gpu.k8s.dra.driver.name")
+# A GPU process in no container but in a Slurm job step: the job and step, from its cgroup path.
+SLURM_ATTRIBUTES = ("otel_gpu.slurm.job.id", "otel_gpu.slurm.step.id")
+WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES, *SLURM_ATTRIBUTES)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,9 @@ def _collection_duration(snap: Snapshot) -> Iterator[Point]:
     name="otel_gpu.collection.errors",
     instrument=COUNTER,
     unit="{error}",
-    description="Failed reads since start, by source and error (NVML codes such as "
+    description="Failed reads, values no OTLP point can carry (value_out_of_range, "
+                "value_not_finite) and export failures (source export) since start, by source "
+                "and error (NVML codes such as "
     "NOT_SUPPORTED).",
     attributes=("otel_gpu.source", "error.type"),
 )

@@ -10,6 +10,7 @@ from otel_gpu.telemetry.catalog.gpu import all_devices
 from otel_gpu.telemetry.catalog.metric import (
     CONTAINER_ATTRIBUTES,
     COUNTER,
+    DRA_ATTRIBUTES,
     GAUGE,
     MIG_IDENTITY,
     UPDOWNCOUNTER,
@@ -77,7 +78,7 @@ WHO.add(
     unit="1",
     description="1 per device and container or pod that the runtime or the kubelet gave it, "
     "busy or idle.",
-    attributes=(*MIG_IDENTITY, *CONTAINER_ATTRIBUTES),
+    attributes=(*MIG_IDENTITY, *CONTAINER_ATTRIBUTES, *DRA_ATTRIBUTES),
 )
 def _assignments(snap: Snapshot) -> Iterator[Point]:
     if not snap.assignments:
@@ -223,4 +224,39 @@ CONTAINERS.add(
         "disk.io.direction", (("read", "disk_read_bytes"), ("write", "disk_write_bytes"))
     ),
     semconv=True,
+)
+
+
+def _container_network(kind: str) -> Observe:
+    def observe(snap: Snapshot) -> Iterator[Point]:
+        for usage in snap.containers:
+            net = usage.network
+            if net is not None:
+                yield getattr(net, f"rx_{kind}"), {**usage.attributes,
+                                                  "network.io.direction": "receive"}
+                yield getattr(net, f"tx_{kind}"), {**usage.attributes,
+                                                  "network.io.direction": "transmit"}
+
+    return observe
+
+
+CONTAINERS.add(
+    name="container.network.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes the container's network namespace received and sent, loopback aside "
+    "(from /proc/<pid>/net/dev of one of its processes); absent for a container on the host's "
+    "network.",
+    attributes=(*CONTAINER_ATTRIBUTES, "network.io.direction"),
+    observe=_container_network("bytes"),
+    semconv=True,
+)
+CONTAINERS.add(
+    name="otel_gpu.container.network.packets",
+    instrument=COUNTER,
+    unit="{packet}",
+    description="Packets the container's network namespace received and sent, loopback aside; "
+    "absent for a container on the host's network.",
+    attributes=(*CONTAINER_ATTRIBUTES, "network.io.direction"),
+    observe=_container_network("packets"),
 )
