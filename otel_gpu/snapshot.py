@@ -239,6 +239,8 @@ class Workload:
     processes: int
     memory_bytes: int | None  # None when NVML gave no process its memory
     sm_utilization: float | None = None  # sum of per-process samples; None on MIG
+    #: NVIDIA DALI (libdali) mapped by one of its processes; None when no process's maps were read
+    dali: bool | None = None
 
 
 OWNER_SOURCES = ("process", "docker.config.user", "proc.init", "k8s.run_as_user")
@@ -365,6 +367,7 @@ class TrainingSignals:
     data_wait_ratio: float | None  # data wait over step time across the recent steps
     steps: int
     attributes: Mapping[str, str] = field(default_factory=dict)
+    dali: bool | None = None  # nvidia.dali imported in the training process; None: not known
 
 
 

@@ -56,8 +56,8 @@ def _count(text: str) -> int:
 
 
 _SIMULATE_HELP = (
-    "use a simulated GPU server: a built-in name (dgx-a100, dgx-h100-mig, h200) or a scenario "
-    "file (YAML or JSON)"
+    "use a simulated GPU server: a built-in name (dgx-a100, dgx-h100-mig, h200, "
+    "dgx-station-a100) or a scenario file (YAML or JSON)"
 )
 
 
@@ -138,6 +138,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="check what this exporter needs too (repeatable)")
     doctor.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS",
                         help="limit for each network check (default 2)")
+    doctor.add_argument("--root", default="/", metavar="PATH",
+                        help="check the host tree mounted at PATH for the security checks "
+                             "(default /)")
     _add_usage(commands)
     return parser
 
@@ -258,8 +261,10 @@ def _watch_status(args: argparse.Namespace, options: dict[str, object]) -> int:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from otel_gpu.cli.doctor import print_report, run_checks
+    from otel_gpu.cli.doctor_security import run_security_checks
 
     results = run_checks(exporters=args.exporter or (), timeout_s=args.timeout)
+    results += run_security_checks(root=args.root, timeout_s=args.timeout)
     return print_report(results, args.format)
 
 

@@ -117,9 +117,12 @@ class _Group:
     processes: int = 0
     memory_bytes: int | None = None
     sm_utilization: float | None = None
+    dali: bool | None = None
 
-    def add(self, process: GpuProcess) -> None:
+    def add(self, process: GpuProcess, info: ProcessInfo | None = None) -> None:
         self.processes += 1
+        if info is not None and info.dali is not None:
+            self.dali = bool(self.dali) or info.dali
         if process.used_memory_bytes is not None:
             self.memory_bytes = (self.memory_bytes or 0) + process.used_memory_bytes
         if process.sm_utilization is not None:
@@ -393,7 +396,7 @@ class _Cycle:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group()
-            group.add(process)
+            group.add(process, info)
         self.a._forget_users(uids)
         workloads = tuple(
             Workload(
@@ -405,6 +408,7 @@ class _Cycle:
                 sm_utilization=None
                 if self.devices.mig.get(uuid, False) or group.sm_utilization is None
                 else min(group.sm_utilization, 1.0),
+                dali=group.dali,
             )
             for (uuid, attrs), group in groups.items()
         )

@@ -32,6 +32,7 @@ from otel_gpu.snapshot import (
     WARNING,
     Attributes,
     TrainingSignals,
+    Workload,
     cpu_rates,
     format_gib,
 )
@@ -61,12 +62,38 @@ def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
                 verdict,
                 f"The training loop is {degree} input-bound: {pct(ratio)} of step time "
                 "is spent waiting for the next batch.",
-                "Feed the device faster: more DataLoader workers, pin_memory and "
-                "prefetching, faster storage or caching, or preprocessing on the GPU.",
+                _data_wait_remedy(signal.dali, ratio),
                 t.data_wait_for_s,
             )
         return
     yield from _input_bound_from_cpu(window, t)
+
+
+# NVIDIA DALI's names for what sizes its pipeline: nvidia.dali.pipeline.Pipeline's num_threads
+# and prefetch_queue_depth, and the readers' device="mixed" decoding (DALI documentation).
+_DALI_PIPELINE = (
+    "look at the DALI pipeline: more reader threads (Pipeline num_threads), a deeper "
+    "prefetch_queue_depth, decoders on device='mixed', and the storage it reads from (a local "
+    "copy or cache of the dataset, fewer and larger files)."
+)
+
+
+def _data_wait_remedy(dali: bool | None, ratio: float) -> str:
+    if dali:
+        return "NVIDIA DALI is loaded, so decoding already runs on the GPU: " + _DALI_PIPELINE
+    remedy = ("Feed the device faster: more DataLoader workers, pin_memory and prefetching, "
+              "faster storage or caching, or preprocessing on the GPU.")
+    if dali is False:
+        remedy += (f" With {pct(ratio)} of step time waiting for data, NVIDIA DALI can take "
+                   "image or video decoding and augmentation off the CPU and onto the GPU.")
+    return remedy
+
+
+def _container_dali(snap_workloads: Sequence[Workload], cid: str) -> bool | None:
+    """Whether a GPU process of container ``cid`` maps DALI; None when none could be read."""
+    seen = [w.dali for w in snap_workloads
+            if w.attributes.get("container.id") == cid and w.dali is not None]
+    return any(seen) if seen else None
 
 
 def _steps_advanced(window: Sequence[Sample], signal: TrainingSignals) -> bool:
@@ -118,14 +145,23 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
             and cpu > t.input_bound_cpu_of_limit_clear
         ) else None
         limit = usage.resources.cpu_limit
+        dali = _container_dali(snap.workloads, cid)
+        if dali:
+            remedy = ("NVIDIA DALI is loaded here, so move its remaining CPU operators "
+                      "(device='cpu') to the GPU, and " + _DALI_PIPELINE)
+        else:
+            remedy = ("Give the container more CPUs, or do less on the CPU per batch (more "
+                      "efficient decoding, preprocessing on the GPU, cached datasets).")
+            if dali is False:
+                remedy += (" No GPU process here uses NVIDIA DALI, which decodes and augments "
+                           "images and video on the GPU, taking that work off the CPUs.")
         yield condition(
             key,
             usage.attributes,
             (raised, held),
             f"{cap(who(usage.attributes))} looks input-bound: its GPU activity "
             f"is {pct(activity)} while it uses {pct(cpu)} of its limit of {limit:g} CPUs.",
-            "Give the container more CPUs, or do less on the CPU per batch (more "
-            "efficient decoding, preprocessing on the GPU, cached datasets).",
+            remedy,
             t.input_bound_for_s,
         )
 

@@ -29,7 +29,7 @@ from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
 from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task
 from otel_gpu.session.providers import retired, session_providers
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
-from otel_gpu.session.steps import StepBuffer
+from otel_gpu.session.steps import StepBuffer, dali_loaded
 from otel_gpu.session.summary import LoopFigures, render, summary_enabled
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog
@@ -266,7 +266,8 @@ def _start_export_child(request: Request) -> Session:
                               dict(base.attributes), base.schema_url or "", request.detect,
                               request.thresholds, request.attributes)
     child = CollectorChild(Task(Role.EXPORT, settings),
-                           feed=lambda: StepReport(buffer.drain(), errors.take_errors()))
+                           feed=lambda: StepReport(buffer.drain(), errors.take_errors(),
+                                                   dali_loaded()))
     ready = child.ready
     if ready.note:
         log.info("otel-gpu: %s", ready.note)

@@ -157,6 +157,7 @@ class TrainingFeed:
         self._attributes = dict(run_attributes)
         self.steps = carried.steps if carried is not None else 0
         self._ratio: float | None = None
+        self._dali: bool | None = None
         self.dropped_steps = 0
 
     def put(self, report: Any) -> None:
@@ -164,6 +165,8 @@ class TrainingFeed:
             return
         with self._lock:
             self._errors.extend(e for e in report.errors if isinstance(e, SourceError))
+            if isinstance(report.dali, bool):
+                self._dali = report.dali
         if isinstance(report.steps, StepBatch):
             self._record(report.steps)
 
@@ -191,7 +194,7 @@ class TrainingFeed:
 
     def read(self) -> TrainingSignals:
         with self._lock:
-            return TrainingSignals(self._ratio, self.steps, self._attributes)
+            return TrainingSignals(self._ratio, self.steps, self._attributes, self._dali)
 
     def take_errors(self) -> list[SourceError]:
         with self._lock:

@@ -21,6 +21,7 @@ from otel_gpu.session.protocol import Role, SourceSettings, Task
 from otel_gpu.session.providers import Providers, insight_logger_provider, session_providers
 from otel_gpu.session.recorder import RunRecorder
 from otel_gpu.session.scope import ScopedCache, rank_devices
+from otel_gpu.session.steps import dali_loaded
 from otel_gpu.session.tracker import TrainingTracker
 from otel_gpu.snapshot import ErrorLog, Snapshot, TrainingSignals
 from otel_gpu.sources.identity import detect_self
@@ -101,7 +102,7 @@ def start_in_process(request: Request, *, child: bool) -> InProcess:
         run_attributes = dict(request.attributes)
         collector.add_error_source(tracker.take_errors)
         collector.add_training_source(lambda: TrainingSignals(
-            tracker.data_wait_ratio, tracker.steps, run_attributes))
+            tracker.data_wait_ratio, tracker.steps, run_attributes, dali_loaded()))
         logger_provider, owns_logger = insight_logger_provider(
             resource, otlp=lambda name: guarded_otlp("logs", backend, name))
         devices, host = rank_devices()

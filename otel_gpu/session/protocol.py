@@ -114,6 +114,7 @@ class StepReport:
 
     steps: StepBatch | None
     errors: tuple[SourceError, ...] = ()
+    dali: bool | None = None  # nvidia.dali imported in the training process
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ attributes, the trace and span ids of exemplars) is the same.
 
 from __future__ import annotations
 
+import sys
 import threading
 from array import array
 from collections import deque
@@ -153,3 +154,9 @@ def replay(batch: StepBatch, instruments: TrainingInstruments) -> None:
             batch.step_ns, batch.wait_ns, batch.ratio, batch.samples, strict=True)):
         instruments.record(step_ns, wait_ns, ratio, samples or None, attributes,
                            contexts.get(k))
+
+
+def dali_loaded() -> bool:
+    """Whether NVIDIA DALI's Python package is imported in this process (a dict lookup: cheap
+    enough for every report)."""
+    return "nvidia.dali" in sys.modules

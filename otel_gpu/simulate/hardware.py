@@ -16,6 +16,10 @@ Sources for the figures (see the project's research notes on GPU anchors, sectio
   ``nvml-mock`` profiles for A100 and H100 (mock profiles, not spec sheets); H200 reuses the H100
   figures where no source gives its own. Video clocks and idle clocks other than the A100's SM
   clock are approximate.
+- DGX Display: the DGX Station A100 User Guide lists a 4 GB display adapter beside its four
+  A100-SXM4-80GB GPUs, and ``nvidia-smi`` on that system names it "DGX Display". Its other
+  figures (SMs, clocks, power) are published nowhere we could find: the values below are a
+  stand-in for a small non-MIG GPU, not measurements.
 """
 
 from __future__ import annotations
@@ -228,8 +232,26 @@ H200_141GB = GpuModel(
     ),
 )
 
+DGX_DISPLAY = GpuModel(
+    key="DGX-Display",
+    nvml_name="DGX Display",
+    architecture=_AMPERE,
+    memory_total_bytes=4096 * MIB,
+    sm_count=16,
+    power_limit_watts=50.0,
+    idle_power_watts=8.0,
+    idle_temperature_celsius=35.0,
+    max_clocks=Clocks(graphics=1500, sm=1500, memory=5001, video=1350),
+    idle_clocks=Clocks(graphics=300, sm=300, memory=405, video=540),
+    has_fan=True,
+    gpm_supported=False,
+    mig_profiles=(),
+    nvlinks=0,
+)
+
 MODELS: dict[str, GpuModel] = {
-    model.key: model for model in (A100_SXM4_40GB, A100_SXM4_80GB, H100_SXM5_80GB, H200_141GB)
+    model.key: model
+    for model in (A100_SXM4_40GB, A100_SXM4_80GB, H100_SXM5_80GB, H200_141GB, DGX_DISPLAY)
 }
 ALIASES: dict[str, str] = {"H200": "H200-141GB"}
 

@@ -414,6 +414,11 @@ class GpuChecks(Checks):
             running=True
             if "running" not in raw
             else self.optional(raw, key, "running", self.boolean),
+            libraries=tuple(
+                self.string(name, f"{key}.libraries[{k}]")
+                for k, name in enumerate(self.list_of(raw.get("libraries", []),
+                                                      f"{key}.libraries"))
+            ),
         )
 
     def check_unique_uuids(self, gpus: tuple[GpuSpec, ...]) -> None:

@@ -209,6 +209,7 @@ class ProcessSpec:
     memory_utilization: Varying = None
     mig_instance: int | None = None
     running: Varying = True
+    libraries: tuple[str, ...] = ()  # shared objects its /proc/<pid>/maps lists, e.g. libdali.so
 
 
 @dataclass(frozen=True)

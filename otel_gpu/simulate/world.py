@@ -386,6 +386,23 @@ def _write_process(proc_root: str, process: ProcessSpec) -> None:
     )
     _write(os.path.join(base, "cgroup"), process.cgroup + "\n")
     _write(os.path.join(base, "cmdline"), "\0".join(process.cmdline) + "\0")
+    _write(os.path.join(base, "maps"), _maps(process.libraries))
+
+
+_SITE = "/usr/local/lib/python3.10/dist-packages"
+
+
+def _maps(libraries: tuple[str, ...]) -> str:
+    """``/proc/<pid>/maps`` in proc_pid_maps(5)'s layout: the interpreter, libc, and the given
+    shared objects (a bare name is placed where pip puts a wheel's libraries)."""
+    paths = ["/usr/bin/python3.10", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+             *(lib if "/" in lib else f"{_SITE}/{lib.split('.', 1)[0]}/{lib}" for lib in libraries)]
+    lines = []
+    for n, path in enumerate(paths):
+        start = 0x7F0000000000 + n * 0x200000
+        lines.append(f"{start:x}-{start + 0x1FF000:x} r-xp 00000000 08:01 {4000 + n:<9d}"
+                     f"          {path}")
+    return "\n".join(lines) + "\n"
 
 
 def _escaped(comm: str) -> str:

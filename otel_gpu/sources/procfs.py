@@ -1,9 +1,12 @@
 """Host processes from /proc: owner uid, command name, start time and cgroup lines.
 
-Only ``stat``, ``status`` and ``cgroup`` are read, all world-readable; command lines and
-environments are never read. A process may exit between being listed and being read: that gives
-None, not an error. Under ``hidepid=`` mounts other users' files fail with PermissionError: the
-reader then returns what it could read (``complete=False``) and records the failure.
+Only ``stat``, ``status`` and ``cgroup`` are read, all world-readable, and ``maps``, once per
+process, to tell whether it has NVIDIA DALI's library (``libdali``) mapped; command lines and
+environments are never read. ``maps`` needs ptrace-read access (root, or the process's owner);
+where it is refused, ``dali`` is None and the refusal is recorded. A process may exit between
+being listed and being read: that gives None, not an error. Under ``hidepid=`` mounts other
+users' files fail with PermissionError: the reader then returns what it could read
+(``complete=False``) and records the failure.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
+# A PyTorch process maps a few thousand regions (~150 bytes a line); libdali comes in with
+# nvidia.dali's import, early, so a long tail of later mappings is not needed to see it.
+_MAX_MAPS_BYTES = 4 << 20
+_DALI = b"/libdali"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class ProcessInfo:
     uid: int | None  # real uid, from the Uid: line of /proc/<pid>/status
     cgroup_lines: tuple[str, ...]  # /proc/<pid>/cgroup as the reader's cgroup namespace shows it
     complete: bool = True  # False when a file could not be read (permission)
+    dali: bool | None = None  # libdali in /proc/<pid>/maps; None when maps could not be read
 
 
 class _Gone(Exception):
@@ -94,6 +102,7 @@ class ProcfsReader(ErrorLog):
             uid=parse_uid(status) if status is not None else None,
             cgroup_lines=tuple(cgroup.splitlines()) if cgroup is not None else (),
             complete=None not in (stat, status, cgroup),
+            dali=self._dali(pid),
         )
         if status is not None and info.uid is None:
             self.record("status", "Malformed")
@@ -102,6 +111,18 @@ class ProcfsReader(ErrorLog):
         else:
             self._cache.pop(pid, None)
         return info
+
+    def _dali(self, pid: int) -> bool | None:
+        """Whether the process maps libdali. Read once per process: the cache keeps the answer
+        for as long as the (pid, start time) lives."""
+        path = os.path.join(self.root, str(pid), "maps")
+        try:
+            return _DALI in read_bytes(path, _MAX_MAPS_BYTES)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except OSError as e:
+            self.record("maps", type(e).__name__)
+            return None
 
     def _file(self, pid: int, name: str) -> str | None:
         path = os.path.join(self.root, str(pid), name)

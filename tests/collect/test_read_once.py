@@ -66,12 +66,12 @@ def test_steady_state_reads_each_file_once_per_cycle(reads) -> None:
     assert sum(w.processes for w in first.workloads) == CONTAINERS * PER_CONTAINER
     cold = Counter(os.path.basename(f) for source, f in seen if source == "procfs")
     n = CONTAINERS * PER_CONTAINER
-    assert cold == {"stat": n, "status": n, "cgroup": n}
+    assert cold == {"stat": n, "status": n, "cgroup": n, "maps": n}  # maps: is DALI loaded
 
     seen.clear()
     second = collector.collect()
     proc = Counter(os.path.basename(f) for source, f in seen if source == "procfs")
-    assert proc == {"stat": n}  # uid and cgroup kept by start time
+    assert proc == {"stat": n}  # uid, cgroup and DALI kept by start time
     files = [f for source, f in seen if source == "cgroup"]
     assert len(files) == len(set(files))  # no cgroup file read twice in a cycle
     by_container = Counter(os.path.dirname(f) for f in files)

@@ -463,9 +463,16 @@ def test_agent_sends_one_log_record_per_state_change(tmp_path: Path, protocol: s
 # -- the library ---------------------------------------------------------------------------------
 
 
-def test_the_library_feeds_training_signals_to_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dali", [False, True])
+def test_the_library_feeds_training_signals_to_the_rules(monkeypatch: pytest.MonkeyPatch,
+                                                        dali: bool) -> None:
+    import types
+
     from otel_gpu.session.api import start, stop
 
+    monkeypatch.delitem(sys.modules, "nvidia.dali", raising=False)
+    if dali:  # what `import nvidia.dali` leaves behind, as far as the session looks
+        monkeypatch.setitem(sys.modules, "nvidia.dali", types.ModuleType("nvidia.dali"))
     monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
 
@@ -492,6 +499,8 @@ def test_the_library_feeds_training_signals_to_the_rules(monkeypatch: pytest.Mon
     assert insight.attributes == {"otel_gpu.training.run": "r7"}
     assert "waiting for the next batch" in insight.message
     assert fired_at is not None and fired_at >= 3  # 5 min of 100 s cycles
+    assert ("NVIDIA DALI is loaded" in insight.remedy) is dali
+    assert ("NVIDIA DALI can take" in insight.remedy) is not dali
 
 
 def test_a_rank_reports_the_insights_of_its_devices_and_the_host_rank_the_rest() -> None:
@@ -522,3 +531,58 @@ def test_gpu_lost_clears_on_the_first_cycle_the_gpu_answers() -> None:
         events += [(k, "cleared") for i in update.cleared if i.rule == "gpu_lost"]
     assert events == [(1, "fired"), (3, "cleared")]  # not 60 s (the grace period) later
     assert not engine.active
+
+
+# -- input_bound and NVIDIA DALI ------------------------------------------------------------------
+
+
+def _input_bound_scenario(tmp_path: Path, libraries: list[str] | None) -> Path:
+    text = (SCENARIOS / "input-bound.yaml").read_text()
+    if libraries is not None:
+        text = text.replace("        used_memory_bytes: 21474836480\n",
+                            "        used_memory_bytes: 21474836480\n"
+                            f"        libraries: {json.dumps(libraries)}\n")
+    path = tmp_path / "input-bound-dali.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_cpu_bound_without_dali_suggests_it(tmp_path: Path) -> None:
+    scenario = _input_bound_scenario(tmp_path, ["libtorch_cuda.so"])
+    _, snapshots = run_timeline(scenario, 12, 60, NO_HOST)
+    assert [w.dali for w in snapshots[-1].workloads] == [False]
+    (insight,) = snapshots[-1].insights
+    assert insight.rule == "input_bound"
+    assert "Give the container more CPUs" in insight.remedy
+    assert "No GPU process here uses NVIDIA DALI" in insight.remedy
+
+
+def test_cpu_bound_with_dali_points_at_the_pipeline(tmp_path: Path) -> None:
+    scenario = _input_bound_scenario(tmp_path, ["libdali.so", "libdali_operators.so"])
+    _, snapshots = run_timeline(scenario, 12, 60, NO_HOST)
+    assert [w.dali for w in snapshots[-1].workloads] == [True]
+    (insight,) = snapshots[-1].insights
+    assert insight.rule == "input_bound"
+    assert "DALI pipeline" in insight.remedy and "prefetch_queue_depth" in insight.remedy
+    assert "more CPUs" not in insight.remedy and "No GPU process" not in insight.remedy
+
+
+@pytest.mark.parametrize(("dali", "present", "absent"), [
+    (False, ["DataLoader workers", "30 % of step time waiting for data, NVIDIA DALI"],
+     ["DALI pipeline"]),
+    (True, ["NVIDIA DALI is loaded", "num_threads", "storage"], ["DataLoader"]),
+    (None, ["DataLoader workers"], ["DALI"]),
+])
+def test_data_wait_remedy_follows_dali_in_the_training_process(
+    dali: bool | None, present: list[str], absent: list[str]
+) -> None:
+    def signals(cycle: int) -> TrainingSignals:
+        return TrainingSignals(0.3, steps=100 * (cycle + 1), attributes={"run": "r1"}, dali=dali)
+
+    _, snapshots = run_timeline(SCENARIOS / "input-bound.yaml", 7, 60, NO_HOST, training=signals)
+    (insight,) = snapshots[-1].insights
+    assert insight.rule == "input_bound" and "30 %" in insight.message
+    for text in present:
+        assert text in insight.remedy
+    for text in absent:
+        assert text not in insight.remedy

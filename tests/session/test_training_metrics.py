@@ -238,6 +238,10 @@ def test_the_collector_process_side_records_batches_and_counts_overflow() -> Non
     assert telemetry.metrics()[STEPS][0].value == 2
     # The training signals the insight rules read are derived from the steps received.
     assert box.read() == TrainingSignals(0.25, 2, {"run": "b"})
+    # Whether the training process imported nvidia.dali comes with its reports, and stays.
+    box.put(StepReport(None, (), dali=True))
+    box.put(StepReport(None))
+    assert box.read() == TrainingSignals(0.25, 2, {"run": "b"}, dali=True)
 
 
 def test_a_step_the_buffer_cannot_hold_is_a_counted_failure_not_a_crash() -> None:

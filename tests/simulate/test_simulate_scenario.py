@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from runner import points_named, snapshot_json
 
 from otel_gpu.simulate import SimulatedServer, load_scenario
 from otel_gpu.simulate.hardware import MODELS, find_model, gpu_instance_id
@@ -40,8 +41,30 @@ def test_builtins_load() -> None:
     assert len(h200.gpus[0].processes) == 1
 
 
+def test_dgx_station_a100_loads_with_its_display_gpu() -> None:
+    station = load_scenario("dgx-station-a100")
+    assert [g.model.key for g in station.gpus] == ["A100-SXM4-80GB"] * 4 + ["DGX-Display"]
+    assert [g.mig is not None for g in station.gpus] == [True, False, False, False, False]
+    display = station.gpus[4].model
+    assert display.mig_profiles == () and display.nvlinks == 0
+    assert station.containers and not station.pods
+
+
+def test_dgx_station_a100_snapshot_attributes_docker_users() -> None:
+    doc = snapshot_json("--simulate", "dgx-station-a100")
+    models = {p["attributes"]["hw.name"]: p["attributes"]["hw.model"]
+              for p in points_named(doc, "hw.gpu.utilization")}
+    assert models["gpu4"] == "DGX Display"
+    users = {
+        (a["hw.name"], a["container.name"], a["process.owner"])
+        for a in (p["attributes"] for p in points_named(doc, "otel_gpu.workload.gpu.processes"))
+    }
+    assert ("gpu0/mig0", "bob-finetune", "bob") in users
+    assert {("gpu1", "alice-train", "alice"), ("gpu2", "alice-train", "alice")} <= users
+
+
 def test_healthy_builtins_are_healthy() -> None:
-    for name in ("dgx-a100", "dgx-h100-mig", "h200"):
+    for name in ("dgx-a100", "dgx-h100-mig", "h200", "dgx-station-a100"):
         scenario = load_scenario(name)
         for gpu in scenario.gpus:
             assert gpu.faults == () and gpu.xid_events == ()

@@ -167,7 +167,46 @@ def test_never_reads_cmdline_or_environ(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(procfs, "read_bytes", spy)
     ProcfsReader(str(tmp_path)).read_many([8])
-    assert sorted(opened) == ["cgroup", "stat", "status"]
+    assert sorted(opened) == ["cgroup", "maps", "stat", "status"]
+
+
+_MAPS = (
+    "55d0c2a00000-55d0c2b00000 r-xp 00000000 08:01 131090     /usr/bin/python3.10\n"
+    "7f3a10000000-7f3a10200000 r-xp 00000000 08:01 262211     "
+    "/usr/lib/x86_64-linux-gnu/libc.so.6\n"
+)
+_DALI_LINE = ("7f3a20000000-7f3a28000000 r-xp 00000000 08:01 393300     "
+              "/usr/local/lib/python3.10/dist-packages/nvidia/dali/libdali.so\n")
+
+
+@pytest.mark.parametrize(("maps", "dali"), [(_MAPS, False), (_MAPS + _DALI_LINE, True),
+                                            ("", False)])
+def test_dali_from_maps(tmp_path: Path, maps: str, dali: bool) -> None:
+    (_proc(tmp_path, 9) / "maps").write_text(maps)
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(9)
+    assert info is not None and info.dali is dali and info.complete
+    assert reader.take_errors() == ()
+
+
+def test_dali_is_read_once_per_process(tmp_path: Path) -> None:
+    d = _proc(tmp_path, 10)
+    (d / "maps").write_text(_MAPS + _DALI_LINE)
+    reader = ProcfsReader(str(tmp_path))
+    assert reader.read(10).dali is True  # type: ignore[union-attr]
+    (d / "maps").write_text(_MAPS)
+    assert reader.read(10).dali is True  # type: ignore[union-attr]
+    (d / "stat").write_text(_stat(10, "python", 2000))  # the pid reused by a new process
+    assert reader.read(10).dali is False  # type: ignore[union-attr]
+
+
+def test_unreadable_maps_is_unknown_and_recorded(tmp_path: Path) -> None:
+    (_proc(tmp_path, 11) / "maps").mkdir()  # read() fails as a refused maps would
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(11)
+    assert info is not None and info.dali is None and info.complete
+    assert [(e.call, e.error_type) for e in reader.take_errors()] == [
+        ("maps", "IsADirectoryError")]
 
 
 def test_real_proc_self_and_child() -> None:
@@ -175,6 +214,7 @@ def test_real_proc_self_and_child() -> None:
     me = reader.read(os.getpid())
     assert me is not None and me.complete
     assert me.uid == os.getuid()
+    assert me.dali is ("nvidia.dali" in sys.modules)
     assert me.start_time_ticks is not None and me.start_time_ticks > 0
     with open("/proc/self/cgroup") as f:
         assert me.cgroup_lines == tuple(f.read().splitlines())
