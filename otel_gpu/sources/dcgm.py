@@ -51,8 +51,8 @@ WATCH_KEEP_AGE_S = 30.0
 # (DCGM 2.1 and later): GR_ENGINE_ACTIVE 1001, SM_ACTIVE 1002, SM_OCCUPANCY 1003,
 # PIPE_TENSOR_ACTIVE 1004, DRAM_ACTIVE 1005, PCIE_TX_BYTES 1009, PCIE_RX_BYTES 1010,
 # NVLINK_TX_BYTES 1011, NVLINK_RX_BYTES 1012 (ratios 0..1; the byte fields in bytes per second).
-# The ids were written from the DCGM documentation and could not be checked against an installed
-# DCGM here; the adapter looks every field up by name in the installed dcgm_fields.
+# The ids match NVIDIA DCGM's testing/python3/dcgm_fields.py ("Profiling Fields"); no DCGM was
+# installed here, and the adapter looks every field up by name in the installed dcgm_fields.
 PROFILING_FIELDS: dict[str, str] = {
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "graphics_engine_active",
     "DCGM_FI_PROF_SM_ACTIVE": "sm_active",
