@@ -24,8 +24,9 @@ host engine that went away does.
 Constants follow DCGM's bindings by name. FACT (dcgm_fields.py, dcgm_structs.py; written from
 DCGM's documentation and headers, not checked against an installed DCGM here): entity groups
 DCGM_FE_GPU 1, DCGM_FE_GPU_I 4, DCGM_FE_GPU_CI 5; profiling field ids 1001-1012 as listed in
-``otel_gpu.sources.dcgm`` (those checked against DCGM's dcgm_fields.py); status codes below. The adapter looks every constant up by name, so a
-number that differs from a real install here cannot hide a bug in it.
+``otel_gpu.sources.dcgm`` (those checked against DCGM's dcgm_fields.py); status codes below.
+The adapter looks every constant up by name, so a number that differs from a real install here
+cannot hide a bug in it.
 """
 
 from __future__ import annotations
