@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +25,12 @@ def write_scenario(tmp_path: Path):
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    """A directory for Unix sockets: AF_UNIX (and gRPC's unix: targets) limit a socket's path to
+    about 107 bytes, which pytest's ``tmp_path`` can exceed."""
+    path = tempfile.mkdtemp(prefix="og-sock-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

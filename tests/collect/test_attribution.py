@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -331,12 +328,6 @@ def test_hostile_container_names_and_labels_are_cleaned() -> None:
 
 # -- in-process: the join's edges ----------------------------------------------------------------
 
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="og-attr-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 MIXED = {

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
+from clock import Clock
 
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.sources._text import MAX_TEXT, clean_text
@@ -20,20 +18,6 @@ GPU0 = "GPU-8f2c1d3e-0000-1111-2222-333344445555"
 MIG = "MIG-1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    path = tempfile.mkdtemp(prefix="og-docker-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _errors(client: DockerClient) -> list[str]:

@@ -4,12 +4,11 @@ import json
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clock import Clock
 
 from otel_gpu.simulate.kubelet_api import serve_pod_list, serve_pod_resources
 from otel_gpu.sources.kubelet import (
@@ -66,20 +65,6 @@ PODS = [
 ]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # gRPC and AF_UNIX limit socket paths to about 107 bytes; pytest's tmp_path can be longer.
-    path = tempfile.mkdtemp(prefix="og-kubelet-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _errors(client: PodResourcesClient | PodListClient) -> list[tuple[str, str]]:

@@ -4,10 +4,6 @@ by a real gRPC server and read by the production client."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-
 import pytest
 
 from otel_gpu.simulate.kubelet_api import list_response, serve_pod_resources
@@ -66,12 +62,6 @@ def _response() -> bytes:
     pod = _field(1, "bob-job-0") + _field(2, "research") + _field(3, container)
     return _field(1, pod)
 
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="og-dra-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_claims_read_off_the_wire_layout(sock_dir: str) -> None:

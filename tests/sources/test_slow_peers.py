@@ -3,14 +3,12 @@ however deep or strange, makes a client raise."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
+from clock import Clock
 
 from otel_gpu.simulate.docker_api import serve_docker_api
 from otel_gpu.simulate.kubelet_api import serve_pod_list, serve_pod_resources
@@ -23,13 +21,6 @@ DEADLINE_S = 0.5
 SLACK_S = 1.5  # scheduling on a loaded machine; a trickled answer would take 10 s or more
 BYTE_EVERY_S = 0.05  # well inside the per-operation timeout of 1 s
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TricklingServer:
@@ -75,12 +66,6 @@ class TricklingServer:
         self._thread.join()
         self.sock.close()
 
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="og-slow-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_trickling_docker_daemon_costs_at_most_the_deadline(sock_dir: str) -> None:
