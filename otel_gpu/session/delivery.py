@@ -16,47 +16,32 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_gpu.config import ConfigError, otlp_target
 from otel_gpu.telemetry.providers import OTLP_NAMES, otlp_exporter, otlp_protocol
 
 log = logging.getLogger("otel_gpu")
 
 PROBE_TIMEOUT_S = 0.5
 
-_DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
-
-
-def otlp_address(signal: str, protocol: str, environ: dict[str, str] | None = None
+def otlp_address(signal: str, protocol: str, environ: Mapping[str, str] | None = None
                  ) -> tuple[str, int] | None:
-    """The host and port the OTLP exporter of ``signal`` connects to, from the standard
-    variables (the per-signal endpoint, else ``OTEL_EXPORTER_OTLP_ENDPOINT``, else localhost on
-    the protocol's default port, 4317 for gRPC and 4318 for HTTP, as the OTLP exporter
-    specification gives them); None for an address that is not host and port (a Unix socket)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or \
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
-    default_port = _DEFAULT_PORTS.get(protocol, 4317)
-    if not raw.strip():
-        return "localhost", default_port
-    text = raw.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
+    """The host and port the OTLP exporter of ``signal`` connects to over ``protocol``, by the
+    endpoint rules of ``otel_gpu.config.otlp_target``; None for an address that is not host and
+    port (a Unix socket) or an endpoint the exporter cannot use either."""
+    env = dict(os.environ if environ is None else environ)
+    env[f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL"] = protocol
     try:
-        port = parts.port
-    except ValueError:
+        target = otlp_target(env, signal)
+    except ConfigError:
         return None
-    if port is None:
-        port = default_port if protocol == "grpc" else (443 if parts.scheme == "https" else 80)
-    return parts.hostname, port
+    return (target.host, target.port) if target.port else None
 
 
 def _accepts(address: tuple[str, int]) -> bool:

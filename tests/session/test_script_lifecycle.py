@@ -70,6 +70,9 @@ def test_the_otlp_address_is_the_exporters() -> None:
     assert otlp_address("metrics", "grpc", {"OTEL_EXPORTER_OTLP_ENDPOINT": "gw:55"}) == \
         ("gw", 55)
     assert otlp_address("metrics", "grpc", {"OTEL_EXPORTER_OTLP_ENDPOINT": "unix:///s"}) is None
+    # a gRPC target without a port is port 443, as the exporter (and otel-gpu doctor) reads it
+    assert otlp_address("metrics", "grpc", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://gw"}) == \
+        ("gw", 443)
 
 
 def test_nothing_listening_is_one_failed_delivery_and_one_line(caplog: object) -> None:
