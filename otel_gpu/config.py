@@ -205,6 +205,24 @@ def kubelet_insecure(environ: Mapping[str, str] | None = None) -> bool:
     return env_flag("OTEL_GPU_KUBELET_INSECURE", environ)
 
 
+def scan_interval_s(name: str, default_s: float, environ: Mapping[str, str] | None = None) -> float:
+    """A slow scan's cadence in seconds from variable ``name`` (``0``: the scan is off)."""
+    raw = _env(environ).get(name, "").strip()
+    if not raw:
+        return default_s
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}: expected a number of seconds >= 0 (0: off), got {raw!r}")
+    return value
+
+
+DISK_INTERVAL = "OTEL_GPU_DISK_INTERVAL"  # writable layers, default 300 s
+ENVIRONMENT_INTERVAL = "OTEL_GPU_ENVIRONMENT_INTERVAL"  # duplicated environments, default 1800 s
+
+
 class QueryApi(NamedTuple):
     """A Prometheus-compatible query API (Prometheus, Mimir) and the headers it wants."""
 

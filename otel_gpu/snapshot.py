@@ -277,12 +277,50 @@ class ContainerNetwork:
 
 
 @dataclass(frozen=True)
+class ContainerStorage:
+    """A container's own disk and shared memory; None where it could not be read.
+
+    The writable layer is sampled on a slow cadence (asking its size costs the runtime a walk of
+    the layer): ``writable_sampled_at`` is the Snapshot time of the sample shown, and
+    ``writable_growth_bytes_per_s`` its growth over the samples of the last hour.
+    """
+
+    writable_bytes: int | None = None  # Docker SizeRw; the kubelet's container rootfs.usedBytes
+    writable_sampled_at: float | None = None
+    writable_growth_bytes_per_s: float | None = None  # None: fewer than two samples yet
+    pod_ephemeral_bytes: int | None = None  # the kubelet's pod ephemeral-storage.usedBytes
+    shm_size_bytes: int | None = None  # /dev/shm as the container sees it (statvfs)
+    shm_used_bytes: int | None = None
+    shm_configured_bytes: int | None = None  # Docker HostConfig.ShmSize
+    ipc_host: bool | None = None  # Docker HostConfig.IpcMode "host": the host's /dev/shm
+    data_workers: int | None = None  # DataLoader workers under its GPU process; None: not known
+
+
+@dataclass(frozen=True)
 class ContainerUsage:
     """The cgroup of a container that holds a GPU process or was given a device."""
 
     attributes: dict[str, str]  # container.* and k8s.* attributes, as on its workloads
     resources: ContainerResources
     network: ContainerNetwork | None = None  # None: on the host's network, or no process seen
+    storage: ContainerStorage | None = None
+
+
+@dataclass(frozen=True)
+class SharedEnvironment:
+    """One conda or pip environment found, file for file by its package listing, in several
+    containers. ``copies`` counts the containers' distinct images (containers of one image share
+    its layers on disk); ``size_bytes`` is one copy's, at least that when ``size_complete`` is
+    False (the walk stopped at its bound)."""
+
+    kind: str  # conda or pip
+    path: str  # where it sits in the containers, e.g. /opt/conda
+    digest: str  # of the sorted package listing
+    packages: int
+    containers: tuple[dict[str, str], ...]  # the attributes of each container carrying it
+    copies: int
+    size_bytes: int | None = None
+    size_complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -321,6 +359,7 @@ class Snapshot:
     containers: tuple[ContainerUsage, ...] = ()
     insights: tuple[Insight, ...] = ()  # active insights after this cycle
     accounts: tuple[WorkloadAccount, ...] = ()  # cumulative, since the agent started
+    environments: tuple[SharedEnvironment, ...] = ()  # found in two or more containers
 
 
 Attributes = dict[str, str | int | float | bool]

@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from otel_gpu.collect.container_reads import shared_environments, with_networks, with_storage
 from otel_gpu.snapshot import (
     ContainerUsage,
     DeviceAssignment,
     Gpu,
     GpuProcess,
+    SharedEnvironment,
     SourceError,
     Workload,
     each_device,
@@ -41,7 +43,9 @@ from otel_gpu.sources.cgroup import (
     pod_container_paths,
     slurm_step_from_cgroup_lines,
 )
+from otel_gpu.sources.container_disk import ContainerDiskReader
 from otel_gpu.sources.docker import ContainerMeta, DockerClient
+from otel_gpu.sources.environments import EnvironmentScanner
 from otel_gpu.sources.kubelet import (
     KubeletPod,
     PodContainer,
@@ -83,6 +87,7 @@ class Attribution:
     containers: tuple[ContainerUsage, ...] = ()
     errors: tuple[SourceError, ...] = ()
     durations_s: dict[str, float] = field(default_factory=dict)
+    environments: tuple[SharedEnvironment, ...] = ()
 
 
 @dataclass
@@ -145,6 +150,8 @@ class Attributor:
         pod_list: PodListClient | None = None,
         *,
         network: NetnsReader | None = None,
+        disk: ContainerDiskReader | None = None,
+        environments: EnvironmentScanner | None = None,
         user_name: UserLookup = passwd_user_name,
         user_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -155,6 +162,8 @@ class Attributor:
         self.pod_resources = pod_resources
         self.pod_list = pod_list
         self.network = network
+        self.disk = disk
+        self.environments = environments
         self._user_name = user_name
         self._user_ttl_s = user_ttl_s
         self._clock = clock
@@ -248,9 +257,18 @@ class _Cycle:
             "cgroup", self.a.cgroup, lambda: self._container_usage(cgroups), ()
         )
         pids = {cid: info.pid for cid, info in {**inits, **holders}.items()}
+        network, disk, envs = self.a.network, self.a.disk, self.a.environments
         containers = self._timed(
-            "procfs", self.a.network, lambda: self._networks(containers, pids), containers
+            "procfs", network, lambda: with_networks(network, containers, pids), containers
         )
+        pods = {cid: (pod.namespace, pod.name, c.name) for cid, (pod, c) in
+                self.by_container.items()}
+        containers = self._timed("disk", disk, lambda: with_storage(
+            disk, containers, pids, set(holders), self.metas, pods), containers)
+        images = {cid: c.image_id for cid, (_, c) in self.by_container.items() if c.image_id}
+        images |= {cid: m.image_id for cid, m in self.metas.items() if m.image_id}
+        environments = self._timed("environments", envs, lambda: shared_environments(
+            envs, containers, pids, images), ())
         assignments = tuple(self._owned(a, infos, inits) for a in assignments)
         return Attribution(
             workloads=workloads,
@@ -258,6 +276,7 @@ class _Cycle:
             containers=containers,
             errors=tuple(self.errors),
             durations_s=self.durations,
+            environments=environments,
         )
 
     # -- the sources --
@@ -499,19 +518,6 @@ class _Cycle:
                                              attrs.get("k8s.pod.name")):
                 return pod.user_of(attrs.get("k8s.container.name"))
         return None
-
-    def _networks(
-        self, containers: tuple[ContainerUsage, ...], pids: dict[str, int]
-    ) -> tuple[ContainerUsage, ...]:
-        """Each container's network counters, through one of its processes (none: no figures)."""
-        network = self.a.network
-        assert network is not None
-        out = []
-        for usage in containers:
-            pid = pids.get(usage.attributes.get("container.id", ""))
-            counters = network.read(pid) if pid is not None else None
-            out.append(replace(usage, network=counters) if counters is not None else usage)
-        return tuple(out)
 
     def _container_usage(self, cgroups: dict[str, tuple[str, ...]]) -> tuple[ContainerUsage, ...]:
         cgroup = self.a.cgroup

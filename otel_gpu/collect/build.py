@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from otel_gpu.collect.attribution import Attributor
 from otel_gpu.collect.collector import Collector, LocalSources
-from otel_gpu.config import kubelet_insecure, kubelet_url
+from otel_gpu.config import (
+    DISK_INTERVAL,
+    ENVIRONMENT_INTERVAL,
+    kubelet_insecure,
+    kubelet_url,
+    scan_interval_s,
+)
 from otel_gpu.insights.engine import InsightEngine
 from otel_gpu.insights.thresholds import Thresholds
+from otel_gpu.sources import container_disk, environments
 from otel_gpu.sources.cgroup import CgroupReader
+from otel_gpu.sources.container_disk import ContainerDiskReader
 from otel_gpu.sources.dcgm import DcgmBindings, DcgmSource
 from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
+from otel_gpu.sources.environments import EnvironmentScanner
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
+from otel_gpu.sources.kubelet_stats import StatsSummaryClient
 from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
@@ -95,19 +105,47 @@ def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributo
             verify=not kubelet_insecure(env),
         )
     return Attributor(ProcfsReader(), CgroupReader(), docker, pod_resources, pod_list,
-                      network=NetnsReader())
+                      network=NetnsReader(), **_disk_readers(docker, pod_list, env))
+
+
+def _disk_readers(
+    docker: DockerClient | None,
+    pod_list: PodListClient | None,
+    environ: Mapping[str, str],
+    proc_root: str = "/proc",
+    **clocked: Any,
+) -> dict[str, Any]:
+    """The writable-layer and shm reader and the environment scanner, on their cadences;
+    ``clocked``: the clock (and, simulated, the statvfs) they read."""
+    summary = StatsSummaryClient(pod_list) if pod_list is not None else None
+    disk = ContainerDiskReader(
+        proc_root, docker=docker, summary=summary,
+        interval_s=scan_interval_s(DISK_INTERVAL, container_disk.DEFAULT_INTERVAL_S, environ),
+        **clocked,
+    )
+    clock = {k: v for k, v in clocked.items() if k == "clock"}
+    scanner = EnvironmentScanner(proc_root, interval_s=scan_interval_s(
+        ENVIRONMENT_INTERVAL, environments.DEFAULT_INTERVAL_S, environ), **clock)
+    return {"disk": disk, "environments": scanner}
 
 
 
-def simulated_attributor(world: SimulatedWorld) -> Attributor:
-    """The production readers and clients, pointed at a simulated world."""
+def simulated_attributor(
+    world: SimulatedWorld, environ: Mapping[str, str] | None = None
+) -> Attributor:
+    """The production readers and clients, pointed at a simulated world; the slow scans run on
+    its simulated clock."""
     users = dict(world.scenario.users)
+    docker = DockerClient(world.docker_socket) if world.docker_socket else None
+    pod_list = PodListClient(world.pod_list_url) if world.pod_list_url else None
     return Attributor(
         ProcfsReader(world.proc_root),
         CgroupReader(world.cgroup_root),
-        DockerClient(world.docker_socket) if world.docker_socket else None,
+        docker,
         PodResourcesClient(world.pod_resources_socket) if world.pod_resources_socket else None,
-        PodListClient(world.pod_list_url) if world.pod_list_url else None,
+        pod_list,
         network=NetnsReader(world.proc_root),
         user_name=users.get,
+        **_disk_readers(docker, pod_list, os.environ if environ is None else environ,
+                        world.proc_root, clock=world.now, statvfs=world.statvfs),
     )

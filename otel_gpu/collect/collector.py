@@ -169,6 +169,7 @@ class LocalSources:
             workloads=attribution.workloads if attribution is not None else (),
             assignments=attribution.assignments if attribution is not None else (),
             containers=attribution.containers if attribution is not None else (),
+            environments=attribution.environments if attribution is not None else (),
         )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from otel_gpu.insights import container_rules as container
 from otel_gpu.insights import operator_rules as operator
 from otel_gpu.insights import user_rules as user
 from otel_gpu.insights.thresholds import Thresholds, ThresholdsError
@@ -40,6 +41,8 @@ RULES: tuple[Rule, ...] = (
     Rule("cpu_throttled", USER, user.cpu_throttled),
     Rule("low_sm_activity", USER, user.low_sm_activity),
     Rule("large_egress", USER, user.large_egress),
+    Rule("shm_small", USER, container.shm_small),
+    Rule("writable_layer_growth", USER, container.writable_layer_growth),
     Rule("xid_critical", OPERATOR, operator.xid_critical),
     Rule("ecc_uncorrectable", OPERATOR, operator.ecc_uncorrectable),
     Rule("row_remap", OPERATOR, operator.row_remap),
@@ -51,6 +54,7 @@ RULES: tuple[Rule, ...] = (
     Rule("filesystem_full", OPERATOR, operator.filesystem_full),
     Rule("mig_reconfigured", OPERATOR, operator.mig_reconfigured),
     Rule("nvlink_errors", OPERATOR, operator.nvlink_errors),
+    Rule("duplicated_environments", OPERATOR, container.duplicated_environments),
 )
 RULE_IDS = tuple(r.id for r in RULES)
 USER_RULES = tuple(r.id for r in RULES if r.audience == USER)

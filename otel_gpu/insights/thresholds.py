@@ -66,6 +66,23 @@ class Thresholds:
     egress_bytes_per_s: float = 100e6
     egress_bytes_per_s_clear: float = 50e6
     egress_for_s: float = 600.0
+    # shm_small: DataLoader workers hand their batches to the training process through
+    # /dev/shm, and Docker gives a container 64 MiB of it unless told otherwise ("the default
+    # shared memory segment size that container runs with is not enough ... increase shared
+    # memory size either with --ipc=host or --shm-size", PyTorch's README, Docker images); a
+    # worker that cannot place its batch dies with "bus error". Nearly full: 90 % for 1 min.
+    shm_used: float = 0.90
+    shm_used_clear: float = 0.80
+    shm_small_bytes: int = 64 << 20
+    shm_for_s: float = 60.0
+    # writable_layer_growth: a container's writable layer growing 5 GB/h (a 7B-parameter fp16
+    # checkpoint, about 14 GB, every three hours; code and caches write far less), over the
+    # writable-layer samples of the last hour, for 30 min.
+    writable_growth_bytes_per_h: float = 5e9
+    writable_growth_bytes_per_h_clear: float = 2.5e9
+    writable_growth_for_s: float = 1800.0
+    # duplicated_environments: one environment in several images, wasting 1 GiB or more.
+    environment_wasted_bytes: float = float(1 << 30)
     # Counters (CPU time, CFS periods) become rates over this trailing span, as rate(...[5m]).
     rate_span_s: float = 300.0
     # low_sm_activity: a high duty cycle ("utilization", a kernel ran) over low SM activity

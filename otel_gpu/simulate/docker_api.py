@@ -4,9 +4,11 @@
 API's container inspect, ``GET [/v<version>]/containers/json`` lists the containers in the shape of
 its container list (ContainerSummary), ``GET [/v<version>]/_ping`` answers ``OK``; anything else
 is 404. A container given as a scenario entry
-(``id``, ``name``, ``image``, ``labels``, ``devices``, optional ``env`` and ``runtime``) is turned
-into that shape; one with an ``inspect`` key is served as that JSON value verbatim, and one with
-``raw`` (bytes) as those bytes, for answers no real daemon would give.
+(``id``, ``name``, ``image``, ``labels``, ``devices``, optional ``env``, ``runtime``, ``image_id``,
+``shm_size``, ``ipc_mode`` and ``size_rw``) is turned into that shape, with ``SizeRw`` and
+``SizeRootFs`` only when the inspect asks ``size=true`` (or ``1``), as the daemon answers; one
+with an ``inspect`` key is served as that JSON value verbatim, and one with ``raw`` (bytes) as
+those bytes, for answers no real daemon would give.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ _LIST = re.compile(r"^(?:/v[0-9.]+)?/containers/json$")
 _PING = re.compile(r"^(?:/v[0-9.]+)?/_ping$")
 
 
-def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
-    """The inspect answer for a scenario container."""
+def inspect_document(container: dict[str, Any], size: bool = False) -> dict[str, Any]:
+    """The inspect answer for a scenario container; ``size``: with its layers' sizes."""
     devices = [str(d) for d in container.get("devices", ())]
     requests = []
     if devices:
@@ -43,10 +45,10 @@ def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
         )
     env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     env += [f"{k}={v}" for k, v in container.get("env", {}).items()]
-    return {
+    doc = {
         "Id": container["id"],
         "Name": "/" + container.get("name", container["id"][:12]),
-        "Image": "sha256:" + "0" * 64,
+        "Image": container.get("image_id", "sha256:" + "0" * 64),
         "State": {"Status": "running", "Running": True, "Pid": container.get("pid", 0)},
         "Config": {
             "Image": container.get("image", ""),
@@ -57,8 +59,14 @@ def inspect_document(container: dict[str, Any]) -> dict[str, Any]:
         "HostConfig": {
             "Runtime": container.get("runtime", "runc"),
             "DeviceRequests": requests or None,
+            "ShmSize": container.get("shm_size", 64 << 20),
+            "IpcMode": container.get("ipc_mode", "private"),
         },
     }
+    if size:
+        doc["SizeRw"] = container.get("size_rw", 0)
+        doc["SizeRootFs"] = container.get("size_rw", 0) + (1 << 30)  # over a 1 GiB image
+    return doc
 
 
 def summary_document(container: dict[str, Any]) -> dict[str, Any]:
@@ -117,12 +125,14 @@ class DockerApiServer:
             return 200, b"OK"
         if _LIST.match(path.split("?", 1)[0]):
             return 200, json.dumps([summary_document(c) for c in self.containers]).encode()
-        m = _PATH.match(path.split("?", 1)[0])
+        route, _, query = path.partition("?")
+        m = _PATH.match(route)
         if m:
             wanted = m.group(1)
             matches = [c for c in self.containers if str(c.get("id", "")).startswith(wanted)]
             if len(matches) == 1:
-                return 200, _body(matches[0])
+                size = any(p in ("size=true", "size=1") for p in query.split("&"))
+                return 200, _body(matches[0], size)
         message = {"message": f"No such container: {m.group(1) if m else path}"}
         return 404, json.dumps(message).encode()
 
@@ -141,12 +151,12 @@ class DockerApiServer:
         self.close()
 
 
-def _body(container: dict[str, Any]) -> bytes:
+def _body(container: dict[str, Any], size: bool = False) -> bytes:
     if "raw" in container:
         return bytes(container["raw"])
     if "inspect" in container:
         return json.dumps(container["inspect"]).encode()
-    return json.dumps(inspect_document(container)).encode()
+    return json.dumps(inspect_document(container, size)).encode()
 
 
 def serve_docker_api(

@@ -4,7 +4,9 @@ A scenario pod is ``{namespace, name, uid, containers: [{name, id, devices, reso
 runtime?}]}``; ``devices`` are device plugin ids (GPU/MIG UUIDs), given under ``resource_name``
 (default ``nvidia.com/gpu``), and ``runtime`` (default ``containerd``) prefixes the container id in
 ``/pods``. A container's ``claims`` are its DRA claims, ``[{name, namespace, devices: [{driver,
-pool, device, cdi: [CDI device ids]}]}]``, served as ``dynamic_resources``.
+pool, device, cdi: [CDI device ids]}]}]``, served as ``dynamic_resources``. A container's
+``size_rw`` is its writable layer in the Summary API (``GET /stats/summary``, beside
+``/pods``), whose pod ``ephemeral-storage`` is the sum of its containers' (no logs, no emptyDir).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def pod_list(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "name": c["name"],
                 "containerID": f"{c.get('runtime', 'containerd')}://{c['id']}",
                 "image": c.get("image", ""),
+                "imageID": c.get("image_id", ""),
                 "ready": True,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": "2024-05-01T00:00:00Z"}},
@@ -148,8 +151,37 @@ def pod_list(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
 
 
+def stats_summary(pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The kubelet's ``/stats/summary`` answer for scenario pods, in the layout of k8s.io/kubelet
+    ``pkg/apis/stats/v1alpha1`` (``Summary``, ``PodStats``, ``ContainerStats``, ``FsStats``);
+    only the figures the agent reads are filled, the rest of a real answer is left out."""
+    entries = []
+    for pod in pods:
+        containers, total = [], 0
+        for c in pod.get("containers", ()):
+            used = int(c.get("size_rw", 0))
+            total += used
+            containers.append({
+                "name": c["name"],
+                "startTime": "2024-05-01T00:00:00Z",
+                "rootfs": {"time": "2024-05-01T00:00:00Z", "availableBytes": 1 << 40,
+                           "capacityBytes": 2 << 40, "usedBytes": used, "inodesUsed": 1000},
+                "logs": {"time": "2024-05-01T00:00:00Z", "usedBytes": 0},
+            })
+        entries.append({
+            "podRef": {"name": pod["name"], "namespace": pod["namespace"], "uid": pod["uid"]},
+            "startTime": "2024-05-01T00:00:00Z",
+            "containers": containers,
+            "ephemeral-storage": {"time": "2024-05-01T00:00:00Z", "availableBytes": 1 << 40,
+                                  "capacityBytes": 2 << 40, "usedBytes": total},
+        })
+    return {"node": {"nodeName": "simulated", "startTime": "2024-05-01T00:00:00Z"},
+            "pods": entries}
+
+
 class PodListServer:
-    """``GET /pods`` on 127.0.0.1 (HTTPS when given a certificate); ``close()`` stops it."""
+    """``GET /pods`` and ``GET /stats/summary`` on 127.0.0.1 (HTTPS when given a certificate);
+    ``close()`` stops it."""
 
     def __init__(
         self,
@@ -169,7 +201,10 @@ class PodListServer:
 
             def do_GET(self) -> None:
                 api.authorizations.append(self.headers.get("Authorization"))
-                if self.path.split("?", 1)[0] != "/pods":
+                route = self.path.split("?", 1)[0]
+                if route == "/stats/summary" and api.raw_body is None:
+                    status, body = api.status, json.dumps(stats_summary(api.pods)).encode()
+                elif route != "/pods":
                     status, body = 404, b"404 page not found\n"
                 elif api.raw_body is not None:
                     status, body = api.status, api.raw_body

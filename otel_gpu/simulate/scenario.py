@@ -61,6 +61,7 @@ from otel_gpu.simulate.scenario_checks import (
     DCGM_KEYS,
     DCGM_VALUE_KEYS,
     DRIVER_KEYS,
+    ENVIRONMENT_KEYS,
     FILESYSTEM_KEYS,
     HEX_DIGITS,
     HOST_KEYS,
@@ -85,6 +86,7 @@ from otel_gpu.simulate.scenario_gpu import (
 from otel_gpu.simulate.spec import (
     DCGM_FAULT_ERRORS,
     DCGM_FAULTABLE_CALLS,
+    DOCKER_SHM_BYTES,
     DRIVER_FAULTABLE_CALLS,
     ClaimSpec,
     ContainerSpec,
@@ -92,6 +94,7 @@ from otel_gpu.simulate.spec import (
     DcgmSpec,
     DcgmValues,
     DriverSpec,
+    EnvironmentSpec,
     Fault,
     FilesystemSpec,
     HostSpec,
@@ -360,6 +363,8 @@ class _Loader(GpuChecks):
             "disk_write_bytes_per_s": self.integer,
             "network_rx_bytes_per_s": self.integer,
             "network_tx_bytes_per_s": self.integer,
+            "writable_layer_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
+            "shm_used_bytes": lambda v, k: self.integer(v, k, maximum=MAX_FILE_INTEGER),
         }
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 
@@ -387,7 +392,40 @@ class _Loader(GpuChecks):
             uid=self.integer(raw["uid"], f"{key}.uid", maximum=MAX_UID) if "uid" in raw else 0,
             host_network=self.boolean(raw["host_network"], f"{key}.host_network")
             if "host_network" in raw else False,
+            shm_size_bytes=self.integer(raw["shm_size_bytes"], f"{key}.shm_size_bytes", minimum=1,
+                                        maximum=MAX_FILE_INTEGER)
+            if "shm_size_bytes" in raw else DOCKER_SHM_BYTES,
+            ipc_host=self.boolean(raw["ipc_host"], f"{key}.ipc_host") if "ipc_host" in raw
+            else False,
+            data_workers=self.integer(raw["data_workers"], f"{key}.data_workers", maximum=64)
+            if "data_workers" in raw else 0,
+            environments=tuple(
+                self.environment(item, f"{key}.environments[{i}]") for i, item in
+                enumerate(self.list_of(raw.get("environments", []), f"{key}.environments"))
+            ),
         )
+
+    def environment(self, value: Any, key: str) -> EnvironmentSpec:
+        raw = self.mapping(value, key, ENVIRONMENT_KEYS, required=("kind", "path", "packages"))
+        kind = self.string(raw["kind"], f"{key}.kind")
+        if kind not in ("conda", "pip"):
+            raise self.error(f"{key}.kind", f"expected conda or pip, got '{kind}'")
+        path = self.string(raw["path"], f"{key}.path")
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise self.error(f"{key}.path", "expected an absolute path without '..'")
+        listed = raw["packages"]
+        if isinstance(listed, int) and not isinstance(listed, bool):
+            count = self.integer(listed, f"{key}.packages", maximum=5000)
+            packages = tuple(f"package{i}-1.0-0" for i in range(count))
+        else:
+            packages = tuple(self.string(p, f"{key}.packages[{i}]") for i, p in
+                             enumerate(self.list_of(listed, f"{key}.packages")))
+        for i, name in enumerate(packages):
+            if "/" in name or name in ("", ".", ".."):
+                raise self.error(f"{key}.packages[{i}]", "expected a file name")
+        return EnvironmentSpec(kind=kind, path=path, packages=packages, size_bytes=self.integer(
+            raw["size_bytes"], f"{key}.size_bytes", maximum=MAX_FILE_INTEGER)
+            if "size_bytes" in raw else 0)
 
     def pod(self, value: Any, key: str, refs: dict[str, str]) -> PodSpec:
         raw = self.mapping(value, key, POD_KEYS, ("namespace", "name", "uid"))

@@ -17,6 +17,7 @@ from otel_gpu.simulate.spec import (
     DcgmValues,
     DriverSpec,
     EccCounts,
+    EnvironmentSpec,
     Fault,
     FilesystemSpec,
     GpmValues,
@@ -84,6 +85,7 @@ XID_KEYS = _keys(XidEvent)
 FAULT_KEYS = _keys(Fault)
 DRIVER_KEYS = _keys(DriverSpec)
 CONTAINER_KEYS = _keys(ContainerSpec, without=("device_uuids", "claims"))
+ENVIRONMENT_KEYS = _keys(EnvironmentSpec)
 POD_CONTAINER_KEYS = (CONTAINER_KEYS - {"labels", "user", "pid", "uid"}) | {"claims"}  # Docker only
 CLAIM_KEYS = _keys(ClaimSpec, without=("device_uuids",))
 POD_KEYS = _keys(PodSpec)

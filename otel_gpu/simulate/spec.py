@@ -327,6 +327,22 @@ class Resources:
     disk_write_bytes_per_s: Varying = None
     network_rx_bytes_per_s: Varying = None  # its network namespace's, loopback aside
     network_tx_bytes_per_s: Varying = None
+    writable_layer_bytes: Varying = None  # Docker SizeRw; a pod container's rootfs.usedBytes
+    shm_used_bytes: Varying = None  # of its /dev/shm
+
+
+DOCKER_SHM_BYTES = 64 << 20  # Docker's default HostConfig.ShmSize, and a pod's /dev/shm
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """A conda or pip environment in a container's tree: its package listing, and its size (one
+    sparse file of that many bytes)."""
+
+    kind: str  # conda or pip
+    path: str  # a conda prefix (/opt/conda), or a site-packages directory
+    packages: tuple[str, ...]  # conda: <name>-<version>-<build>; pip: <name>-<version>
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +369,10 @@ class ContainerSpec:
     uid: int = 0  # the uid of that init process
     claims: tuple[ClaimSpec, ...] = ()  # pods only: its DRA claims
     host_network: bool = False  # on the host's network namespace (--network host, hostNetwork)
+    shm_size_bytes: int = DOCKER_SHM_BYTES  # its /dev/shm (Docker HostConfig.ShmSize)
+    ipc_host: bool = False  # --ipc=host: the host's /dev/shm (Docker HostConfig.IpcMode)
+    data_workers: int = 0  # DataLoader workers (pt_data_worker) under each of its GPU processes
+    environments: tuple[EnvironmentSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ at its paths and sockets. ``close()`` stops the servers and removes the director
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from otel_gpu.simulate.kubelet_api import (
 )
 from otel_gpu.simulate.server import HostOverrides, SimulatedServer
 from otel_gpu.simulate.spec import ClaimSpec, ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.simulate.world_storage import ContainerTrees
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
@@ -84,6 +86,8 @@ class SimulatedWorld:
         self._pids: set[int] = set()
         self._last_cycle = -1
         self._cgroups = self._cgroup_states()
+        self.trees = ContainerTrees(self.root, self.proc_root, self._all_containers())
+        self._entries: dict[str, dict[str, Any]] = {}  # container id -> its API answer's entry
         self.docker_socket: str | None = None
         self.pod_resources_socket: str | None = None
         self.pod_list_url: str | None = None
@@ -102,10 +106,30 @@ class SimulatedWorld:
         self.server.begin_cycle(cycle)
         self._write_processes(cycle)
         self._write_cgroups(cycle)
-        self._write_networks()
+        self._write_networks(cycle)
+        self._update_entries(cycle)
 
     def clock(self, cycle: int) -> float:
         return self.server.clock(cycle)
+
+    def now(self) -> float:
+        """The simulated time of the cycle being collected."""
+        return self.server.clock(max(self.server.cycle, 0))
+
+    def statvfs(self, path: str) -> os.statvfs_result:
+        """``os.statvfs`` as the simulated kernel answers it (containers' /dev/shm)."""
+        return self.trees.statvfs(path)
+
+    def _all_containers(self) -> list[ContainerSpec]:
+        return [*self.scenario.containers, *(c for p in self.scenario.pods for c in p.containers)]
+
+    def _update_entries(self, cycle: int) -> None:
+        """The figures the APIs answer that change over time: the writable layers' sizes."""
+        for container in self._all_containers():
+            entry = self._entries.get(container.id)
+            size = at_cycle(container.resources.writable_layer_bytes, cycle)
+            if entry is not None and size is not None:
+                entry["size_rw"] = int(size)
 
     def host_overrides(self, cycle: int) -> HostOverrides | None:
         return self.server.host_overrides(cycle)
@@ -145,7 +169,11 @@ class SimulatedWorld:
             "name": container.name,
             "labels": dict(container.labels),
             "devices": list(container.device_uuids),
+            "shm_size": container.shm_size_bytes,
+            "ipc_mode": "host" if container.ipc_host else "private",
+            "image_id": _image_id(container.image or container.id),
         }
+        self._entries[container.id] = entry
         if container.image:
             entry["image"] = container.image
         if container.user is not None:
@@ -195,7 +223,9 @@ class SimulatedWorld:
                 "name": container.name,
                 "id": container.id,
                 "devices": list(container.device_uuids),
+                "image_id": _image_id(container.image or container.id),
             }
+            self._entries[container.id] = entry
             if container.image:
                 entry["image"] = container.image
             migs = [profiles[d] for d in container.device_uuids if d in profiles]
@@ -325,16 +355,19 @@ class SimulatedWorld:
         self._last_cycle = max(self._last_cycle, cycle)
 
 
-    def _write_networks(self) -> None:
+    def _write_networks(self, cycle: int) -> None:
         """``/proc/<pid>/net/dev`` and ``ns/net`` of every running process in a container: its
         container's namespace (the host's for one on the host network, whose traffic is then
-        written as the whole host's: a reader must skip it)."""
+        written as the whole host's: a reader must skip it); and its ``root``."""
+        inits = {c.pid for c in self.scenario.containers if c.pid is not None}
+        self.trees.keep(self._pids)
         for pid in self._pids:
             base = os.path.join(self.proc_root, str(pid))
             ref = container_from_cgroup_lines(_read(os.path.join(base, "cgroup")).splitlines())
             state = self._cgroups.get(ref.id) if ref is not None else None
-            if state is None:
+            if state is None or ref is None:
                 continue
+            self.trees.attach(pid, ref.id, pid not in inits, cycle)
             if state.host_network:
                 link, rx, tx = HOST_NET_NS, HOST_NET_BYTES, HOST_NET_BYTES
             else:
@@ -361,6 +394,11 @@ def _net_dev(rx_bytes: int, tx_bytes: int) -> str:
     eth = (f"  eth0: {rx_bytes} {-(-rx_bytes // 1500)} 0 0 0 0 0 0 "
            f"{tx_bytes} {-(-tx_bytes // 1500)} 0 0 0 0 0 0\n")
     return header + lo + eth
+
+
+def _image_id(image: str) -> str:
+    """An image id as Docker writes it, the same for every container of one image."""
+    return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
 
 
 def _read(path: str) -> str:

@@ -10,7 +10,11 @@ characters, and only allow-listed labels are kept. Of the environment only
 Field names are those of the Engine API's ContainerInspectResponse and DeviceRequest schemas
 (docs.docker.com/reference/api/engine/version/v1.57/schemas/): ``Name``, ``Config.Image``,
 ``Config.Labels``, ``Config.Env``, ``HostConfig.Runtime`` and ``HostConfig.DeviceRequests[]``
-with ``Driver``, ``Count`` (-1: all, as ``--gpus all`` sends), ``DeviceIDs``, ``Capabilities``.
+with ``Driver``, ``Count`` (-1: all, as ``--gpus all`` sends), ``DeviceIDs``, ``Capabilities``;
+``Image`` (the image id), ``HostConfig.ShmSize`` (bytes; the daemon's default is 64 MiB) and
+``HostConfig.IpcMode``. With ``?size=true`` the inspect answer adds ``SizeRw``, the bytes of the
+container's writable layer, which the daemon computes by walking that layer: it is asked on its
+own, seldom (``writable_size``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class ContainerMeta:
     gpu_count: int | None = None  # GPUs requested by number: the API does not say which
     user: str | None = None  # Config.User as given to `docker run --user`: name, uid, uid:gid
     pid: int | None = None  # State.Pid: the host pid of its init process; None when not running
+    image_id: str | None = None  # Image: the id of the image it runs (sha256:...)
+    shm_size: int | None = None  # HostConfig.ShmSize: the size of its /dev/shm, in bytes
+    ipc_host: bool = False  # HostConfig.IpcMode "host": it uses the host's /dev/shm
 
 
 class _Failed(Exception):
@@ -169,6 +176,30 @@ class DockerClient(ErrorLog):
         self._listed = (now + self.list_ttl_s, listed)
         return listed
 
+    def writable_size(self, container_id: str) -> int | None:
+        """The container's writable layer in bytes (inspect with ``size=true``: ``SizeRw``),
+        asked afresh at every call; None when the daemon gives none (the failure is recorded)."""
+        if not _CONTAINER_ID.match(container_id):
+            self.record("size", "InvalidId")
+            return None
+        now = self._clock()
+        if now < self._down_until:
+            return None
+        try:
+            status, body = self._get(f"{self._prefix}/containers/{container_id}/json?size=true")
+            if status != 200:
+                raise _Failed("NotFound" if status == 404 else f"HTTP{status}")
+            size = _dict(_json(body)).get("SizeRw")
+        except _Failed as e:
+            self.record("size", e.error_type)
+            if e.transport:
+                self._down_until = now + self.retry_after_s
+            return None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            self.record("size", "Malformed")
+            return None
+        return size
+
     def inspect_many(self, container_ids: Iterable[str]) -> dict[str, ContainerMeta]:
         """Metadata of each container that has it; forgets cached ids not in ``container_ids``."""
         wanted = set(container_ids)
@@ -224,6 +255,8 @@ class DockerClient(ErrorLog):
         image = config.get("Image")
         user = config.get("User")
         pid = _dict(doc.get("State")).get("Pid")
+        image_id = doc.get("Image")
+        shm = host.get("ShmSize")
         return ContainerMeta(
             id=container_id,
             name=clean_text(name.lstrip("/")) if isinstance(name, str) else container_id[:12],
@@ -238,7 +271,10 @@ class DockerClient(ErrorLog):
             all_gpus=all_gpus,
             gpu_count=count,
             user=clean_text(user) if isinstance(user, str) and user else None,
-            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+            pid=pid if _positive(pid) else None,
+            image_id=clean_text(image_id) if isinstance(image_id, str) and image_id else None,
+            shm_size=shm if _positive(shm) else None,
+            ipc_host=host.get("IpcMode") == "host",
         )
 
 
@@ -247,6 +283,10 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise _Failed("MalformedJSON") from e
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _dict(value: Any) -> dict[str, Any]:

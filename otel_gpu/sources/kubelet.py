@@ -314,6 +314,7 @@ class PodContainer:
     name: str
     runtime: str | None  # containerd, docker, cri-o
     image: str | None = None  # the image the container status reports, e.g. repo/name:tag
+    image_id: str | None = None  # its imageID, e.g. docker.io/library/x@sha256:...
 
 
 @dataclass(frozen=True)
@@ -392,8 +393,9 @@ class PodListClient(ErrorLog):
         self._cached = (now + self.ttl_s, pods)
         return pods
 
-    def _get(self) -> Any:
-        """The body; None after a recorded failure, ``_TIMED_OUT`` when the deadline passed."""
+    def _get(self, path: str | None = None, call: str = "pods") -> Any:
+        """The body of ``path`` (default: the URL's own) on the kubelet; None after a recorded
+        failure (as ``call``), ``_TIMED_OUT`` when the deadline passed."""
         parts = urlsplit(self.url)
         headers = {"Accept": "application/json"}
         token = self._token()
@@ -411,25 +413,25 @@ class PodListClient(ErrorLog):
                     parts.hostname or "localhost", parts.port or 80, deadline
                 )
             else:
-                self.record("pods", "BadURL")
+                self.record(call, "BadURL")
                 return None
             try:
-                conn.request("GET", parts.path or "/pods", headers=headers)
+                conn.request("GET", path or parts.path or "/pods", headers=headers)
                 response = conn.getresponse()
                 body = response.read(MAX_POD_LIST_BYTES + 1)
             finally:
                 conn.close()
         except TimeoutError:
-            self.record("pods", "TimeoutError")
+            self.record(call, "TimeoutError")
             return _TIMED_OUT
         except (OSError, http.client.HTTPException, ValueError) as e:
-            self.record("pods", type(e).__name__)
+            self.record(call, type(e).__name__)
             return None
         if response.status != 200:
-            self.record("pods", f"HTTP{response.status}")
+            self.record(call, f"HTTP{response.status}")
             return None
         if len(body) > MAX_POD_LIST_BYTES:
-            self.record("pods", "TooLarge")
+            self.record(call, "TooLarge")
             return None
         return body
 
@@ -525,10 +527,11 @@ def _container(entry: Any) -> PodContainer | None:
         prefix, cid = "", raw_id
     if not _CONTAINER_ID.match(cid):
         return None
-    image = entry.get("image")
+    image, image_id = entry.get("image"), entry.get("imageID")
     return PodContainer(
         id=cid,
         name=clean_text(name),
         runtime=_RUNTIME_PREFIXES.get(prefix),
         image=clean_text(image) if isinstance(image, str) and image else None,
+        image_id=clean_text(image_id) if isinstance(image_id, str) and image_id else None,
     )

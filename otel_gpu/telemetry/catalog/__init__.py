@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from otel_gpu.telemetry.catalog import gpu, host, self, workloads
+from otel_gpu.telemetry.catalog import container_disk, gpu, host, self, workloads
 from otel_gpu.telemetry.catalog.metric import (
     CONTAINER_ATTRIBUTES,
     COUNTER,
@@ -47,6 +47,7 @@ SECTIONS = (
     gpu.MIG_LAYOUT,
     workloads.WHO,
     workloads.CONTAINERS,
+    container_disk.ENVIRONMENTS,
     host.HOST,
     self.INSIGHTS,
     self.SELF,
