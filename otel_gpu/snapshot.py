@@ -499,6 +499,11 @@ def format_gib(value: float, unit: str = " GiB") -> str:
     return f"{value / 2**30:.1f}{unit}"
 
 
+def format_mib(value: int) -> str:
+    """Bytes as whole MiB below a GiB (``64 MiB``), else as GiB."""
+    return f"{value / 2**20:.0f} MiB" if value < 2**30 else format_gib(value)
+
+
 # GPM ratio -> the DCGM profiling field that measures the same thing.
 ACTIVITY_FIELDS: dict[str, str] = {
     "sm_utilization": "sm_active",

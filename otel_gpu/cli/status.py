@@ -27,7 +27,9 @@ from typing import Any
 
 from otel_gpu.snapshot import (
     SEVERITY_RANK,
+    ContainerNetwork,
     ContainerResources,
+    ContainerStorage,
     DeviceAssignment,
     Gpu,
     Insight,
@@ -142,6 +144,9 @@ class GroupView:
     resources: ContainerResources | None = None
     cpu_used: float | None = None  # CPUs, over the last cycle
     cpu_throttled_ratio: float | None = None
+    storage: ContainerStorage | None = None  # /dev/shm and the writable layer
+    network_rx_per_s: float | None = None  # bytes, over the last cycle
+    network_tx_per_s: float | None = None
     insights: list[Insight] = field(default_factory=list)
 
     @property
@@ -222,12 +227,16 @@ def build_view(
     *,
     previous: Snapshot | None = None,
     own_resources: tuple[ContainerResources | None, ContainerResources | None] = (None, None),
+    own_storage: ContainerStorage | None = None,
+    own_network: tuple[ContainerNetwork | None, ContainerNetwork | None] = (None, None),
     host: str = "",
     simulated: bool = False,
     cycles: int = 1,
     interval_s: float = 0.0,
 ) -> StatusView:
-    """What ``status`` shows of ``snapshot`` for ``me``; ``previous`` gives CPU rates."""
+    """What ``status`` shows of ``snapshot`` for ``me``; ``previous`` gives CPU and network
+    rates. ``own_*``: this container's own figures (now, before), where NVML's pids cannot be
+    joined to it."""
     devices = _devices(snapshot)
     groups: dict[str, GroupView] = {}
     views: dict[tuple[str, str], DeviceView] = {}
@@ -277,19 +286,21 @@ def build_view(
             if assignment.owner is not None and assignment.owner not in groups[key].owners:
                 groups[key].owners.append(assignment.owner)
             device_of(key, groups[key], assignment.device_uuid, given=True)
-        before = {
-            c.attributes.get("container.id"): c.resources
-            for c in (previous.containers if previous is not None else ())
-        }
+        earlier = {c.attributes.get("container.id"): c
+                   for c in (previous.containers if previous is not None else ())}
         seconds = snapshot.timestamp - previous.timestamp if previous is not None else 0.0
         for usage in snapshot.containers:
             cid = usage.attributes.get("container.id")
             if cid in groups:
                 group = groups[cid]
+                before = earlier.get(cid)
                 group.resources = usage.resources
                 group.cpu_used, group.cpu_throttled_ratio = cpu_rates(
-                    before.get(cid), usage.resources, seconds
+                    before.resources if before is not None else None, usage.resources, seconds
                 )
+                group.storage = usage.storage
+                group.network_rx_per_s, group.network_tx_per_s = network_rates(
+                    before.network if before is not None else None, usage.network, seconds)
     else:
         attrs: dict[str, str] = {}
         for key, value in (("container.id", me.container_id), ("k8s.pod.uid", me.pod_uid),
@@ -315,6 +326,9 @@ def build_view(
         group.resources = now
         seconds = snapshot.timestamp - previous.timestamp if previous is not None else 0.0
         group.cpu_used, group.cpu_throttled_ratio = cpu_rates(before_self, now, seconds)
+        group.storage = own_storage
+        group.network_rx_per_s, group.network_tx_per_s = network_rates(
+            own_network[1], own_network[0], seconds)
 
     ordered = sorted(groups.values(), key=_group_order)
     mine = {d.uuid for g in ordered for d in g.devices} | {
@@ -336,6 +350,19 @@ def build_view(
         if me.scope == "all" or (not about_workload and (device is None or device in mine)):
             other.append(insight)
     return StatusView(me, host, simulated, snapshot, cycles, interval_s, ordered, other)
+
+
+def network_rates(
+    before: ContainerNetwork | None, now: ContainerNetwork | None, seconds: float
+) -> tuple[float | None, float | None]:
+    """Bytes per second received and sent between two reads ``seconds`` apart; None without two
+    reads, or when the counters went back (a new namespace)."""
+    if before is None or now is None or seconds <= 0:
+        return None, None
+    rx, tx = now.rx_bytes - before.rx_bytes, now.tx_bytes - before.tx_bytes
+    if rx < 0 or tx < 0:
+        return None, None
+    return rx / seconds, tx / seconds
 
 
 def _group_order(group: GroupView) -> tuple[int, str]:
@@ -382,6 +409,21 @@ def _own_cgroup() -> ContainerResources | None:
     return CgroupReader().read(lines)
 
 
+def _own_storage_network() -> tuple[ContainerStorage | None, ContainerNetwork | None]:
+    """This container's /dev/shm and network counters, read from inside it."""
+    from otel_gpu.sources.container_disk import ContainerDiskReader
+    from otel_gpu.sources.netns import parse_net_dev
+
+    shm = ContainerDiskReader().shm(os.getpid())
+    storage = ContainerStorage(shm_size_bytes=shm[0], shm_used_bytes=shm[1]) if shm else None
+    try:
+        with open("/proc/self/net/dev", encoding="ascii") as f:
+            network = parse_net_dev(f.read(1 << 20))
+    except (OSError, ValueError):
+        network = None
+    return storage, network
+
+
 class ViewSource:
     """A collector for the status view, one view per ``next_view()`` (``--watch`` asks again and
     again; CPU rates come from the cycle before). Raises ``ScenarioError`` for a bad scenario."""
@@ -407,12 +449,16 @@ class ViewSource:
         self._previous: Snapshot | None = None
         self._snapshot: Snapshot | None = None
         self._own: tuple[ContainerResources | None, ContainerResources | None] = (None, None)
+        self._own_storage: ContainerStorage | None = None
+        self._own_network: tuple[ContainerNetwork | None, ContainerNetwork | None] = (None, None)
 
     def collect(self) -> None:
         """One cycle."""
         self._previous, self._snapshot = self._snapshot, self._collector.collect()
         if not self.me.attribution:
             self._own = (_own_cgroup(), self._own[0])
+            self._own_storage, network = _own_storage_network()
+            self._own_network = (network, self._own_network[0])
         self.cycles += 1
 
     def view(self) -> StatusView:
@@ -424,7 +470,8 @@ class ViewSource:
         host = str(getattr(world, "name", None) or self.simulate) if self.simulate is not None \
             else socket.gethostname()
         return build_view(self._snapshot, self.me, previous=self._previous,
-                          own_resources=self._own, host=host,
+                          own_resources=self._own, own_storage=self._own_storage,
+                          own_network=self._own_network, host=host,
                           simulated=self.simulate is not None, cycles=self.cycles,
                           interval_s=self.interval)
 

@@ -13,7 +13,7 @@ from otel_gpu.cli.status import (
     group_title,
     short_id,
 )
-from otel_gpu.cli.terminal import WIDTH, Style, bar, cpus, emit, gib, visible, wrap
+from otel_gpu.cli.terminal import WIDTH, Style, bar, cpus, emit, gib, mib, visible, wrap
 
 SCHEMA = "otel-gpu.status/1"
 
@@ -31,7 +31,7 @@ def status_document(view: StatusView) -> dict[str, Any]:
     snapshot = view.snapshot
     groups = []
     for group in view.groups:
-        res = group.resources
+        res, disk = group.resources, group.storage
         groups.append({
             "attributes": dict(group.attributes),
             "owners": list(group.owners),
@@ -66,6 +66,26 @@ def status_document(view: StatusView) -> dict[str, Any]:
                 "ratio": _ratio(res.memory_usage_bytes if res else None,
                                 res.memory_limit_bytes if res else None),
                 "oom_kills": res.oom_kills if res else None,
+            },
+            "shm": {
+                "size_bytes": disk.shm_size_bytes if disk else None,
+                "used_bytes": disk.shm_used_bytes if disk else None,
+                "ratio": _ratio(disk.shm_used_bytes if disk else None,
+                                disk.shm_size_bytes if disk else None),
+                "configured_bytes": disk.shm_configured_bytes if disk else None,
+                "ipc_host": disk.ipc_host if disk else None,
+                "dataloader_workers": disk.data_workers if disk else None,
+            },
+            "disk": {
+                "writable_layer_bytes": disk.writable_bytes if disk else None,
+                "writable_layer_growth_bytes_per_s":
+                    disk.writable_growth_bytes_per_s if disk else None,
+                "sampled_at": disk.writable_sampled_at if disk else None,
+                "pod_ephemeral_bytes": disk.pod_ephemeral_bytes if disk else None,
+            },
+            "network": {
+                "receive_bytes_per_s": group.network_rx_per_s,
+                "transmit_bytes_per_s": group.network_tx_per_s,
             },
             "insights": [i.to_dict() for i in group.insights],
         })
@@ -154,6 +174,38 @@ def _insight_lines(insights: Sequence[Any], style: Style, indent: str = "  ") ->
     return lines
 
 
+def _rate(value: float) -> str:
+    return f"{value / 1e6:.1f} MB/s" if value >= 1e5 else f"{value / 1e3:.0f} kB/s"
+
+
+def _storage_rows(group: GroupView, style: Style) -> list[str]:
+    """The shm, disk (writable layer) and network lines of a group, where they are known."""
+    lines: list[str] = []
+    disk = group.storage
+    if disk is not None and disk.shm_size_bytes:
+        used = disk.shm_used_bytes
+        text = f"{mib(used)} of {mib(disk.shm_size_bytes)}"
+        if disk.ipc_host:
+            text += ", the host's"
+        elif disk.shm_size_bytes == 64 << 20:
+            text += ", the default"
+        if disk.data_workers:
+            text += f", {disk.data_workers} workers"
+        lines += _row("shm", _ratio(used, disk.shm_size_bytes), text, style)
+    if disk is not None and disk.writable_bytes is not None:
+        text = f"{gib(disk.writable_bytes)} in the container's own layer"
+        growth = disk.writable_growth_bytes_per_s
+        if growth is not None and abs(growth) * 3600 >= 1e8:
+            text += f", {'+' if growth > 0 else ''}{growth * 3600 / 1e9:.1f} GB/h"
+        if disk.pod_ephemeral_bytes is not None:
+            text += f"; pod {gib(disk.pod_ephemeral_bytes)} in all"
+        lines += _row("disk", None, text, style)
+    if group.network_rx_per_s is not None and group.network_tx_per_s is not None:
+        lines += _row("network", None, f"received {_rate(group.network_rx_per_s)}, sent "
+                      f"{_rate(group.network_tx_per_s)}", style)
+    return lines
+
+
 def status_table(view: StatusView, colour: bool = False) -> str:
     """The terminal view, at most 80 columns wide."""
     style = Style(colour)
@@ -225,6 +277,7 @@ def status_table(view: StatusView, colour: bool = False) -> str:
                 mem_text += f", {res.oom_kills} OOM kills"
             lines += _row("memory", _ratio(res.memory_usage_bytes, res.memory_limit_bytes),
                           mem_text, style)
+        lines += _storage_rows(group, style)
         if group.insights:
             lines.append("  insights")
             lines += _insight_lines(group.insights, style, indent="  ")

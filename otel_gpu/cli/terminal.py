@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from otel_gpu.snapshot import format_gib
+from otel_gpu.snapshot import format_gib, format_mib
 
 WIDTH = 80
 BAR_WIDTH = 20
@@ -68,6 +68,10 @@ def wrap(text: str, indent: str, width: int = WIDTH) -> list[str]:
 
 def gib(value: int | None) -> str:
     return "?" if value is None else format_gib(value)
+
+
+def mib(value: int | None) -> str:
+    return "?" if value is None else format_mib(value)
 
 
 def short_gib(value: int | None) -> str:

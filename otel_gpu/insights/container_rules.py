@@ -17,11 +17,7 @@ from otel_gpu.insights.window import (
     pct,
     who,
 )
-from otel_gpu.snapshot import INFO, WARNING, format_gib
-
-
-def _mib(value: int) -> str:
-    return f"{value / 2**20:.0f} MiB" if value < 2**30 else format_gib(value)
+from otel_gpu.snapshot import INFO, WARNING, format_gib, format_mib
 
 
 def _workers(count: int) -> str:
@@ -48,7 +44,7 @@ def shm_small(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
             container_key(usage.attributes),
             usage.attributes,
             verdict,
-            f"{whose}: {running} a /dev/shm of {_mib(size)}{default}, {pct(ratio)} in use; a "
+            f"{whose}: {running} a /dev/shm of {format_mib(size)}{default}, {pct(ratio)} in use; a "
             "worker that cannot place its batch there dies with \"bus error\".",
             "Give the container a larger /dev/shm: docker run --shm-size=16g (in Kubernetes, an "
             "emptyDir with medium: Memory mounted at /dev/shm), or the host's with --ipc=host; "

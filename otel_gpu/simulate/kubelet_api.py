@@ -194,6 +194,7 @@ class PodListServer:
         self.raw_body = raw_body
         self.status = status
         self.authorizations: list[str | None] = []
+        self.paths: list[str] = []
         api = self
 
         class Handler(QuietHandler):
@@ -201,13 +202,14 @@ class PodListServer:
 
             def do_GET(self) -> None:
                 api.authorizations.append(self.headers.get("Authorization"))
+                api.paths.append(self.path)
                 route = self.path.split("?", 1)[0]
-                if route == "/stats/summary" and api.raw_body is None:
-                    status, body = api.status, json.dumps(stats_summary(api.pods)).encode()
-                elif route != "/pods":
+                if route not in ("/pods", "/stats/summary"):
                     status, body = 404, b"404 page not found\n"
                 elif api.raw_body is not None:
                     status, body = api.status, api.raw_body
+                elif route == "/stats/summary":
+                    status, body = api.status, json.dumps(stats_summary(api.pods)).encode()
                 else:
                     status, body = api.status, json.dumps(pod_list(api.pods)).encode()
                 self.reply(status, body)

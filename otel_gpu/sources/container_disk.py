@@ -137,7 +137,7 @@ class ContainerDiskReader(ErrorLog):
         return out
 
     def _storage(self, target: DiskTarget, state: _State) -> ContainerStorage:
-        shm = self._shm(target.pid) if target.pid is not None else None
+        shm = self.shm(target.pid) if target.pid is not None else None
         meta = target.meta
         writable = sampled = growth = None
         if state.samples:
@@ -157,7 +157,7 @@ class ContainerDiskReader(ErrorLog):
             data_workers=state.workers,
         )
 
-    def _shm(self, pid: int) -> tuple[int, int] | None:
+    def shm(self, pid: int) -> tuple[int, int] | None:
         """(size, used) of the process's /dev/shm, or None (a process gone, no tmpfs there)."""
         root = os.path.join(self.proc_root, str(pid), "root")
         try:

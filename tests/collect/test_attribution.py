@@ -438,8 +438,12 @@ def test_steady_state_asks_the_runtime_nothing_new() -> None:
         asked = list(world.docker_api.requests)
         second = collector.collect()
         assert world.docker_api.requests == asked  # the list and the inspects are cached
-        assert sorted(p.rsplit("/", 2)[-2] for p in asked) == sorted(
+        inspects = [p for p in asked if not p.endswith("?size=true")]
+        assert sorted(p.rsplit("/", 2)[-2] for p in inspects) == sorted(
             [c.id for c in world.scenario.containers] + ["containers"])
+        # the writable layer of the container seen, once: its next sample is 5 min away
+        assert [p for p in asked if p.endswith("?size=true")] == [
+            f"/containers/{second.containers[0].attributes['container.id']}/json?size=true"]
         assert collector.sources.attributor.procfs.cached_pids == {2001, 2003, 3001}
         assert {w.attributes.get("process.owner") for w in first.workloads} == {
             "alice", "4321", "bob"}

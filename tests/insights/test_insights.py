@@ -47,7 +47,8 @@ class Event:
 
 
 def _subject(attrs: dict[str, Any]) -> str:
-    for key in ("hw.name", "container.name", "system.filesystem.mountpoint"):
+    for key in ("hw.name", "container.name", "system.filesystem.mountpoint",
+                "otel_gpu.environment.path"):
         if key in attrs:
             name = str(attrs[key])
             return f"{name}:xid{attrs['nvidia.gpu.xid']}" if "nvidia.gpu.xid" in attrs else name
@@ -124,6 +125,16 @@ TIMELINES = [
     ("large-egress", 30, 60, NO_HOST, _events(
         (11, "fired", "large_egress", "info", "alice-train"),
         (23, "cleared", "large_egress", "info", "alice-train"))),
+    ("shm-small", 16, 60, NO_HOST, _events(
+        (1, "fired", "shm_small", "warning", "alice-train"),
+        (6, "fired", "shm_small", "warning", "bob-train"),
+        (13, "cleared", "shm_small", "warning", "bob-train"))),
+    ("writable-layer", 25, 300, NO_HOST, _events(
+        (7, "fired", "writable_layer_growth", "warning", "alice-train"),
+        (22, "cleared", "writable_layer_growth", "warning", "alice-train"))),
+    ("duplicated-environments", 8, 600, NO_HOST, _events(
+        (0, "fired", "duplicated_environments", "info", "/opt/conda"),
+        (5, "cleared", "duplicated_environments", "info", "/opt/conda"))),
     ("xid", 20, 60, NO_HOST, _events(
         (2, "fired", "xid_critical", "critical", "gpu0:xid79"),
         (6, "fired", "xid_critical", "warning", "gpu0:xid94"),

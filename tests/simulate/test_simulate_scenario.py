@@ -561,6 +561,22 @@ INVALID = {
     "negative network rate": (
         f"containers: [{{id: {'a' * 64}, name: c, resources: {{network_tx_bytes_per_s: -1}}}}]"
         "\ngpus: []\n", "containers[0].resources.network_tx_bytes_per_s"),
+    "negative writable layer": (
+        f"containers: [{{id: {'a' * 64}, name: c, resources: {{writable_layer_bytes: [1, -1]}}}}]"
+        "\ngpus: []\n", "containers[0].resources.writable_layer_bytes[1]"),
+    "zero shm size": (f"containers: [{{id: {'a' * 64}, name: c, shm_size_bytes: 0}}]\ngpus: []\n",
+                      "containers[0].shm_size_bytes"),
+    "too many workers": (f"containers: [{{id: {'a' * 64}, name: c, data_workers: 65}}]\ngpus: []\n",
+                         "containers[0].data_workers"),
+    "unknown environment kind": (
+        f"containers: [{{id: {'a' * 64}, name: c, environments: [{{kind: npm, path: /x, "
+        "packages: 1}]}]\ngpus: []\n", "containers[0].environments[0].kind"),
+    "environment path escaping": (
+        f"containers: [{{id: {'a' * 64}, name: c, environments: [{{kind: pip, path: /a/../b, "
+        "packages: 1}]}]\ngpus: []\n", "containers[0].environments[0].path"),
+    "environment package with a slash": (
+        f"containers: [{{id: {'a' * 64}, name: c, environments: [{{kind: conda, path: /opt/conda, "
+        "packages: [../x]}]}]\ngpus: []\n", "containers[0].environments[0].packages[0]"),
     "not a mapping": ("- just\n- a list\n", "(file)"),
     "empty file": ("", "(file)"),
     "yaml syntax error": ("gpus: [{model: H200\n", "(file)"),

@@ -48,6 +48,9 @@ def test_inspect_scenario_container(sock_dir: str) -> None:
         gpu_ids=(MIG,),
         all_gpus=False,
         gpu_count=None,
+        image_id="sha256:" + "0" * 64,
+        shm_size=64 << 20,
+        ipc_host=False,
     )
     assert "hunter2" not in repr(meta)  # the environment is never kept
     assert server.requests == [f"/containers/{A}/json"]
