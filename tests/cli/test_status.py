@@ -263,3 +263,38 @@ def test_without_dcgm_status_says_in_one_line_what_would_give_slice_activity(tmp
              if line.strip().startswith("gpu1/mig1 util")]
     assert len(lines) == 1
     assert "needs DCGM" in lines[0] and "nv-hostengine" in lines[0]
+
+
+def test_alice_sees_her_shm_disk_and_network(alice: StatusView) -> None:
+    doc = status_document(alice)
+    train = next(g for g in doc["workloads"] if g["attributes"]["container.id"] == ALICE_TRAIN)
+    assert train["shm"] == {"size_bytes": 16 << 30, "used_bytes": 2684354560,
+                            "ratio": 2684354560 / (16 << 30), "configured_bytes": 16 << 30,
+                            "ipc_host": False, "dataloader_workers": 8}
+    assert train["disk"]["writable_layer_bytes"] == 1288490188
+    assert train["disk"]["writable_layer_growth_bytes_per_s"] is None  # one sample so far
+    assert train["network"] == {"receive_bytes_per_s": 48234496.0,
+                                "transmit_bytes_per_s": 1048576.0}
+    table = _plain(status_table(alice))
+    block = table.split("alice-train  (", 1)[1].split("\n\n", 1)[0]
+    assert "  shm               [###-----------------]   16%  2.5 GiB of 16.0 GiB, 8 workers" \
+        in block
+    assert "  disk              1.2 GiB in the container's own layer" in block
+    assert "  network           received 48.2 MB/s, sent 1.0 MB/s" in block
+
+
+def test_in_a_container_without_host_pids_it_shows_its_own_shm_and_network() -> None:
+    from otel_gpu.snapshot import ContainerNetwork, ContainerStorage, Snapshot
+
+    me = Me("container", user="alice", uid=1000, container_id=ALICE_TRAIN, attribution=False)
+    snap = Snapshot(cycle=1, timestamp=20.0, driver_available=True)
+    before = Snapshot(cycle=0, timestamp=10.0, driver_available=True)
+    view = build_view(snap, me, previous=before,
+                      own_storage=ContainerStorage(shm_size_bytes=64 << 20,
+                                                   shm_used_bytes=60 << 20),
+                      own_network=(ContainerNetwork(3000, 10**9, 2, 9),
+                                   ContainerNetwork(1000, 0, 1, 1)))
+    group = status_document(view)["workloads"][0]
+    assert group["shm"]["ratio"] == 60 / 64
+    assert group["network"] == {"receive_bytes_per_s": 200.0, "transmit_bytes_per_s": 1e8}
+    assert "60 MiB of 64 MiB, the default" in _plain(status_table(view))
