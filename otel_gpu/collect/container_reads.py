@@ -52,8 +52,8 @@ def with_storage(
         for u in containers
     ]
     found = reader.read(targets)
-    return tuple(replace(u, storage=found[_cid(u)]) if _cid(u) in found else u
-                 for u in containers)
+    return tuple(ContainerUsage(u.attributes, u.resources, u.network, found[_cid(u)])
+                 if _cid(u) in found else u for u in containers)
 
 
 def shared_environments(

@@ -360,14 +360,14 @@ class SimulatedWorld:
         container's namespace (the host's for one on the host network, whose traffic is then
         written as the whole host's: a reader must skip it); and its ``root``."""
         inits = {c.pid for c in self.scenario.containers if c.pid is not None}
-        self.trees.keep(self._pids)
+        self.trees.begin_cycle(cycle, self._pids)
         for pid in self._pids:
             base = os.path.join(self.proc_root, str(pid))
             ref = container_from_cgroup_lines(_read(os.path.join(base, "cgroup")).splitlines())
             state = self._cgroups.get(ref.id) if ref is not None else None
             if state is None or ref is None:
                 continue
-            self.trees.attach(pid, ref.id, pid not in inits, cycle)
+            self.trees.attach(pid, ref.id, pid not in inits)
             if state.host_network:
                 link, rx, tx = HOST_NET_NS, HOST_NET_BYTES, HOST_NET_BYTES
             else:

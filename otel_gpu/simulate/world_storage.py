@@ -23,6 +23,7 @@ HOST_SHM_BYTES = 64 << 30  # the host's /dev/shm (half of a 128 GiB host's memor
 _BLOCK = 4096
 _WORKER_PIDS = 3_000_000  # above every scenario pid a test uses, below pid_max (2**22)
 _SPARSE = "payload.bin"
+_SHM_SUFFIX = "/root/dev/shm"
 
 
 class ContainerTrees:
@@ -31,6 +32,7 @@ class ContainerTrees:
     def __init__(self, root: str, proc_root: str, containers: Iterable[ContainerSpec]) -> None:
         self.root = os.path.join(root, "rootfs")
         self.proc_root = proc_root
+        self._prefix = proc_root.rstrip("/") + "/"
         self.containers = {c.id: c for c in containers}
         self.cycle = 0
         self._pids: dict[int, str] = {}  # pid -> container id, this cycle
@@ -48,34 +50,34 @@ class ContainerTrees:
                 _write(os.path.join(proc_root, str(pid), "comm"), "pt_data_worker\n")
             self._workers[cid] = workers
 
-    def attach(self, pid: int, cid: str, gpu_process: bool, cycle: int) -> None:
+    def attach(self, pid: int, cid: str, gpu_process: bool) -> None:
         """Link ``pid``'s root to its container's tree; a GPU process gets its workers."""
-        self.cycle = cycle
         if cid not in self.containers:
             return
         self._pids[pid] = cid
         base = os.path.join(self.proc_root, str(pid))
         link = os.path.join(base, "root")
-        if not os.path.islink(link):
-            os.symlink(os.path.join(self.root, cid), link)
+        if os.path.islink(link):
+            return  # attached when it started: its tree and its workers do not change
+        os.symlink(os.path.join(self.root, cid), link)
         if gpu_process:
             task = os.path.join(base, "task", str(pid))
             os.makedirs(task, exist_ok=True)
             workers = self._workers.get(cid, ())
             _write(os.path.join(task, "children"), "".join(f"{w} " for w in workers))
 
-    def keep(self, running: set[int]) -> None:
-        """Forget the processes that are not ``running`` any more."""
+    def begin_cycle(self, cycle: int, running: set[int]) -> None:
+        """Serve ``cycle``'s figures; forget the processes that are not ``running`` any more."""
+        self.cycle = cycle
         for pid in self._pids.keys() - running:
             del self._pids[pid]
 
     def statvfs(self, path: str) -> os.statvfs_result:
         """What the kernel would answer for ``path``: a container's /dev/shm as the scenario
         gives it, anything else as the real host does."""
-        rel = os.path.relpath(path, self.proc_root)
-        parts = rel.split(os.sep)
-        if len(parts) == 4 and parts[1:] == ["root", "dev", "shm"] and parts[0].isdigit():
-            cid = self._pids.get(int(parts[0]))
+        pid = path.removeprefix(self._prefix).removesuffix(_SHM_SUFFIX)
+        if path.startswith(self._prefix) and path.endswith(_SHM_SUFFIX) and pid.isdigit():
+            cid = self._pids.get(int(pid))
             if cid is None:
                 raise FileNotFoundError(path)
             container = self.containers[cid]

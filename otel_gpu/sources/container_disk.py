@@ -112,7 +112,9 @@ class ContainerDiskReader(ErrorLog):
         asked_summary = False
         out = {}
         for target in targets:
-            state = self._states.setdefault(target.container_id, _State())
+            state = self._states.get(target.container_id)
+            if state is None:
+                state = self._states[target.container_id] = _State()
             if self.interval_s > 0 and now >= state.due:
                 size = None
                 if target.meta is not None and self.docker is not None:
@@ -159,13 +161,13 @@ class ContainerDiskReader(ErrorLog):
 
     def shm(self, pid: int) -> tuple[int, int] | None:
         """(size, used) of the process's /dev/shm, or None (a process gone, no tmpfs there)."""
-        root = os.path.join(self.proc_root, str(pid), "root")
+        dev = f"{self.proc_root}/{pid}/root/dev"
+        shm = dev + "/shm"
         try:
-            for part in ("dev", "dev/shm"):
-                if stat.S_ISLNK(os.lstat(os.path.join(root, part)).st_mode):
-                    self.record("dev/shm", "SymbolicLink")
-                    return None
-            vfs = self._statvfs(os.path.join(root, "dev", "shm"))
+            if stat.S_ISLNK(os.lstat(dev).st_mode) or stat.S_ISLNK(os.lstat(shm).st_mode):
+                self.record("dev/shm", "SymbolicLink")
+                return None
+            vfs = self._statvfs(shm)
         except (FileNotFoundError, ProcessLookupError):
             return None
         except OSError as e:
