@@ -414,7 +414,10 @@ def _own_storage_network() -> tuple[ContainerStorage | None, ContainerNetwork | 
     from otel_gpu.sources.container_disk import ContainerDiskReader
     from otel_gpu.sources.netns import parse_net_dev
 
-    shm = ContainerDiskReader().shm(os.getpid())
+    try:
+        shm = ContainerDiskReader().shm(os.getpid())
+    except PermissionError:
+        shm = None
     storage = ContainerStorage(shm_size_bytes=shm[0], shm_used_bytes=shm[1]) if shm else None
     try:
         with open("/proc/self/net/dev", encoding="ascii") as f:

@@ -11,7 +11,11 @@ DataLoader workers share that ``/dev/shm``.
 - **/dev/shm**, every cycle (one ``statvfs``): through ``/proc/<pid>/root/dev/shm`` of one of its
   processes (the host's pid namespace), where the container's own ``/dev/shm`` is mounted; and
   Docker's ``HostConfig.ShmSize`` and ``IpcMode``. A ``dev`` or ``dev/shm`` that is a symbolic
-  link is not followed: it would resolve in the agent's root, not the container's.
+  link is not followed: it would resolve in the agent's root, not the container's (one swapped
+  in between the check and the ``statvfs`` gives the size of a host filesystem, never a file's
+  content). The kernel lets only a holder of CAP_SYS_PTRACE into the root of another uid's
+  process (proc(5), ptrace access mode): a denied read is counted and not tried again for that
+  container for ``worker_interval_s``.
 - **DataLoader workers**, every ``worker_interval_s`` (default 60 s): the children of the
   container's GPU process (``/proc/<pid>/task/<pid>/children``, proc(5), kernels built with
   CONFIG_PROC_CHILDREN) named ``pt_data_worker``, the name PyTorch's DataLoader gives each worker
@@ -67,6 +71,7 @@ class _State:
     ephemeral: int | None = None
     workers: int | None = None
     workers_due: float = float("-inf")
+    shm_due: float = float("-inf")  # after a denied read
 
 
 class ContainerDiskReader(ErrorLog):
@@ -135,11 +140,17 @@ class ContainerDiskReader(ErrorLog):
                 state.workers_due = now + self.worker_interval_s
             elif not target.gpu_process:
                 state.workers = None
-            out[target.container_id] = self._storage(target, state)
+            out[target.container_id] = self._storage(target, state, now)
         return out
 
-    def _storage(self, target: DiskTarget, state: _State) -> ContainerStorage:
-        shm = self.shm(target.pid) if target.pid is not None else None
+    def _storage(self, target: DiskTarget, state: _State, now: float) -> ContainerStorage:
+        shm = None
+        if target.pid is not None and now >= state.shm_due:
+            try:
+                shm = self.shm(target.pid)
+            except PermissionError:
+                self.record("dev/shm", "PermissionError")
+                state.shm_due = now + self.worker_interval_s
         meta = target.meta
         writable = sampled = growth = None
         if state.samples:
@@ -160,7 +171,8 @@ class ContainerDiskReader(ErrorLog):
         )
 
     def shm(self, pid: int) -> tuple[int, int] | None:
-        """(size, used) of the process's /dev/shm, or None (a process gone, no tmpfs there)."""
+        """(size, used) of the process's /dev/shm, or None (a process gone, no tmpfs there, a
+        failure recorded); raises PermissionError when the kernel denies its root."""
         dev = f"{self.proc_root}/{pid}/root/dev"
         shm = dev + "/shm"
         try:
@@ -170,6 +182,8 @@ class ContainerDiskReader(ErrorLog):
             vfs = self._statvfs(shm)
         except (FileNotFoundError, ProcessLookupError):
             return None
+        except PermissionError:
+            raise
         except OSError as e:
             self.record("dev/shm", type(e).__name__)
             return None

@@ -19,12 +19,14 @@ measured once per digest, by walking one copy (``lstat``, the files' apparent si
 ``max_entries`` entries, and kept while a container carries it. Containers of one image share
 its layers on disk, so the copies an environment costs are the distinct images carrying it
 (an environment installed at run time in containers of one image shows in their writable layers
-instead). No path component is followed when it is a symbolic link: in a container's tree it
-would resolve in the agent's root. Package names are hashed, never kept or exported.
+instead). No path component is followed when it is a symbolic link (each is opened relative to
+the last with O_NOFOLLOW): in a container's tree it would resolve in the agent's root. Package
+names are hashed, never kept or exported.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -150,19 +152,23 @@ class EnvironmentScanner(ErrorLog):
     def _listing(self, root: str, path: str, suffix: str) -> list[str] | None:
         """The names under ``root``/``path`` ending in ``suffix``; None when it is not there, a
         component is a symbolic link, or it cannot be read (recorded)."""
-        if not _no_links(root, path):
-            return None
         names = []
         try:
-            with os.scandir(os.path.join(root, path.lstrip("/"))) as entries:
-                for entry in entries:
-                    if entry.name.endswith(suffix):
-                        names.append(entry.name)
-                        if len(names) >= MAX_LISTING:
-                            break
+            fd = _open_dir(root, path)
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(suffix):
+                            names.append(entry.name)
+                            if len(names) >= MAX_LISTING:
+                                break
+            finally:
+                os.close(fd)
         except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
             return None
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                return None  # a symbolic link where a directory was expected: not followed
             self.record("environment", type(e).__name__)
             return None
         return names
@@ -171,35 +177,52 @@ class EnvironmentScanner(ErrorLog):
         """The apparent bytes of the files under ``root``/``path``, and whether every entry was
         counted (the walk stops after ``max_entries``)."""
         total, seen = 0, 0
-        pending = [os.path.join(root, path.lstrip("/"))]
-        while pending:
-            try:
-                with os.scandir(pending.pop()) as entries:
-                    for entry in entries:
-                        seen += 1
-                        if seen > self.max_entries:
-                            return total, False
-                        info = entry.stat(follow_symlinks=False)
-                        if stat.S_ISDIR(info.st_mode):
-                            pending.append(entry.path)
-                        elif stat.S_ISREG(info.st_mode):
-                            total += info.st_size
-            except OSError:
-                continue  # a directory that went away or is unreadable: counted as empty
+        try:
+            pending = [_open_dir(root, path)]
+        except OSError:
+            return 0, True
+        try:
+            while pending:
+                fd = pending.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            seen += 1
+                            if seen > self.max_entries:
+                                return total, False
+                            info = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(info.st_mode):
+                                pending.append(os.open(entry.name, _NO_FOLLOW, dir_fd=fd))
+                            elif stat.S_ISREG(info.st_mode):
+                                total += info.st_size
+                except OSError:
+                    continue  # a directory that went away or is unreadable: counted as empty
+                finally:
+                    os.close(fd)
+        finally:
+            for fd in pending:
+                os.close(fd)
         return total, True
 
 
-def _no_links(root: str, path: str) -> bool:
-    """Whether no component of ``path`` under ``root`` is a symbolic link (all must exist)."""
-    current = root
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        try:
-            if stat.S_ISLNK(os.lstat(current).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
+_NO_FOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(root: str, path: str) -> int:
+    """A descriptor of the directory ``path`` in the tree whose root is ``root``: ``root`` is
+    followed (``/proc/<pid>/root`` is a link to the container's root by design), then each
+    component is opened relative to the last with O_NOFOLLOW, so that no symbolic link in the
+    container's tree is followed, not even one swapped in while the path is walked."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.strip("/").split("/"):
+            next_fd = os.open(part, _NO_FOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _digest(names: list[str]) -> str:

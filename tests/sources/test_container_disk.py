@@ -201,3 +201,18 @@ def test_workers_are_children_named_pt_data_worker_else_python(tmp_path: Path) -
     assert reader.read(targets[:1])[A].data_workers == 2
     clock.now += 30
     assert reader.read(targets[:1])[A].data_workers == 3
+
+
+def test_a_denied_root_is_counted_once_a_minute(tmp_path: Path) -> None:
+    _process(tmp_path, 100)
+    clock = Clock()
+
+    def statvfs(path: str) -> os.statvfs_result:  # the kernel's answer without CAP_SYS_PTRACE
+        raise PermissionError(13, "Permission denied", path)
+
+    reader = ContainerDiskReader(str(tmp_path), clock=clock, statvfs=statvfs)
+    target = [DiskTarget(A, pid=100)]
+    for _ in range(12):  # two minutes of 10 s cycles
+        assert reader.read(target)[A].shm_size_bytes is None
+        clock.now += 10
+    assert [e.error_type for e in reader.take_errors()] == ["PermissionError"] * 2

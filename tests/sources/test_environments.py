@@ -87,8 +87,18 @@ def test_a_symbolic_link_in_the_container_tree_is_not_followed(tmp_path: Path) -
         root = _container(tmp_path, pid)
         (root / "opt").mkdir()
         os.symlink(str(host), root / "opt" / "conda")
+    for pid in (102, 103):  # the link further down: a real conda-meta, a link inside the prefix
+        root = _container(tmp_path, pid, conda=CONDA)
+        os.symlink(str(host), root / "opt" / "conda" / "lib" / "host")
+        with open(host / "big", "wb") as f:
+            f.truncate(1 << 30)
     scanner = EnvironmentScanner(str(tmp_path))
     assert scanner.read([_target(100, "a"), _target(101, "b")]) == ()
+    scanner = EnvironmentScanner(str(tmp_path))
+    found = scanner.read([_target(102, "a"), _target(103, "b")])
+    assert len(found) == 1 and found[0].size_bytes is not None
+    assert found[0].size_bytes < 1 << 20  # the host's 1 GiB file was not counted
+    assert scanner.take_errors() == ()
 
 
 def test_work_is_bounded(tmp_path: Path) -> None:
@@ -105,14 +115,16 @@ def test_work_is_bounded(tmp_path: Path) -> None:
 def test_an_unreadable_tree_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _container(tmp_path, 100, conda=CONDA)
     _container(tmp_path, 101, conda=CONDA)
-    real = os.scandir
+    real = os.open
 
-    def scandir(path: str):  # what the kernel answers a reader without CAP_DAC_READ_SEARCH
-        if str(path).endswith("conda-meta") and "rootfs-100" in os.path.realpath(path):
+    def open_(path, flags, mode=0o777, *, dir_fd=None):  # as the kernel answers a reader
+        # without CAP_DAC_READ_SEARCH, in container 100's tree only
+        if path == "conda-meta" and dir_fd is not None and \
+                "rootfs-100" in os.readlink(f"/proc/self/fd/{dir_fd}"):
             raise PermissionError(13, "Permission denied", path)
-        return real(path)
+        return real(path, flags, mode, dir_fd=dir_fd)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "open", open_)
     scanner = EnvironmentScanner(str(tmp_path))
     assert scanner.read([_target(100, "a"), _target(101, "b")]) == ()
     assert [e.error_type for e in scanner.take_errors()] == ["PermissionError"]
