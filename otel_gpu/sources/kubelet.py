@@ -458,15 +458,21 @@ class PodListClient(ErrorLog):
 _TIMED_OUT: Any = object()
 
 
-def _pods(body: bytes) -> dict[str, KubeletPod] | str:
-    """Pods by uid from a PodList body, or the error type of a body that is none."""
+def json_list(body: bytes, key: str) -> list[Any] | str:
+    """The list under ``key`` of a JSON object body, or the error type of a body without one."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "MalformedJSON"
-    items = doc.get("items") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        return "Malformed"
+    items = doc.get(key) if isinstance(doc, dict) else None
+    return items if isinstance(items, list) else "Malformed"
+
+
+def _pods(body: bytes) -> dict[str, KubeletPod] | str:
+    """Pods by uid from a PodList body, or the error type of a body that is none."""
+    items = json_list(body, "items")
+    if isinstance(items, str):
+        return items
     return {pod.uid: pod for pod in (_pod(item) for item in items) if pod is not None}
 
 

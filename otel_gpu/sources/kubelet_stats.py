@@ -11,12 +11,11 @@ asks on its slow one (``otel_gpu.sources.container_disk``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from otel_gpu.sources._text import clean_text
-from otel_gpu.sources.kubelet import _TIMED_OUT, PodListClient
+from otel_gpu.sources.kubelet import _TIMED_OUT, PodListClient, json_list
 
 SUMMARY_PATH = "/stats/summary"
 _MAX_USED = 2**63 - 1
@@ -42,13 +41,9 @@ def _used(stats: Any) -> int | None:
 def parse_summary(body: bytes) -> dict[PodKey, PodDisk] | str:
     """Pods by (namespace, name) from a Summary body, or the error type of a body that is none.
     Entries without a name are skipped; a figure of the wrong type is left out."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return "MalformedJSON"
-    pods = doc.get("pods") if isinstance(doc, dict) else None
-    if not isinstance(pods, list):
-        return "Malformed"
+    pods = json_list(body, "pods")
+    if isinstance(pods, str):
+        return pods
     found: dict[PodKey, PodDisk] = {}
     for pod in pods:
         ref = pod.get("podRef") if isinstance(pod, dict) else None
