@@ -1,7 +1,9 @@
 """Scenario files, driven with generated input: built-in scenarios with one part replaced by any
 value (hostile text, NaN, infinities, huge or negative numbers, wrong shapes) and raw bytes. A
-file is either loaded, with every number finite and within int64, or refused with a
-``ScenarioError`` that names the file; nothing else escapes."""
+file is either loaded, with every number finite and within the loader's bounds (int64, except
+where a counter or a cgroup file may go past it, up to ``MAX_FILE_INTEGER``, so that what the
+agent does with such a value can be tested), or refused with a ``ScenarioError`` that names the
+file; nothing else escapes."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_gpu.simulate.scenario import BUILTIN_DIR, load_scenario
-from otel_gpu.simulate.scenario_checks import ScenarioError
+from otel_gpu.simulate.scenario_checks import MAX_FILE_INTEGER, ScenarioError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INT64 = 2**63
@@ -86,7 +88,7 @@ def _check_numbers(obj: Any, seen: set[int]) -> None:
     if isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return
     if isinstance(obj, int):
-        assert -INT64 <= obj < INT64
+        assert -INT64 <= obj <= MAX_FILE_INTEGER
     elif isinstance(obj, float):
         assert math.isfinite(obj), obj
     elif dataclasses.is_dataclass(obj):
