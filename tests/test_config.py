@@ -91,3 +91,13 @@ def test_otel_gpu_settings() -> None:
     empty = {k: "" for k in env}
     assert config.thresholds_file(empty) is None and config.simulated_scenario(empty) is None
     assert config.kubelet_url(empty) is None and config.collect_in_process(empty) is False
+
+
+def test_slow_scan_intervals() -> None:
+    name = config.DISK_INTERVAL
+    assert config.scan_interval_s(name, 300.0, {}) == 300.0
+    assert config.scan_interval_s(name, 300.0, {name: " 60 "}) == 60.0
+    assert config.scan_interval_s(name, 300.0, {name: "0"}) == 0.0  # off
+    for bad in ("-1", "soon", "nan", "inf"):
+        with pytest.raises(ConfigError, match=rf"^{name}: expected a number of seconds"):
+            config.scan_interval_s(name, 300.0, {name: bad})

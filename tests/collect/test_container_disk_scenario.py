@@ -89,3 +89,29 @@ def test_a_container_that_goes_leaves_no_state() -> None:
                    for env in snap.environments)
     finally:
         collector.close()
+
+
+def test_a_bad_interval_is_a_usage_error() -> None:
+    from runner import run_cli
+
+    result = run_cli("snapshot", "--simulate", "dgx-a100",
+                     env={"OTEL_GPU_ENVIRONMENT_INTERVAL": "hourly"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("otel-gpu: OTEL_GPU_ENVIRONMENT_INTERVAL: expected")
+
+
+def test_scans_turned_off_ask_nothing(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_GPU_DISK_INTERVAL", "0")
+    monkeypatch.setenv("OTEL_GPU_ENVIRONMENT_INTERVAL", "0")
+    collector = build_collector("dgx-a100")
+    collector.start()
+    try:
+        snap = [collector.collect() for _ in range(3)][-1]
+        world = collector.sources.simulation
+        assert not [p for p in world.docker_api.requests if p.endswith("?size=true")]
+        assert collector.sources.attributor.environments.scans == 0 and not snap.environments
+        assert all(c.storage is None or c.storage.writable_bytes is None for c in snap.containers)
+        # /dev/shm is read every cycle all the same: one statvfs, no daemon asked
+        assert any(c.storage is not None and c.storage.shm_size_bytes for c in snap.containers)
+    finally:
+        collector.close()
