@@ -24,6 +24,11 @@ def _workers(count: int) -> str:
     return f"{count} DataLoader worker{'s' if count != 1 else ''}"
 
 
+def _larger(size: int) -> str:
+    """A /dev/shm size to suggest: 16 GiB, or twice the present one where that is more."""
+    return f"{max(16, 2 * -(-size // 2**30))}g"
+
+
 def shm_small(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     """/dev/shm nearly full, or at Docker's 64 MiB default, while DataLoader workers run."""
     for usage in window[-1].snapshot.containers:
@@ -46,9 +51,9 @@ def shm_small(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
             verdict,
             f"{whose}: {running} a /dev/shm of {format_mib(size)}{default}, {pct(ratio)} in use; a "
             "worker that cannot place its batch there dies with \"bus error\".",
-            "Give the container a larger /dev/shm: docker run --shm-size=16g (in Kubernetes, an "
-            "emptyDir with medium: Memory mounted at /dev/shm), or the host's with --ipc=host; "
-            "or run fewer DataLoader workers.",
+            f"Give the container a larger /dev/shm: docker run --shm-size={_larger(size)} (in "
+            "Kubernetes, an emptyDir with medium: Memory mounted at /dev/shm), or the host's with "
+            "--ipc=host; or run fewer DataLoader workers.",
             t.shm_for_s,
         )
 
@@ -74,6 +79,9 @@ def writable_layer_growth(window: Sequence[Sample], t: Thresholds) -> Iterator[F
         )
 
 
+_NAMED = 5  # containers named in a message; the rest are counted
+
+
 def duplicated_environments(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     """One conda or pip environment carried in several images' or containers' own copies."""
     for env in window[-1].snapshot.environments:
@@ -81,12 +89,15 @@ def duplicated_environments(window: Sequence[Sample], t: Thresholds) -> Iterator
             continue
         wasted = (env.copies - 1) * env.size_bytes
         at_least = "" if env.size_complete else "at least "
+        names = [who(c).removeprefix("container ") for c in env.containers[:_NAMED]]
+        more = len(env.containers) - len(names)
+        listed = ", ".join(names) + (f" and {more} more" if more > 0 else "")
         yield condition(
             ("environment", env.kind, env.path, env.digest),
             {"otel_gpu.environment.kind": env.kind, "otel_gpu.environment.path": env.path,
              "otel_gpu.environment.digest": env.digest},
             flag(env.copies >= 2 and wasted >= t.environment_wasted_bytes, INFO),
-            f"{len(env.containers)} containers carry the same {env.kind} environment at "
+            f"{len(env.containers)} containers ({listed}) carry the same {env.kind} environment at "
             f"{env.path} ({env.packages} packages, {at_least}{format_gib(env.size_bytes)}) in "
             f"{env.copies} copies: {at_least}{format_gib(wasted)} of disk holds the same files "
             "again.",
