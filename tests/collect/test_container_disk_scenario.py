@@ -27,7 +27,7 @@ def test_dgx_a100_reports_writable_layers_shm_and_workers() -> None:
     workers = _by_name(doc, "otel_gpu.container.dataloader.workers")
     assert workers["alice-train"] == 8 and workers["carol-finetune"] == 4
     assert workers["alice-dev"] == 0
-    pods = points_named(doc, "otel_gpu.k8s.pod.ephemeral_storage.usage")
+    pods = points_named(doc, "k8s.pod.filesystem.usage")
     eval_pod = [p for p in pods if p["attributes"]["k8s.pod.name"] == "alice-eval-0"]
     assert [p["value"] for p in eval_pod] == [268435456]
     assert set(eval_pod[0]["attributes"]) == {"k8s.pod.name", "k8s.pod.uid",

@@ -44,13 +44,14 @@ CONTAINERS.add(
 
 
 @CONTAINERS.observed_by(
-    name="otel_gpu.k8s.pod.ephemeral_storage.usage",
+    name="k8s.pod.filesystem.usage",
     instrument=UPDOWNCOUNTER,
     unit="By",
     description="Bytes of a pod's ephemeral storage (its containers' writable layers, logs and "
     "emptyDir volumes): the kubelet Summary's ephemeral-storage.usedBytes, on the writable "
     "layers' cadence.",
     attributes=_POD,
+    semconv=True,
 )
 def _pod_ephemeral(snap: Snapshot) -> Iterator[Point]:
     seen = set()
