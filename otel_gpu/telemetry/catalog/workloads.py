@@ -227,6 +227,33 @@ CONTAINERS.add(
 )
 
 
+PRESSURE_STALL = "otel_gpu.pressure.stall_type"
+_PRESSURE_RULE = (
+    " by `otel_gpu.pressure.stall_type`: `some` while at least one of its tasks waited, `full` "
+    "while all of them did (PSI, Documentation/accounting/psi.rst); cgroup v2 with PSI only."
+)
+CONTAINERS.add(
+    name="otel_gpu.container.io.pressure.stall.time",
+    instrument=COUNTER,
+    unit="s",
+    description="Time the container's tasks stalled waiting for I/O (its cgroup's io.pressure "
+    "total)," + _PRESSURE_RULE,
+    attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
+    observe=_container_pair(PRESSURE_STALL, (("some", "io_pressure_some_s"),
+                                             ("full", "io_pressure_full_s"))),
+)
+CONTAINERS.add(
+    name="otel_gpu.container.memory.pressure.stall.time",
+    instrument=COUNTER,
+    unit="s",
+    description="Time the container's tasks stalled waiting for memory: reclaim, refaults, "
+    "swap-in (its cgroup's memory.pressure total)," + _PRESSURE_RULE,
+    attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
+    observe=_container_pair(PRESSURE_STALL, (("some", "memory_pressure_some_s"),
+                                             ("full", "memory_pressure_full_s"))),
+)
+
+
 def _container_network(kind: str) -> Observe:
     def observe(snap: Snapshot) -> Iterator[Point]:
         for usage in snap.containers:
