@@ -109,6 +109,15 @@ def host_cpu_busy(sample: Sample) -> float | None:
     return min(max(1.0 - idle, 0.0), 1.0)
 
 
+def cpu_phrase(cpu_of_limit: float | None, limit: float | None, host_busy: float | None) -> str:
+    """Why the CPUs are not the limit, in words."""
+    if cpu_of_limit is not None and limit:
+        return f"it uses {pct(cpu_of_limit)} of its {limit:g} CPUs"
+    if host_busy is not None:
+        return f"the host's CPUs are {pct(host_busy)} busy"
+    return "the CPUs are not busy"
+
+
 def storage_verdict(reads: StorageReads, cpu: float | None, t: Thresholds) -> tuple[bool, bool]:
     """(raised, held) of "storage is read and the CPUs are not the limit": the CPU-bound band
     of ``input_bound`` mirrored, so that both never raise at once."""

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from otel_gpu.insights.storage import (
     STORAGE_REMEDY,
+    cpu_phrase,
     host_cpu_busy,
     run_container,
     storage_reads,
@@ -73,10 +74,13 @@ def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
             where = run_container(newest, dict(signal.attributes))
             reads = storage_reads(newest, start, where)
             cpu = _cpu_of_limit(newest, start, where) if where is not None else None
-            on, still = storage_verdict(reads, cpu if cpu is not None else host_cpu_busy(newest),
-                                        t)
+            busy = host_cpu_busy(newest)
+            on, still = storage_verdict(reads, cpu if cpu is not None else busy, t)
             if latched(window, ("input_bound.storage", key), on, still):
-                message += f", and storage is where it waits: {reads.phrase()}"
+                usage = newest.containers.get(where) if where is not None else None
+                limit = usage.resources.cpu_limit if usage is not None else None
+                message += (f", and it waits on storage: {reads.phrase()}, while "
+                            f"{cpu_phrase(cpu, limit, busy)}")
                 remedy = STORAGE_REMEDY
             yield condition(key, dict(signal.attributes), verdict, message + ".", remedy,
                             t.data_wait_for_s)
@@ -153,7 +157,8 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
             continue
         activity = sum(activities) / len(activities)
         reads = storage_reads(newest, start, key)
-        on, still = storage_verdict(reads, cpu if cpu is not None else host_cpu_busy(newest), t)
+        busy = host_cpu_busy(newest)
+        on, still = storage_verdict(reads, cpu if cpu is not None else busy, t)
         idle = activity < t.input_bound_device_activity
         still_idle = activity < t.input_bound_device_activity_clear
         cpu_bound = cpu is not None and idle and cpu >= t.input_bound_cpu_of_limit
@@ -164,7 +169,8 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
                 key, usage.attributes,
                 (WARNING if idle and on else None, WARNING if still_idle and still else None),
                 f"{cap(who(usage.attributes))} looks input-bound on storage: its GPU activity is "
-                f"{pct(activity)} while {reads.phrase()}, and its CPUs are not the limit.",
+                f"{pct(activity)} while {reads.phrase()}; the CPUs are not the limit "
+                f"({cpu_phrase(cpu, usage.resources.cpu_limit, busy)}).",
                 STORAGE_REMEDY,
                 t.input_bound_for_s,
             )
