@@ -157,13 +157,17 @@ class HostSource:
         self._net_dev = _ProcFile(procfs, "net/dev")
         files = [self._stat, self._meminfo, self._diskstats, self._net_dev]
         files += [f for f in (self._mounts, self._mountstats) if f is not None]
-        weakref.finalize(self, _close_all, files)
+        self._closer = weakref.finalize(self, _close_all, files, self._statvfs)
         self._clock = clock
         self._partitions_ttl_s = partitions_ttl_s
         self._partitions: list[_Partition] | None = None
         self._partitions_at = 0.0
         self._logical_count: int | None = None
         self._previous_cpu: tuple[float, dict[str, float]] | None = None
+
+    def close(self) -> None:
+        """Close the kept files and stop the threads that read network and FUSE mounts."""
+        self._closer()
 
     def read(
         self, overrides: HostOverrides | None = None
@@ -367,7 +371,13 @@ class HostSource:
             if mount.mountpoint not in local and self._filter.includes(mount.type,
                                                                        mount.mountpoint):
                 found[mount.mountpoint] = mount  # the last mount on a point is the visible one
-        return list(found.values())
+        # An export mounted twice is one filesystem, kept at its first mount point; a FUSE
+        # device is only a name.
+        unique: dict[str, Mount] = {}
+        for mount in found.values():
+            unique.setdefault(mount.mountpoint if mount.type.startswith("fuse") else mount.device,
+                              mount)
+        return list(unique.values())
 
     def _remote_filesystems(self, errors: list[SourceError]) -> list[Filesystem]:
         if not self._remote:
@@ -375,12 +385,9 @@ class HostSource:
         record = _Recorder(errors)
         answers = self._statvfs.read([m.mountpoint for m in self._remote], record)
         found: list[Filesystem] = []
-        seen: set[str] = set()
         for mount in self._remote:
             result = answers.get(mount.mountpoint)
-            # An export mounted twice is one filesystem; a FUSE device is only a name.
-            key = mount.mountpoint if mount.type.startswith("fuse") else mount.device
-            if result is None or key in seen:
+            if result is None:
                 continue
             try:
                 filesystem = filesystem_of(mount, result)
@@ -388,7 +395,6 @@ class HostSource:
                 record("statvfs", MALFORMED)
                 continue
             if filesystem is not None:
-                seen.add(key)
                 found.append(filesystem)
         return found
 
@@ -473,7 +479,8 @@ class _ProcFile:
                 os.close(fd)
 
 
-def _close_all(files: Iterable[_ProcFile]) -> None:
+def _close_all(files: Iterable[_ProcFile], statvfs: BoundedStatvfs) -> None:
+    statvfs.close()
     for file in files:
         file.close()
 

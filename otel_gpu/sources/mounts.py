@@ -156,23 +156,49 @@ def nfs_io(mounts: Iterable[Mount], counters: dict[str, tuple[int, int]]) -> tup
     return tuple(out)
 
 
-class _Call:
-    """One ``statvfs`` call on its own daemon thread."""
+class _Worker:
+    """The thread that runs one mount point's ``statvfs`` calls, one at a time: kept between
+    cycles (starting a thread costs more than the call), stopped when the mount goes away."""
 
     def __init__(self, statvfs: Callable[[str], Any], path: str) -> None:
-        self.done = threading.Event()
+        self._statvfs, self._path = statvfs, path
+        self._changed = threading.Condition()
+        self._asked = self._stopped = False
+        self.done = True
         self.result: Any = None
         self.error: str | None = None
-        self._statvfs, self._path = statvfs, path
         threading.Thread(target=self._run, name="otel-gpu-statvfs", daemon=True).start()
 
+    def ask(self) -> None:
+        with self._changed:
+            self.done, self._asked = False, True
+            self._changed.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the call asked for has returned within ``timeout_s``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.done, timeout_s)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
     def _run(self) -> None:
-        try:
-            self.result = self._statvfs(self._path)
-        except Exception as err:
-            self.error = type(err).__name__
-        finally:
-            self.done.set()
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._asked or self._stopped)
+                if not self._asked:
+                    return
+                self._asked = False
+            result, error = None, None
+            try:
+                result = self._statvfs(self._path)
+            except Exception as err:
+                error = type(err).__name__
+            with self._changed:
+                self.result, self.error, self.done = result, error, True
+                self._changed.notify_all()
 
 
 class BoundedStatvfs:
@@ -184,36 +210,41 @@ class BoundedStatvfs:
     ) -> None:
         self._statvfs = statvfs
         self._timeout_s = timeout_s
-        self._stuck: dict[str, _Call] = {}  # mount point -> the call that has not returned
+        self._workers: dict[str, _Worker] = {}
 
     @property
     def unresponsive(self) -> frozenset[str]:
-        return frozenset(p for p, call in self._stuck.items() if not call.done.is_set())
+        return frozenset(p for p, worker in self._workers.items() if not worker.done)
+
+    def close(self) -> None:
+        for worker in self._workers.values():
+            worker.stop()
+        self._workers.clear()
 
     def read(
         self, paths: Sequence[str], record: Callable[[str, str], None]
     ) -> dict[str, Any]:
         """The answers for ``paths`` that came in time; ``record(call, error_type)`` for each
         mount that failed or did not answer."""
-        for path in self._stuck.keys() - set(paths):
-            del self._stuck[path]  # unmounted: a call still stuck on it is no longer ours
-        calls: dict[str, _Call] = {}
+        for path in self._workers.keys() - set(paths):
+            self._workers.pop(path).stop()  # unmounted; a stuck call ends its thread later
+        asked: dict[str, _Worker] = {}
         for path in paths:
-            stuck = self._stuck.get(path)
-            if stuck is not None:
-                if not stuck.done.is_set():
-                    record("statvfs", UNRESPONSIVE)
-                    continue
-                del self._stuck[path]
-            calls[path] = _Call(self._statvfs, path)
+            worker = self._workers.get(path)
+            if worker is None:
+                worker = self._workers[path] = _Worker(self._statvfs, path)
+            elif not worker.done:
+                record("statvfs", UNRESPONSIVE)  # still in the call an earlier cycle made
+                continue
+            worker.ask()
+            asked[path] = worker
         deadline = time.monotonic() + self._timeout_s
         answers: dict[str, Any] = {}
-        for path, call in calls.items():
-            if not call.done.wait(max(deadline - time.monotonic(), 0.0)):
-                self._stuck[path] = call
+        for path, worker in asked.items():
+            if not worker.wait(max(deadline - time.monotonic(), 0.0)):
                 record("statvfs", UNRESPONSIVE)
-            elif call.error is not None:
-                record("statvfs", call.error)
+            elif worker.error is not None:
+                record("statvfs", worker.error)
             else:
-                answers[path] = call.result
+                answers[path] = worker.result
         return answers

@@ -249,3 +249,19 @@ def test_the_mount_list_is_read_on_its_cadence(tmp_path: Path) -> None:
     assert "/datasets" in _remote(source.read()[0])  # the list stands until the TTL
     now[0] = 61.0
     assert set(_remote(source.read()[0])) == {"/home"}
+
+
+def _statvfs_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "otel-gpu-statvfs"]
+
+
+def test_one_thread_per_mount_kept_across_cycles_and_stopped_on_close(tmp_path: Path) -> None:
+    before = len(_statvfs_threads())
+    source = _source(_proc(tmp_path), FakeStatvfs(SIZES))
+    for _ in range(5):
+        source.read()
+    assert len(_statvfs_threads()) - before == 5  # the five mounts read, however many cycles
+    source.close()
+    for thread in _statvfs_threads()[before:]:
+        thread.join(5)
+    assert len(_statvfs_threads()) == before
