@@ -256,12 +256,13 @@ def _statvfs_threads() -> list[threading.Thread]:
 
 
 def test_one_thread_per_mount_kept_across_cycles_and_stopped_on_close(tmp_path: Path) -> None:
-    before = len(_statvfs_threads())
+    before = set(_statvfs_threads())  # other tests' sources may still be ending theirs
     source = _source(_proc(tmp_path), FakeStatvfs(SIZES))
     for _ in range(5):
         source.read()
-    assert len(_statvfs_threads()) - before == 5  # the five mounts read, however many cycles
+    ours = set(_statvfs_threads()) - before
+    assert len(ours) == 5  # the five filesystems read, however many cycles
     source.close()
-    for thread in _statvfs_threads()[before:]:
+    for thread in ours:
         thread.join(5)
-    assert len(_statvfs_threads()) == before
+    assert not any(thread.is_alive() for thread in ours)

@@ -232,26 +232,17 @@ _PRESSURE_RULE = (
     " by `otel_gpu.pressure.stall_type`: `some` while at least one of its tasks waited, `full` "
     "while all of them did (PSI, Documentation/accounting/psi.rst); cgroup v2 with PSI only."
 )
-CONTAINERS.add(
-    name="otel_gpu.container.io.pressure.stall.time",
-    instrument=COUNTER,
-    unit="s",
-    description="Time the container's tasks stalled waiting for I/O (its cgroup's io.pressure "
-    "total)," + _PRESSURE_RULE,
-    attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
-    observe=_container_pair(PRESSURE_STALL, (("some", "io_pressure_some_s"),
-                                             ("full", "io_pressure_full_s"))),
-)
-CONTAINERS.add(
-    name="otel_gpu.container.memory.pressure.stall.time",
-    instrument=COUNTER,
-    unit="s",
-    description="Time the container's tasks stalled waiting for memory: reclaim, refaults, "
-    "swap-in (its cgroup's memory.pressure total)," + _PRESSURE_RULE,
-    attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
-    observe=_container_pair(PRESSURE_STALL, (("some", "memory_pressure_some_s"),
-                                             ("full", "memory_pressure_full_s"))),
-)
+for _resource, _waited in (("io", "I/O"), ("memory", "memory: reclaim, refaults, swap-in")):
+    CONTAINERS.add(
+        name=f"otel_gpu.container.{_resource}.pressure.stall.time",
+        instrument=COUNTER,
+        unit="s",
+        description=f"Time the container's tasks stalled waiting for {_waited} (its cgroup's "
+        f"{_resource}.pressure total)," + _PRESSURE_RULE,
+        attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
+        observe=_container_pair(PRESSURE_STALL, (("some", f"{_resource}_pressure_some_s"),
+                                                 ("full", f"{_resource}_pressure_full_s"))),
+    )
 
 
 def _container_network(kind: str) -> Observe:
