@@ -1,11 +1,11 @@
 """Host processes from /proc: owner uid, command name, start time and cgroup lines.
 
 Only ``stat``, ``status`` and ``cgroup`` are read, all world-readable, and ``maps``, once per
-process, to tell whether it has NVIDIA DALI's library (``libdali``) mapped; command lines and
-environments are never read. ``maps`` needs ptrace-read access (root, or the process's owner);
-where it is refused, ``dali`` is None and the refusal is recorded. A process may exit between
-being listed and being read: that gives None, not an error. Under ``hidepid=`` mounts other
-users' files fail with PermissionError: the reader then returns what it could read
+process, to tell whether it has NVIDIA DALI's library (``libdali``) mapped; command lines are
+never read, and environments only as below. ``maps`` needs ptrace-read access (root, or the
+process's owner); where it is refused, ``dali`` is None and the refusal is recorded. A process
+may exit between being listed and being read: that gives None, not an error. Under ``hidepid=``
+mounts other users' files fail with PermissionError: the reader then returns what it could read
 (``complete=False``) and records the failure.
 
 For a process in a Slurm job step, ``slurm_account`` reads one variable of its ``environ``,
