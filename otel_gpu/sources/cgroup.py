@@ -395,20 +395,23 @@ class CgroupReader(ErrorLog):
         text = self._text(base, name)
         if text is None:
             return None, None
-        found: dict[str, float] = {}
-        for line in text.splitlines():
-            kind, _, rest = line.partition(" ")
-            if not line.strip():
+        some = full = None
+        for line in text.split("\n"):
+            if not line:
                 continue
-            total = next((item[6:] for item in rest.split() if item.startswith("total=")), None)
+            kind, at = line[:5], line.rfind(" total=")
             try:
-                if kind not in ("some", "full") or total is None:
+                if at < 0 or kind not in ("some ", "full "):
                     raise ValueError(line)
-                found[kind] = parse_count(total) * 1e-6
+                seconds = parse_count(line[at + 7:]) * 1e-6
             except ValueError:
                 self._malformed(name)
                 return None, None
-        return found.get("some"), found.get("full")
+            if kind == "some ":
+                some = seconds
+            else:
+                full = seconds
+        return some, full
 
     def _io_v1(self, base: str) -> tuple[int, int] | None:
         """blkio.throttle.io_service_bytes: ``MAJ:MIN Read N`` / ``Write`` lines and a Total."""
