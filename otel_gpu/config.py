@@ -236,10 +236,22 @@ def filesystem_include(environ: Mapping[str, str] | None = None) -> tuple[str, .
                                 environ)
 
 
+# Mounts that come and go with a workload or a desktop login, each a series of its own: the
+# kubelet mounts every pod's network and block volumes under its pod directory (an NFS export a
+# pod uses is also mounted once at its PersistentVolume's global mount point, or by the node),
+# and a user session mounts its own FUSE helpers under /run/user/<uid>. lxcfs is a FUSE view of
+# /proc, not storage.
+DEFAULT_FILESYSTEM_EXCLUDE = ("/var/lib/kubelet/pods/*", "/run/user/*", "fuse.lxcfs",
+                              "fuse.portal", "fuse.gvfsd-fuse", "fuse.snapfuse")
+
+
 def filesystem_exclude(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """``OTEL_GPU_FILESYSTEM_EXCLUDE``: filesystems never reported, local disks included, in
-    ``OTEL_GPU_FILESYSTEM_INCLUDE``'s pattern syntax (default: none)."""
-    return _filesystem_patterns("OTEL_GPU_FILESYSTEM_EXCLUDE", (), environ)
+    ``OTEL_GPU_FILESYSTEM_INCLUDE``'s pattern syntax (default: every pod's volume mounts, the
+    per-login mounts under ``/run/user`` and the FUSE helpers that hold no data; ``none`` for
+    none)."""
+    return _filesystem_patterns("OTEL_GPU_FILESYSTEM_EXCLUDE", DEFAULT_FILESYSTEM_EXCLUDE,
+                                environ)
 
 
 def kubelet_url(environ: Mapping[str, str] | None = None) -> str | None:

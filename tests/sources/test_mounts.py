@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from otel_gpu.config import filesystem_exclude, filesystem_include
+from otel_gpu.config import DEFAULT_FILESYSTEM_EXCLUDE, filesystem_exclude, filesystem_include
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.mounts import (
     BoundedStatvfs,
@@ -169,7 +169,14 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert filesystem_include({"OTEL_GPU_FILESYSTEM_INCLUDE": "NFS4, /Data/*"}) == (
         "nfs4", "/Data/*")
     assert filesystem_include({"OTEL_GPU_FILESYSTEM_INCLUDE": "none"}) == ()
-    assert filesystem_exclude({}) == ()
+    assert filesystem_exclude({}) == DEFAULT_FILESYSTEM_EXCLUDE
+    assert filesystem_exclude({"OTEL_GPU_FILESYSTEM_EXCLUDE": "none"}) == ()
+    default = FilesystemFilter.from_environ({})
+    assert not default.includes("nfs4", "/var/lib/kubelet/pods/9f/volumes/kubernetes.io~nfs/d")
+    assert not default.includes("fuse.gvfsd-fuse", "/run/user/1000/gvfs")
+    assert not default.includes("fuse.lxcfs", "/var/lib/lxcfs")
+    assert default.includes("nfs4", "/var/lib/kubelet/plugins/kubernetes.io/nfs/pv1")
+    assert default.includes("fuse.sshfs", "/mnt/remote")
     assert filesystem_exclude({"OTEL_GPU_FILESYSTEM_EXCLUDE": "fuse.*,/scratch"}) == (
         "fuse.*", "/scratch")
     monkeypatch.setenv("OTEL_GPU_FILESYSTEM_EXCLUDE", "cifs")
