@@ -8,6 +8,10 @@ of CPU frequency falls on all of them alike. Costs are CPU time of this thread
 (``time.thread_time``) per collection and per collected data point; ratios are taken within each
 round and their median is reported. No absolute figure is a goal: only the ratios are.
 
+The dgx-a100 cycle runs twice more: with every reader of FEATURES fed (its scenario keys added
+to the built-in, its settings on) and with them off, so that what they add to a cycle is a ratio
+of the same run.
+
     .venv/bin/python benchmarks/bench_cost.py [--quick] [--json result.json]
 """
 
@@ -21,12 +25,14 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from cost_features import FEATURES, SCENARIO, featured_scenario, settings
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -45,7 +51,6 @@ from otel_gpu.telemetry.instruments import register_catalog
 from otel_gpu.telemetry.providers import get_meter
 
 HOST_SECTION = "Host"
-SCENARIO = "dgx-a100"
 
 # The contrib instrumentor restricted to the system.* metrics that have a counterpart among ours,
 # with the states ours reports (its own cpu.time/cpu.utilization are per logical CPU).
@@ -73,6 +78,7 @@ CONTRIB_CONFIG: dict[str, list[str] | None] = {
 # Goals, as ratios of CPU time per data point measured in the same run.
 GOAL_VS_CONTRIB = 0.5  # ours-host / contrib at most
 GOAL_VS_FLOOR = 1.5  # ours-host / sdk-floor at most
+GOAL_FEATURES = 1.15  # a dgx-a100 cycle with FEATURES on / off, per collection, at most
 
 
 def count_points(data: MetricsData | None) -> int:
@@ -131,8 +137,8 @@ class Variant:
             "points_min": min(self.points),
             "points_max": max(self.points),
             "cpu_ms_per_collection": cpu * 1e3,
-            # the slow-cadence scans fall on a few collections: the median hides them, the mean
-            # spreads them over every collection
+            # the slow-cadence scans fall on a few collections: the median leaves them out, the
+            # mean spreads them over every collection
             "cpu_ms_per_collection_mean": statistics.fmean(all_cpu) * 1e3,
             "cpu_ms_per_collection_round_min": min(round_medians) * 1e3,
             "cpu_ms_per_collection_round_max": max(round_medians) * 1e3,
@@ -272,22 +278,20 @@ def sdk_floor_of(name: str, data: MetricsData | None) -> Variant:
     )
 
 
-def dgx_variants() -> tuple[list[Variant], str | None]:
+def dgx_variants(
+    scenario: str = SCENARIO, label: str = SCENARIO, environ: Mapping[str, str] | None = None
+) -> tuple[list[Variant], str | None]:
     """One full cycle of the simulated scenario: the Collector alone, and the Collector plus
-    every catalog instrument on an InMemoryMetricReader."""
+    every catalog instrument on an InMemoryMetricReader; built under ``environ``'s settings."""
     try:
         from otel_gpu.collect.build import build_collector
 
-        collect_only = build_collector(simulate=SCENARIO)
-        full = build_collector(simulate=SCENARIO)
-        without_disk = build_collector(simulate=SCENARIO)
+        with settings(environ or {}):
+            collect_only = build_collector(simulate=scenario)
+            full = build_collector(simulate=scenario)
     except Exception as err:  # the simulator is optional to this benchmark
         return [], f"{type(err).__name__}: {err}"
-    # The baseline of the container disk reads: no writable layers, /dev/shm, DataLoader
-    # workers or environment scans.
-    attributor = without_disk.sources.attributor
-    attributor.disk = attributor.environments = None
-    for collector in (collect_only, full, without_disk):
+    for collector in (collect_only, full):
         message = collector.start()
         if message is not None:
             return [], f"simulated driver did not start: {message}"
@@ -304,25 +308,32 @@ def dgx_variants() -> tuple[list[Variant], str | None]:
         cache.refresh()
         return count_points(reader.get_metrics_data())
 
-    def run_without_disk() -> int:
-        without_disk.collect()
-        return 0
-
     return [
         Variant(
-            f"{SCENARIO}-collect", f"Collector.collect() of the simulated {SCENARIO}", run_collect
+            f"{label}-collect", f"Collector.collect() of the simulated {label}", run_collect
         ),
         Variant(
-            f"{SCENARIO}-collect-no-disk",
-            "the same without the container disk, shm and environment reads", run_without_disk,
-        ),
-        Variant(
-            f"{SCENARIO}-full",
-            f"Collector.collect() of the simulated {SCENARIO} + every catalog instrument on an"
+            f"{label}-full",
+            f"Collector.collect() of the simulated {label} + every catalog instrument on an"
             " InMemoryMetricReader",
             run_full,
         ),
     ], None
+
+
+def feature_variants(directory: str) -> tuple[list[Variant], str | None]:
+    """The dgx-a100 cycle with FEATURES off (the built-in, their off settings) and on (their
+    keys fed, their on settings)."""
+    off: dict[str, str] = {}
+    on: dict[str, str] = {}
+    for feature in FEATURES.values():
+        off.update(feature.off)
+        on.update(feature.on)
+    variants_off, skipped = dgx_variants(SCENARIO, f"{SCENARIO}-off", off)
+    if skipped:
+        return [], skipped
+    variants_on, skipped = dgx_variants(featured_scenario(directory), f"{SCENARIO}-on", on)
+    return variants_off + variants_on, skipped
 
 
 # -- running and reporting ----------------------------------------------------------------------
@@ -374,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     theirs.run()
     theirs_floor = sdk_floor_of("sdk-floor-contrib", theirs_reader.get_metrics_data())
     dgx, dgx_skipped = dgx_variants()
-    variants = [ours, theirs, floor, theirs_floor, *dgx]
+    scratch = tempfile.TemporaryDirectory(prefix="bench-cost-")
+    featured, features_skipped = feature_variants(scratch.name) if not dgx_skipped else ([], None)
+    variants = [ours, theirs, floor, theirs_floor, *dgx, *featured]
 
     cycles_before = collector.sources.cycles
     run_rounds(variants, args.rounds, args.collections, args.warmup)
@@ -391,18 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # lowest ours-host/contrib per point can be.
         ("sdk-floor/contrib", floor, theirs),
     )
-    by_name = {v.name: v for v in variants}
-    if f"{SCENARIO}-collect" in by_name:
-        pairs += ((f"{SCENARIO}-collect/{SCENARIO}-collect-no-disk", by_name[f"{SCENARIO}-collect"],
-                   by_name[f"{SCENARIO}-collect-no-disk"]),)
     for label, a, b in pairs:
         ratios[label] = {
             "per_point": statistics.median(round_ratios(a, b, per_point=True)),
             "per_collection": statistics.median(round_ratios(a, b, per_point=False)),
             "per_point_round_max": max(round_ratios(a, b, per_point=True)),
-            "per_collection_mean": statistics.median(
-                statistics.fmean(x) / statistics.fmean(y)
-                for x, y in zip(a.cpu_s, b.cpu_s, strict=True)),
         }
     # What each costs beyond the SDK's own work for its points: the reading of the host and the
     # making of Observations.
@@ -416,6 +422,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios["ours-host/contrib above sdk floor"] = {
         "per_collection": above_floor["ours-host"] / above_floor["contrib"],
     }
+    by_name = {v.name: v for v in variants}
+    for kind in ("collect", "full"):
+        on, off = by_name.get(f"{SCENARIO}-on-{kind}"), by_name.get(f"{SCENARIO}-off-{kind}")
+        if on is not None and off is not None:
+            ratios[f"{SCENARIO} features on/off, {kind}"] = {
+                "per_collection": statistics.median(round_ratios(on, off, per_point=False)),
+                "per_collection_round_max": max(round_ratios(on, off, per_point=False)),
+                "per_collection_mean": statistics.median(
+                    statistics.fmean(a) / statistics.fmean(b)
+                    for a, b in zip(on.cpu_s, off.cpu_s, strict=True)),
+            }
     goals = {
         "ours-host/contrib per point <= 0.5": {
             "goal": GOAL_VS_CONTRIB,
@@ -428,6 +445,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "met": ratios["ours-host/sdk-floor"]["per_point"] <= GOAL_VS_FLOOR,
         },
     }
+
+    feature_key = f"{SCENARIO} features on/off, full"
+    if feature_key in ratios:
+        measured = ratios[feature_key]["per_collection"]
+        goals[f"{feature_key} per collection <= {GOAL_FEATURES}"] = {
+            "goal": GOAL_FEATURES, "measured": measured, "met": measured <= GOAL_FEATURES}
 
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -447,21 +470,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "psutil": _version("psutil"),
         },
         "contrib_config": CONTRIB_CONFIG,
+        "features": {name: {"on": dict(f.on), "off": dict(f.off)} for name, f in FEATURES.items()},
         "variants": summaries,
         "cpu_ms_above_sdk_floor_per_collection": above_floor,
         "ratios": ratios,
         "goals": goals,
     }
-    if dgx_skipped:
-        result["skipped"] = {SCENARIO: dgx_skipped}
+    if dgx_skipped or features_skipped:
+        result["skipped"] = {SCENARIO: dgx_skipped or features_skipped}
 
     print(
         f"{args.rounds} rounds x {args.collections} collections per variant, CPU time of "
         f"this thread, medians"
     )
     print(
-        f"{'variant':<25}{'points':>7}{'cpu ms/coll':>12}{'round range':>14}"
-        f"{'mean ms':>9}{'cpu us/point':>13}{'wall ms/coll':>13}"
+        f"{'variant':<20}{'points':>8}{'cpu ms/coll':>13}{'round range':>17}"
+        f"{'cpu us/point':>14}{'wall ms/coll':>14}"
     )
     for name, s in summaries.items():
         points = f"{s['points']:g}" if s["points"] else "-"
@@ -471,18 +495,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{s['cpu_ms_per_collection_round_min']:.3f}-{s['cpu_ms_per_collection_round_max']:.3f}"
         )
         print(
-            f"{name:<25}{points:>7}{s['cpu_ms_per_collection']:>12.3f}{rng:>14}"
-            f"{s['cpu_ms_per_collection_mean']:>9.3f}{per_point_text:>13}"
-            f"{s['wall_ms_per_collection']:>13.3f}"
+            f"{name:<20}{points:>8}{s['cpu_ms_per_collection']:>13.3f}{rng:>17}"
+            f"{per_point_text:>14}{s['wall_ms_per_collection']:>14.3f}"
         )
     print()
     for label, r in ratios.items():
         if "per_point" not in r:
+            if "per_collection_round_max" in r:
+                print(f"{label:<22} per collection {r['per_collection']:.3f} (worst round "
+                      f"{r['per_collection_round_max']:.3f}; of the means "
+                      f"{r['per_collection_mean']:.3f})")
             continue
         print(
             f"{label:<22} per point {r['per_point']:.3f} (worst round "
             f"{r['per_point_round_max']:.3f}), per collection {r['per_collection']:.3f}"
-            f" (means {r['per_collection_mean']:.3f})"
         )
     print(
         "above the SDK floor, cpu ms/collection: "
@@ -496,8 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" ({'below' if bound <= GOAL_VS_CONTRIB else 'above'} the goal's {GOAL_VS_CONTRIB})"
     )
     print(f"host reads per ours-host collection: {host_reads:.2f}")
-    if dgx_skipped:
-        print(f"{SCENARIO}: skipped ({dgx_skipped})")
+    if dgx_skipped or features_skipped:
+        print(f"{SCENARIO}: skipped ({dgx_skipped or features_skipped})")
+    scratch.cleanup()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=2)

@@ -28,6 +28,7 @@ from otel_gpu.sources.environments import EnvironmentScanner
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
 from otel_gpu.sources.kubelet_stats import StatsSummaryClient
+from otel_gpu.sources.mounts import FilesystemFilter
 from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
@@ -53,7 +54,8 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor,
+        host = HostSource(filesystems=FilesystemFilter.from_environ())
+        return Collector(LocalSources(NvmlSource(), host, attributor=attributor,
                                       dcgm=DcgmSource()),
                          insights=engine)
 
@@ -66,12 +68,27 @@ def build_collector(
     world = SimulatedWorld(server) if attribution else None
     sources = LocalSources(
         NvmlSource(server.nvml, gpm_warmup_s=0.0),
-        HostSource(),
+        simulated_host(world),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
         dcgm=simulated_dcgm(server),
     )
     return Collector(sources, insights=engine)
+
+
+# A simulated mount that does not answer costs a cycle this long once (the agent's bound is
+# STATVFS_TIMEOUT_S), so that a scenario with one runs quickly.
+SIMULATED_STATVFS_TIMEOUT_S = 0.2
+
+
+def simulated_host(world: SimulatedWorld | None) -> HostSource:
+    """The host source; over a world, its network and FUSE mounts are the world's."""
+    filesystems = FilesystemFilter.from_environ()
+    if world is None:
+        return HostSource(filesystems=FilesystemFilter((), filesystems.exclude))
+    return HostSource(filesystems=filesystems, mounts_procfs=world.proc_root,
+                      statvfs=world.mounts.statvfs,
+                      statvfs_timeout_s=SIMULATED_STATVFS_TIMEOUT_S)
 
 
 def simulated_dcgm(server: SimulatedServer) -> DcgmSource | None:
@@ -92,8 +109,12 @@ def build_host_attributor(environ: Mapping[str, str] | None = None) -> Attributo
     """The join over this host's /proc and cgroups, the Docker daemon when its socket exists,
     and the kubelet on a Kubernetes node (pod-resources when its socket exists; ``/pods`` when
     ``KUBERNETES_SERVICE_HOST`` is set: ``OTEL_GPU_KUBELET_URL`` if given, else
-    ``https://$NODE_NAME:10250/pods``; ``OTEL_GPU_KUBELET_INSECURE=true`` skips verifying the
-    kubelet's serving certificate, which is often self-signed)."""
+    ``https://$NODE_NAME:10250/pods``, and ``/stats/summary`` beside it;
+    ``OTEL_GPU_KUBELET_INSECURE=true`` skips verifying the kubelet's serving certificate, which
+    is often self-signed). Writable layers are sampled every ``OTEL_GPU_DISK_INTERVAL`` seconds
+    (default 300), environments scanned every ``OTEL_GPU_ENVIRONMENT_INTERVAL`` (default 1800);
+    0 turns either off (the first with the /dev/shm and DataLoader worker reads). Raises
+    ``ConfigError`` for a bad interval."""
     env = os.environ if environ is None else environ
     docker = DockerClient() if os.path.exists(DOCKER_SOCKET) else None
     pod_resources = PodResourcesClient() if os.path.exists(POD_RESOURCES_SOCKET) else None
@@ -115,19 +136,20 @@ def _disk_readers(
     proc_root: str = "/proc",
     **clocked: Any,
 ) -> dict[str, Any]:
-    """The writable-layer and shm reader and the environment scanner, on their cadences;
-    ``clocked``: the clock (and, simulated, the statvfs) they read."""
+    """The writable-layer and shm reader and the environment scanner, on their cadences (an
+    interval of 0: that reader is off); ``clocked``: the clock (and, simulated, the statvfs)
+    they read."""
+    disk_s = scan_interval_s(DISK_INTERVAL, container_disk.DEFAULT_INTERVAL_S, environ)
+    environment_s = scan_interval_s(ENVIRONMENT_INTERVAL, environments.DEFAULT_INTERVAL_S,
+                                    environ)
     summary = StatsSummaryClient(pod_list) if pod_list is not None else None
-    disk = ContainerDiskReader(
-        proc_root, docker=docker, summary=summary,
-        interval_s=scan_interval_s(DISK_INTERVAL, container_disk.DEFAULT_INTERVAL_S, environ),
-        **clocked,
-    )
     clock = {k: v for k, v in clocked.items() if k == "clock"}
-    scanner = EnvironmentScanner(proc_root, interval_s=scan_interval_s(
-        ENVIRONMENT_INTERVAL, environments.DEFAULT_INTERVAL_S, environ), **clock)
-    return {"disk": disk, "environments": scanner}
-
+    return {
+        "disk": ContainerDiskReader(proc_root, docker=docker, summary=summary,
+                                    interval_s=disk_s, **clocked) if disk_s else None,
+        "environments": EnvironmentScanner(proc_root, interval_s=environment_s, **clock)
+        if environment_s else None,
+    }
 
 
 def simulated_attributor(

@@ -210,6 +210,7 @@ class ProcessSpec:
     mig_instance: int | None = None
     running: Varying = True
     libraries: tuple[str, ...] = ()  # shared objects its /proc/<pid>/maps lists, e.g. libdali.so
+    environ: dict[str, str] = field(default_factory=dict)  # its /proc/<pid>/environ
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,12 @@ class Resources:
     network_tx_bytes_per_s: Varying = None
     writable_layer_bytes: Varying = None  # Docker SizeRw; a pod container's rootfs.usedBytes
     shm_used_bytes: Varying = None  # of its /dev/shm
+    # Shares of each cycle its tasks stalled (PSI "some": at least one task, "full": all of
+    # them), accumulated into io.pressure and memory.pressure; None: PSI off (no such files).
+    io_pressure_some: Varying = None
+    io_pressure_full: Varying = None
+    memory_pressure_some: Varying = None
+    memory_pressure_full: Varying = None
 
 
 DOCKER_SHM_BYTES = 64 << 20  # Docker's default HostConfig.ShmSize, and a pod's /dev/shm
@@ -392,10 +399,26 @@ class FilesystemSpec:
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """A network or FUSE filesystem in the simulated /proc/self/mounts, answering statvfs
+    through the world's stand-in; NFS mounts also get their mountstats counters."""
+
+    mountpoint: str
+    device: str  # e.g. nas:/datasets
+    type: str  # e.g. nfs4, cifs, fuse.sshfs
+    size_bytes: Varying
+    used_bytes: Varying
+    read_bytes_per_s: Varying = 0  # what the client reads from the server
+    write_bytes_per_s: Varying = 0
+    responsive: Varying = True  # False: statvfs blocks, as on a dead NFS server
+
+
+@dataclass(frozen=True)
 class HostSpec:
     memory_used_ratio: Varying = None
     cpu_utilization: Varying = None  # the busy share of all the host's CPUs, 0..1
     filesystems: tuple[FilesystemSpec, ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 DataLoader workers share that ``/dev/shm``.
 
 - **Writable layer**, on a slow cadence (``interval_s``, default 300 s,
-  ``OTEL_GPU_DISK_INTERVAL``): Docker's ``SizeRw`` (inspect with ``size=true``, which makes the
-  daemon walk the layer) for a Docker container, the kubelet Summary's container
-  ``rootfs.usedBytes`` (and the pod's ``ephemeral-storage.usedBytes``) for a pod container. Each
-  container is sampled when its last sample is ``interval_s`` old, so a new container is sampled
-  at once and the cost of many spreads over the cycles; one Summary answers every pod that is
-  due. The samples of the last hour (``history_s``) give the layer's growth rate.
+  ``OTEL_GPU_DISK_INTERVAL``, whose 0 turns this whole reader off): Docker's ``SizeRw``
+  (inspect with ``size=true``, which makes the daemon walk the layer) for a Docker container,
+  the kubelet Summary's container ``rootfs.usedBytes`` (and the pod's
+  ``ephemeral-storage.usedBytes``) for a pod container. Each container is sampled when its last
+  sample is ``interval_s`` old, so a new container is sampled at once and the cost of many
+  spreads over the cycles; one Summary answers every pod that is due. The samples of the last
+  hour (``history_s``) give the layer's growth rate.
 - **/dev/shm**, every cycle (one ``statvfs``): through ``/proc/<pid>/root/dev/shm`` of one of its
   processes (the host's pid namespace), where the container's own ``/dev/shm`` is mounted; and
   Docker's ``HostConfig.ShmSize`` and ``IpcMode``. A ``dev`` or ``dev/shm`` that is a symbolic
