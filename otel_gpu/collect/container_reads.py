@@ -52,7 +52,8 @@ def with_storage(
         for u in containers
     ]
     found = reader.read(targets)
-    return tuple(ContainerUsage(u.attributes, u.resources, u.network, found[_cid(u)])
+    return tuple(ContainerUsage(attributes=u.attributes, resources=u.resources,
+                                network=u.network, storage=found[_cid(u)])
                  if _cid(u) in found else u for u in containers)
 
 
