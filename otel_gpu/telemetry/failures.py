@@ -55,19 +55,43 @@ def value_problem(value: object) -> str | None:
     return OUT_OF_RANGE
 
 
+class ValueCheck:
+    """Drops the values of one metric that OTLP cannot carry: each is counted and the first of
+    each kind logged. ``carries(value)`` answers in the common cases (a finite float, an int
+    within int64) without a call; ``__call__`` is the rest."""
+
+    def __init__(self, metric: str, source: str, tally: FailureTally) -> None:
+        self.metric = metric
+        self.source = source
+        self.tally = tally
+
+    def __call__(self, value: object) -> bool:
+        """Whether ``value`` can be exported; if not, it is counted (and logged the first
+        time)."""
+        problem = value_problem(value)
+        if problem is None:
+            return True
+        first = (self.source, problem) not in self.tally.counts()
+        self.tally.add(self.source, problem)
+        if first:
+            log.warning("dropped a point of %s: %r cannot be exported (%s); "
+                        "counted in otel_gpu.collection.errors", self.metric, value, problem)
+        return False
+
+
+def carries_quickly(value: object) -> bool:
+    """True for the values that need no further check: finite floats and ints within int64
+    (bools and everything else go to :class:`ValueCheck`)."""
+    kind = type(value)
+    if kind is float:
+        return -_FINITE < value < _FINITE  # type: ignore[operator]
+    return kind is int and INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
+
+
 def carried(points: Iterable[tuple[float, Attributes]], metric: str, source: str,
             tally: FailureTally) -> Iterator[tuple[float, Attributes]]:
     """The points OTLP can carry; each other one is dropped alone, counted and logged once."""
+    check = ValueCheck(metric, source, tally)
     for value, attributes in points:
-        if type(value) is float and -_FINITE < value < _FINITE:  # the common case, quickly
+        if carries_quickly(value) or check(value):
             yield value, attributes
-            continue
-        problem = value_problem(value)
-        if problem is None:
-            yield value, attributes
-            continue
-        first = (source, problem) not in tally.counts()
-        tally.add(source, problem)
-        if first:
-            log.warning("dropped a point of %s: %r cannot be exported (%s); "
-                        "counted in otel_gpu.collection.errors", metric, value, problem)
