@@ -18,8 +18,10 @@ process shifts (``bench_step_layout.py``), so it cannot resolve a cost of 1 %.
 ``--export-from training`` hands the session an exporter of its own (``metric_exporters=``):
 GPU, MIG and host metrics then go through the training process (their sources still run in a
 child process), and a drain thread of the session replays the steps the tracker wrote into its
-buffer. ``--export-from app-providers`` does the same through an application's own
-MeterProvider and TracerProvider (OTLP, made for each block and shut down after it), and
+buffer. ``--export-from app-providers`` runs the session on an application's own
+MeterProvider and TracerProvider (OTLP from the environment, made for each block and shut down
+after it): such a provider is mirrored by the collector process (``otel_gpu.session.mirror``),
+and ``--app-export-from application`` keeps the GPU metrics on it, in this process, instead; and
 ``--export-from instrument`` through the providers ``opentelemetry-instrument`` sets up: its
 auto-instrumentation runs once, in this process, before the first block (the distro's
 providers, our instrumentor and, where installed, the contrib system-metrics instrumentation,
@@ -32,6 +34,7 @@ busy under both kinds of block.
 
     .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds N] [--block-s S]
         [--interval S] [--export-from child|training|app-providers|instrument]
+        [--app-export-from auto|application]
         [--step noalloc|alloc]
         [--control plain|busy] [--neighbour] [--json PATH]
     .venv/bin/python benchmarks/bench_training.py --combine RUN.json [RUN.json ...]
@@ -163,8 +166,10 @@ def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
                     metric_exporters=exporters,
                     meter_provider=providers[0] if providers else None,
                     tracer_provider=providers[1] if providers else None)
-    if (session.child is None) != (export_from != "child"):
-        raise SystemExit(f"the session did not export from the {export_from} process")
+    expected = EXPECTED_MODES[export_from]
+    if session.mode is None or (expected and session.mode.name not in expected):
+        raise SystemExit(f"--export-from {export_from}: the session's mode is {session.mode}")
+    modes_seen.add(session.mode.name)
     if session.tracker.buffer is None:
         raise SystemExit("the session's tracker records on the training thread")
     try:
@@ -177,6 +182,15 @@ def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
     if session.tracker.steps == 0:
         raise SystemExit("the session's tracker recorded no steps")
     return figures, sink.counts()["metrics"] - before
+
+
+#: The session modes each ``--export-from`` may give; for ``app-providers``, EXPORT_CHILD when the
+#: application's provider is mirrored (``otel_gpu.session.mirror``; the default), SOURCES_CHILD
+#: under ``OTEL_GPU_EXPORT_FROM=application`` (``--app-export-from application``).
+EXPECTED_MODES: dict[str, tuple[str, ...]] = {
+    "child": ("EXPORT_CHILD",), "training": ("SOURCES_CHILD",),
+    "app-providers": ("EXPORT_CHILD", "SOURCES_CHILD"), "instrument": ()}
+modes_seen: set[str] = set()
 
 
 def app_providers(interval_s: float) -> tuple[Any, Any]:
@@ -322,6 +336,8 @@ def measure(rounds: int, block_s: float, step_s: float, interval_s: float, sink:
         "median_ratio_95ci": [low, high],
         "goal": GOAL,
         "met": median >= GOAL,
+        "session_modes": sorted(modes_seen),
+        "otel_gpu_export_from": os.environ.get("OTEL_GPU_EXPORT_FROM", "auto"),
     }
 
 
@@ -355,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-from", choices=("child", "training", "app-providers",
                                                   "instrument"), default="child",
                         help="which process exports GPU, MIG and host metrics (default child)")
+    parser.add_argument("--app-export-from", choices=("auto", "application"), default="auto",
+                        help="OTEL_GPU_EXPORT_FROM for --export-from app-providers: auto (the "
+                             "default) mirrors the application's OTLP provider in the "
+                             "collector process, application keeps the GPU metrics on it")
     parser.add_argument("--step", choices=tuple(STEPS), default="noalloc",
                         help="the synthetic step: allocation-free (default) or allocating")
     parser.add_argument("--control", choices=("plain", "busy"),
@@ -383,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     # For the providers auto-instrumentation builds (--export-from instrument).
     os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = f"{args.interval * 1e3:g}"
     os.environ["OTEL_GPU_SUMMARY"] = "false"
+    os.environ["OTEL_GPU_EXPORT_FROM"] = args.app_export_from
+    if args.app_export_from == "application" and args.export_from == "app-providers":
+        EXPECTED_MODES["app-providers"] = ("SOURCES_CHILD",)
+    elif args.export_from == "app-providers":
+        EXPECTED_MODES["app-providers"] = ("EXPORT_CHILD",)
     try:
         with busy_neighbour() if args.neighbour else contextlib.nullcontext():
             result = measure(rounds, block_s, args.step_ms / 1e3, args.interval, sink,
@@ -399,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     arm = {"plain": "plain again (control)",
            "busy": "plain, another CPU kept busy (control)"}.get(
         args.control or "", f"otel_gpu, GPU metrics exported from the {args.export_from} process")
+    print(f"session modes: {', '.join(result['session_modes']) or '-'}; OTEL_GPU_EXPORT_FROM="
+          f"{result['otel_gpu_export_from']}")
     print(f"step {result['step_ms']:.1f} ms ({result['step']}), collection every "
           f"{args.interval:g} s, {rounds} rounds of {block_s:g} s blocks; second arm: {arm}"
           + ("; another CPU busy throughout" if args.neighbour else ""))

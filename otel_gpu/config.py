@@ -190,6 +190,21 @@ def run_summary(environ: Mapping[str, str] | None = None) -> bool:
     raise ConfigError(f"OTEL_GPU_SUMMARY: {raw!r} is not true or false")
 
 
+EXPORT_FROM = ("auto", "application")
+
+
+def export_from(environ: Mapping[str, str] | None = None) -> str:
+    """``OTEL_GPU_EXPORT_FROM``: with an application's MeterProvider that exports as the
+    environment says, ``auto`` (the default) exports the GPU metrics from the collector process
+    (``otel_gpu.session.mirror``); ``application`` keeps them on that provider, in the training
+    process."""
+    raw = _env(environ).get("OTEL_GPU_EXPORT_FROM", "")
+    value = raw.strip().lower() or "auto"
+    if value not in EXPORT_FROM:
+        raise ConfigError(f"OTEL_GPU_EXPORT_FROM: {raw!r} is not auto or application")
+    return value
+
+
 def collect_in_process(environ: Mapping[str, str] | None = None) -> bool:
     """``OTEL_GPU_COLLECT_IN_PROCESS=true``: ``otel_gpu.start()`` collects in its own process."""
     return env_flag("OTEL_GPU_COLLECT_IN_PROCESS", environ)

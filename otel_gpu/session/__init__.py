@@ -15,7 +15,9 @@ closes. The training process's handle on it (``child.CollectorChild``) spawns it
 to be ready and starts it again after a back-off (1 s, 5 s, 30 s, 2 min, 5 min) when it dies,
 whatever its role. A child serves one of two roles:
 
-- ``export`` (``Mode.EXPORT_CHILD``, the default, when the session builds its own providers):
+- ``export`` (``Mode.EXPORT_CHILD``, the default, when the session builds its own providers,
+  and when the application's MeterProvider only exports as the environment says, which
+  ``mirror`` tells; the child then takes that provider's resource and interval):
   the child assembles the whole pipeline with the training process's resource and the same
   ``OTEL_*`` settings, and exports on the interval. The training process keeps its tracker, which
   only writes each step into a ``steps.StepBuffer``; twice per interval the handle sends the
@@ -24,7 +26,7 @@ whatever its role. A child serves one of two roles:
   signals for the insight rules from them (each step carries its data-wait ratio; the child
   counts steps). The training process's own OTLP exporters are relays (``relay``), so it loads
   neither gRPC nor protobuf.
-- ``sources`` (``Mode.SOURCES_CHILD``, when the application brings its own providers or
+- ``sources`` (``Mode.SOURCES_CHILD``, when the application brings other providers or
   ``metric_exporters=``): the instruments live on those providers in the training process
   (``in_process``), and each collection asks the child for a Snapshot of the sources. The
   tracker writes into its ``StepBuffer`` here too, and a drain thread (``drain``) replays the

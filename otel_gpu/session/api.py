@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,12 +23,18 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import Resource
 
-from otel_gpu.config import env_flag, simulated_scenario, thresholds_file
+from otel_gpu.config import (
+    collect_in_process,
+    env_flag,
+    export_from,
+    simulated_scenario,
+    thresholds_file,
+)
 from otel_gpu.insights.thresholds_file import load_thresholds
 from otel_gpu.session.child import ChildError, CollectorChild
 from otel_gpu.session.modes import FALLBACK_NOTES, Mode, Request, choose_mode
 from otel_gpu.session.protocol import ExportSettings, Role, StepReport, Task
-from otel_gpu.session.providers import retired, session_providers
+from otel_gpu.session.providers import app_meter_provider, retired, session_providers
 from otel_gpu.session.relay import RelayMetricExporter, RelaySpanExporter
 from otel_gpu.session.steps import StepBuffer, dali_loaded
 from otel_gpu.session.summary import LoopFigures, render, summary_enabled
@@ -206,8 +213,10 @@ def start(*, simulate: str | None = None, meter_provider: Any = None,
             return _worker_session()
         request = _request(simulate, meter_provider, tracer_provider, metric_exporters,
                            export_interval_s, attributes, resource)
+        request, mirrored = _mirrored(request)
         _session = _start(request, choose_mode(meter_provider=meter_provider,
-                                               metric_exporters=metric_exporters))
+                                               metric_exporters=metric_exporters,
+                                               mirrored=mirrored))
         _stop_at_exit.register()
         return _session
 
@@ -218,6 +227,7 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     interval_ms = env_export_interval_ms(DEFAULT_EXPORT_INTERVAL_MS) \
         if export_interval_s is None else export_interval_s * 1e3
     thresholds = load_thresholds(thresholds_file())
+    export_from()  # refused here, naming the variable, before anything starts
     # Said once here; the collector process skips them too.
     for note in [*unknown_exporters(), exemplar_filter_note()]:
         if note:
@@ -229,6 +239,27 @@ def _request(simulate: str | None, meter_provider: Any, tracer_provider: Any,
     return Request(simulate or simulated_scenario(), interval_ms,
                    thresholds, resource, detect, dict(attributes or {}), meter_provider,
                    tracer_provider, metric_exporters, summary=summary_enabled())
+
+
+def _mirrored(request: Request) -> tuple[Request, bool]:
+    """The request as the collector process exports it when the application's MeterProvider
+    is mirrored there (``otel_gpu.session.mirror``): its resource as it is, its interval."""
+    if request.metric_exporters is not None or collect_in_process():
+        return request, False
+    provider = request.meter_provider if request.meter_provider is not None \
+        else app_meter_provider()
+    if provider is None:
+        return request, False
+    from otel_gpu.session.mirror import mirror_of
+
+    mirror = mirror_of(provider)
+    if mirror is None:
+        return request, False
+    log.info("otel-gpu: the application's MeterProvider exports over OTLP as the environment "
+             "says; GPU, MIG, host and training metrics go out from the collector process "
+             "under its resource (OTEL_GPU_EXPORT_FROM=application keeps them here)")
+    return replace(request, base_resource=mirror.resource, detect=False,
+                   interval_ms=mirror.interval_ms, meter_provider=provider), True
 
 
 def _start(request: Request, modes: list[Mode]) -> Session:

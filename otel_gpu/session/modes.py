@@ -33,11 +33,14 @@ FALLBACK_NOTES = {Mode.EXPORT_CHILD: "exporting from the training process",
                   Mode.SOURCES_CHILD: "collecting in the training process"}
 
 
-def choose_mode(*, meter_provider: Any, metric_exporters: Any,
+def choose_mode(*, meter_provider: Any, metric_exporters: Any, mirrored: bool = False,
                 environ: Mapping[str, str] | None = None) -> list[Mode]:
-    """The modes to try, in order: the first that starts is the session's."""
+    """The modes to try, in order: the first that starts is the session's. ``mirrored``: the
+    application's MeterProvider exports as the session's own would (``session.mirror``)."""
     if collect_in_process(environ):
         return [Mode.IN_PROCESS]
+    if mirrored:
+        return [Mode.EXPORT_CHILD, Mode.SOURCES_CHILD, Mode.IN_PROCESS]
     if meter_provider is not None or metric_exporters is not None or \
             app_meter_provider() is not None or app_logger_provider() is not None:
         return [Mode.SOURCES_CHILD, Mode.IN_PROCESS]

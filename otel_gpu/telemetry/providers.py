@@ -111,6 +111,12 @@ _OTLP_CLASSES = {
 }
 
 
+def otlp_class_name(signal: str, name: str) -> tuple[str, str]:
+    """The module and class of the SDK's OTLP exporter that ``name`` (``otlp`` and the
+    protocol variables, or ``otlp_proto_grpc`` / ``otlp_proto_http``) stands for."""
+    return _OTLP_CLASSES[(signal, OTLP_NAMES.get(name) or otlp_protocol(signal))]
+
+
 def otlp_exporter(signal: str = "metrics", name: str = "otlp", *, strict: bool = False,
                   default_timeout_s: float | None = None) -> Any:
     """The SDK's OTLP exporter for a signal; it reads every OTEL_EXPORTER_OTLP_* variable
