@@ -74,29 +74,12 @@ class SeriesLedger:
         """``points`` as exported, each made by ``make(value, attributes)``: counters relative
         to their baseline. ``check``: asked about each value that is not a finite float or an
         int within int64, and the point is dropped when it answers False (``ValueCheck``)."""
+        gauges: dict[Key, int] = {}
+        counters: dict[Key, _Counter] = {}
         if counter:
-            return self._observe_counter(name, points, cycle, make, check)
-        table = self._gauges.get(name)
-        if table is None:
-            table = self._gauges[name] = {}
-        out = []
-        for value, attributes in points:
-            kind = type(value)  # finite floats and int64s need no call to ``check``
-            if (not ((kind is float and -_INF < value < _INF)
-                     or (kind is int and INT64_MIN <= value <= INT64_MAX))
-                    and check is not None and not check(value)):
-                continue
-            table[attributes.key if type(attributes) is SeriesAttributes
-                  else frozenset(attributes.items())] = cycle
-            out.append(make(value, attributes))
-        return out
-
-    def _observe_counter(self, name: str, points: Iterable[tuple[float, Attributes]],
-                         cycle: int, make: Callable[[float, Attributes], Any],
-                         check: Callable[[object], bool] | None) -> list[Any]:
-        table = self._counters.get(name)
-        if table is None:
-            table = self._counters[name] = {}
+            counters = self._counters.setdefault(name, counters)
+        else:
+            gauges = self._gauges.setdefault(name, gauges)
         out = []
         for value, attributes in points:
             kind = type(value)  # finite floats and int64s need no call to ``check``
@@ -106,16 +89,20 @@ class SeriesLedger:
                 continue
             key = (attributes.key if type(attributes) is SeriesAttributes
                    else frozenset(attributes.items()))
-            entry = table.get(key)
-            if entry is None:
-                entry = table[key] = _Counter(cycle, self._baseline(name, key, value),
-                                              value)
+            if counter:
+                entry = counters.get(key)
+                if entry is None:
+                    entry = counters[key] = _Counter(cycle, self._baseline(name, key, value),
+                                                     value)
+                else:
+                    entry.seen = cycle
+                    if value < entry.last:  # the source started over (driver reload, restart)
+                        entry.baseline = 0
+                    entry.last = value
+                value -= entry.baseline
             else:
-                entry.seen = cycle
-                if value < entry.last:  # the source started over (driver reload, restart)
-                    entry.baseline = 0
-                entry.last = value
-            out.append(make(value - entry.baseline, attributes))
+                gauges[key] = cycle
+            out.append(make(value, attributes))
         return out
 
     def _baseline(self, name: str, key: Key, value: float) -> float:
