@@ -148,15 +148,17 @@ def _by_direction(table: str, name_key: str, direction_key: str,
                   fields: tuple[tuple[str, str], tuple[str, str]]) -> Observe:
     """Per entry of ``host.<table>`` (a disk, an interface), one point per direction: the
     entry's field for it, with the entry's name and the direction."""
-    sets = [AttributeSets(), AttributeSets()]
+    (first, first_field), (second, second_field) = fields
+    firsts, seconds = AttributeSets(), AttributeSets()
 
     def observe(snap: Snapshot) -> Iterator[Point]:
         if snap.host is None:
             return
         for name, io in getattr(snap.host, table).items():
-            for (direction, field), named in zip(fields, sets, strict=True):
-                yield getattr(io, field), named.find(name) or named.add(
-                    name, {name_key: name, direction_key: direction})
+            yield getattr(io, first_field), firsts.find(name) or firsts.add(
+                name, {name_key: name, direction_key: first})
+            yield getattr(io, second_field), seconds.find(name) or seconds.add(
+                name, {name_key: name, direction_key: second})
 
     return observe
 
