@@ -9,9 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Iterator
-
-from otel_gpu.snapshot import Attributes
 
 log = logging.getLogger("otel_gpu")
 
@@ -21,7 +18,6 @@ log = logging.getLogger("otel_gpu")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-_FINITE = float("inf")
 
 OUT_OF_RANGE = "value_out_of_range"
 NOT_FINITE = "value_not_finite"
@@ -57,8 +53,8 @@ def value_problem(value: object) -> str | None:
 
 class ValueCheck:
     """Drops the values of one metric that OTLP cannot carry: each is counted and the first of
-    each kind logged. ``carries(value)`` answers in the common cases (a finite float, an int
-    within int64) without a call; ``__call__`` is the rest."""
+    each kind logged. The series ledger answers the common cases (a finite float, an int
+    within int64) itself and asks this about the others."""
 
     def __init__(self, metric: str, source: str, tally: FailureTally) -> None:
         self.metric = metric
@@ -77,21 +73,3 @@ class ValueCheck:
             log.warning("dropped a point of %s: %r cannot be exported (%s); "
                         "counted in otel_gpu.collection.errors", self.metric, value, problem)
         return False
-
-
-def carries_quickly(value: object) -> bool:
-    """True for the values that need no further check: finite floats and ints within int64
-    (bools and everything else go to :class:`ValueCheck`)."""
-    kind = type(value)
-    if kind is float:
-        return -_FINITE < value < _FINITE  # type: ignore[operator]
-    return kind is int and INT64_MIN <= value <= INT64_MAX  # type: ignore[operator]
-
-
-def carried(points: Iterable[tuple[float, Attributes]], metric: str, source: str,
-            tally: FailureTally) -> Iterator[tuple[float, Attributes]]:
-    """The points OTLP can carry; each other one is dropped alone, counted and logged once."""
-    check = ValueCheck(metric, source, tally)
-    for value, attributes in points:
-        if carries_quickly(value) or check(value):
-            yield value, attributes
