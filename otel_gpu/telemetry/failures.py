@@ -18,7 +18,6 @@ log = logging.getLogger("otel_gpu")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-
 OUT_OF_RANGE = "value_out_of_range"
 NOT_FINITE = "value_not_finite"
 
