@@ -8,6 +8,10 @@ of CPU frequency falls on all of them alike. Costs are CPU time of this thread
 (``time.thread_time``) per collection and per collected data point; ratios are taken within each
 round and their median is reported. No absolute figure is a goal: only the ratios are.
 
+The dgx-a100 cycle runs twice more: with every reader of FEATURES fed (its scenario keys added
+to the built-in, its settings on) and with them off, so that what they add to a cycle is a ratio
+of the same run.
+
     .venv/bin/python benchmarks/bench_cost.py [--quick] [--json result.json]
 """
 
@@ -21,12 +25,14 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from cost_features import FEATURES, SCENARIO, featured_scenario, settings
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -45,7 +51,6 @@ from otel_gpu.telemetry.instruments import register_catalog
 from otel_gpu.telemetry.providers import get_meter
 
 HOST_SECTION = "Host"
-SCENARIO = "dgx-a100"
 
 # The contrib instrumentor restricted to the system.* metrics that have a counterpart among ours,
 # with the states ours reports (its own cpu.time/cpu.utilization are per logical CPU).
@@ -73,6 +78,7 @@ CONTRIB_CONFIG: dict[str, list[str] | None] = {
 # Goals, as ratios of CPU time per data point measured in the same run.
 GOAL_VS_CONTRIB = 0.5  # ours-host / contrib at most
 GOAL_VS_FLOOR = 1.5  # ours-host / sdk-floor at most
+GOAL_FEATURES = 1.15  # a dgx-a100 cycle with FEATURES on / off, per collection, at most
 
 
 def count_points(data: MetricsData | None) -> int:
@@ -269,14 +275,17 @@ def sdk_floor_of(name: str, data: MetricsData | None) -> Variant:
     )
 
 
-def dgx_variants() -> tuple[list[Variant], str | None]:
+def dgx_variants(
+    scenario: str = SCENARIO, label: str = SCENARIO, environ: Mapping[str, str] | None = None
+) -> tuple[list[Variant], str | None]:
     """One full cycle of the simulated scenario: the Collector alone, and the Collector plus
-    every catalog instrument on an InMemoryMetricReader."""
+    every catalog instrument on an InMemoryMetricReader; built under ``environ``'s settings."""
     try:
         from otel_gpu.collect.build import build_collector
 
-        collect_only = build_collector(simulate=SCENARIO)
-        full = build_collector(simulate=SCENARIO)
+        with settings(environ or {}):
+            collect_only = build_collector(simulate=scenario)
+            full = build_collector(simulate=scenario)
     except Exception as err:  # the simulator is optional to this benchmark
         return [], f"{type(err).__name__}: {err}"
     for collector in (collect_only, full):
@@ -298,15 +307,30 @@ def dgx_variants() -> tuple[list[Variant], str | None]:
 
     return [
         Variant(
-            f"{SCENARIO}-collect", f"Collector.collect() of the simulated {SCENARIO}", run_collect
+            f"{label}-collect", f"Collector.collect() of the simulated {label}", run_collect
         ),
         Variant(
-            f"{SCENARIO}-full",
-            f"Collector.collect() of the simulated {SCENARIO} + every catalog instrument on an"
+            f"{label}-full",
+            f"Collector.collect() of the simulated {label} + every catalog instrument on an"
             " InMemoryMetricReader",
             run_full,
         ),
     ], None
+
+
+def feature_variants(directory: str) -> tuple[list[Variant], str | None]:
+    """The dgx-a100 cycle with FEATURES off (the built-in, their off settings) and on (their
+    keys fed, their on settings)."""
+    off: dict[str, str] = {}
+    on: dict[str, str] = {}
+    for feature in FEATURES.values():
+        off.update(feature.off)
+        on.update(feature.on)
+    variants_off, skipped = dgx_variants(SCENARIO, f"{SCENARIO}-off", off)
+    if skipped:
+        return [], skipped
+    variants_on, skipped = dgx_variants(featured_scenario(directory), f"{SCENARIO}-on", on)
+    return variants_off + variants_on, skipped
 
 
 # -- running and reporting ----------------------------------------------------------------------
@@ -358,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     theirs.run()
     theirs_floor = sdk_floor_of("sdk-floor-contrib", theirs_reader.get_metrics_data())
     dgx, dgx_skipped = dgx_variants()
-    variants = [ours, theirs, floor, theirs_floor, *dgx]
+    scratch = tempfile.TemporaryDirectory(prefix="bench-cost-")
+    featured, features_skipped = feature_variants(scratch.name) if not dgx_skipped else ([], None)
+    variants = [ours, theirs, floor, theirs_floor, *dgx, *featured]
 
     cycles_before = collector.sources.cycles
     run_rounds(variants, args.rounds, args.collections, args.warmup)
@@ -393,6 +419,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios["ours-host/contrib above sdk floor"] = {
         "per_collection": above_floor["ours-host"] / above_floor["contrib"],
     }
+    by_name = {v.name: v for v in variants}
+    for kind in ("collect", "full"):
+        on, off = by_name.get(f"{SCENARIO}-on-{kind}"), by_name.get(f"{SCENARIO}-off-{kind}")
+        if on is not None and off is not None:
+            ratios[f"{SCENARIO} features on/off, {kind}"] = {
+                "per_collection": statistics.median(round_ratios(on, off, per_point=False)),
+                "per_collection_round_max": max(round_ratios(on, off, per_point=False)),
+            }
     goals = {
         "ours-host/contrib per point <= 0.5": {
             "goal": GOAL_VS_CONTRIB,
@@ -405,6 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "met": ratios["ours-host/sdk-floor"]["per_point"] <= GOAL_VS_FLOOR,
         },
     }
+
+    feature_key = f"{SCENARIO} features on/off, full"
+    if feature_key in ratios:
+        measured = ratios[feature_key]["per_collection"]
+        goals[f"{feature_key} per collection <= {GOAL_FEATURES}"] = {
+            "goal": GOAL_FEATURES, "measured": measured, "met": measured <= GOAL_FEATURES}
 
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -424,13 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "psutil": _version("psutil"),
         },
         "contrib_config": CONTRIB_CONFIG,
+        "features": {name: {"on": dict(f.on), "off": dict(f.off)} for name, f in FEATURES.items()},
         "variants": summaries,
         "cpu_ms_above_sdk_floor_per_collection": above_floor,
         "ratios": ratios,
         "goals": goals,
     }
-    if dgx_skipped:
-        result["skipped"] = {SCENARIO: dgx_skipped}
+    if dgx_skipped or features_skipped:
+        result["skipped"] = {SCENARIO: dgx_skipped or features_skipped}
 
     print(
         f"{args.rounds} rounds x {args.collections} collections per variant, CPU time of "
@@ -454,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for label, r in ratios.items():
         if "per_point" not in r:
+            if "per_collection_round_max" in r:
+                print(f"{label:<22} per collection {r['per_collection']:.3f} (worst round "
+                      f"{r['per_collection_round_max']:.3f})")
             continue
         print(
             f"{label:<22} per point {r['per_point']:.3f} (worst round "
@@ -471,8 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" ({'below' if bound <= GOAL_VS_CONTRIB else 'above'} the goal's {GOAL_VS_CONTRIB})"
     )
     print(f"host reads per ours-host collection: {host_reads:.2f}")
-    if dgx_skipped:
-        print(f"{SCENARIO}: skipped ({dgx_skipped})")
+    if dgx_skipped or features_skipped:
+        print(f"{SCENARIO}: skipped ({dgx_skipped or features_skipped})")
+    scratch.cleanup()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=2)

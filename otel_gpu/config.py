@@ -210,6 +210,50 @@ def collect_in_process(environ: Mapping[str, str] | None = None) -> bool:
     return env_flag("OTEL_GPU_COLLECT_IN_PROCESS", environ)
 
 
+# Network, cluster and FUSE filesystems reported beside the local disks unless
+# OTEL_GPU_FILESYSTEM_INCLUDE says otherwise.
+DEFAULT_FILESYSTEM_INCLUDE = ("nfs", "nfs4", "cifs", "smb3", "lustre", "beegfs", "gpfs", "fuse.*")
+
+
+def _filesystem_patterns(name: str, default: tuple[str, ...],
+                         environ: Mapping[str, str] | None) -> tuple[str, ...]:
+    raw = _env(environ).get(name)
+    if raw is None or not raw.strip():
+        return default
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if [item.lower() for item in items] == ["none"]:
+        return ()
+    # A mount point is matched as written; filesystem types are lower case in the kernel.
+    return tuple(item if item.startswith("/") else item.lower() for item in items)
+
+
+def filesystem_include(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``OTEL_GPU_FILESYSTEM_INCLUDE``: the mounts reported beside the local disks, as
+    comma-separated shell patterns, each on the mount point when it starts with ``/``, else on
+    the filesystem type (default: nfs, nfs4, cifs, smb3, lustre, beegfs, gpfs, fuse.*);
+    ``none`` for none."""
+    return _filesystem_patterns("OTEL_GPU_FILESYSTEM_INCLUDE", DEFAULT_FILESYSTEM_INCLUDE,
+                                environ)
+
+
+# Mounts that come and go with a workload or a desktop login, each a series of its own: the
+# kubelet mounts every pod's network and block volumes under its pod directory (an NFS export a
+# pod uses is also mounted once at its PersistentVolume's global mount point, or by the node),
+# and a user session mounts its own FUSE helpers under /run/user/<uid>. lxcfs is a FUSE view of
+# /proc, not storage.
+DEFAULT_FILESYSTEM_EXCLUDE = ("/var/lib/kubelet/pods/*", "/run/user/*", "fuse.lxcfs",
+                              "fuse.portal", "fuse.gvfsd-fuse", "fuse.snapfuse")
+
+
+def filesystem_exclude(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``OTEL_GPU_FILESYSTEM_EXCLUDE``: filesystems never reported, local disks included, in
+    ``OTEL_GPU_FILESYSTEM_INCLUDE``'s pattern syntax (default: every pod's volume mounts, the
+    per-login mounts under ``/run/user`` and the FUSE helpers that hold no data; ``none`` for
+    none)."""
+    return _filesystem_patterns("OTEL_GPU_FILESYSTEM_EXCLUDE", DEFAULT_FILESYSTEM_EXCLUDE,
+                                environ)
+
+
 def kubelet_url(environ: Mapping[str, str] | None = None) -> str | None:
     """``OTEL_GPU_KUBELET_URL``: the kubelet's pod list URL, when not the default."""
     return _env(environ).get("OTEL_GPU_KUBELET_URL") or None

@@ -180,6 +180,18 @@ class Filesystem:
 
 
 @dataclass(frozen=True)
+class NfsIo:
+    """One NFS mount's byte counters since it was mounted, from ``/proc/self/mountstats``: what
+    the client read from and wrote to the server (page-cache hits never reach it)."""
+
+    device: str  # server:/export
+    mountpoint: str
+    type: str  # nfs or nfs4
+    read_bytes: int
+    write_bytes: int
+
+
+@dataclass(frozen=True)
 class HostSnapshot:
     cpu_time_s: dict[str, float] = field(default_factory=dict)  # cpu.mode -> seconds, all CPUs
     cpu_utilization: dict[str, float] = field(default_factory=dict)  # cpu.mode -> ratio
@@ -190,7 +202,8 @@ class HostSnapshot:
     swap_state_bytes: dict[str, int] = field(default_factory=dict)  # used/free
     disks: dict[str, DiskIo] = field(default_factory=dict)
     networks: dict[str, NetworkIo] = field(default_factory=dict)
-    filesystems: tuple[Filesystem, ...] = ()
+    filesystems: tuple[Filesystem, ...] = ()  # local disks, then network and FUSE filesystems
+    nfs: tuple[NfsIo, ...] = ()
 
     @property
     def memory_used_ratio(self) -> float | None:
@@ -216,6 +229,12 @@ class ContainerResources:
     oom_kills: int | None = None
     disk_read_bytes: int | None = None
     disk_write_bytes: int | None = None
+    # Pressure stall time (cgroup v2 io.pressure, memory.pressure), seconds since the cgroup was
+    # made: "some" while at least one of its tasks stalled, "full" while all of them did.
+    io_pressure_some_s: float | None = None
+    io_pressure_full_s: float | None = None
+    memory_pressure_some_s: float | None = None
+    memory_pressure_full_s: float | None = None
 
     @property
     def cpu_s(self) -> float | None:

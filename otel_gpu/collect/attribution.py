@@ -8,11 +8,13 @@ its init process, Docker's ``State.Pid``; a pod container where the kubelet puts
 
     processes (pid, device, memory) x procfs (uid, cgroup -> container id)
         x docker (name, image, labels, devices) x kubelet (pod names, devices) -> workloads
-    a process in no container x its Slurm job step (from its cgroup path) -> workloads
+    a process in no container x its Slurm job step (from its cgroup path) and account (its
+        SLURM_JOB_ACCOUNT, where its environ is readable) -> workloads
 
 The readers keep the caches: ``ProcfsReader`` by (pid, start time), ``DockerClient`` by container
 id, the kubelet clients for a few seconds; each forgets what was not asked for in the last cycle.
-Nothing here reads or keeps a command line, an argument or an environment, and no pid leaves it.
+Nothing here reads or keeps a command line, an argument or an environment (but a Slurm task's one
+variable, its account), and no pid leaves it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ UserLookup = Callable[[int], "str | None"]
 # A process in a Slurm job step, named like a pod (the conventions have no Slurm names yet).
 SLURM_JOB_ID = "otel_gpu.slurm.job.id"
 SLURM_STEP_ID = "otel_gpu.slurm.step.id"
+SLURM_ACCOUNT = "otel_gpu.slurm.account.name"
 
 _LABEL_PREFIX = "container.label."
 # Labels cri-dockerd sets on the Docker containers of pods: the pod without asking the kubelet.
@@ -392,6 +395,9 @@ class _Cycle:
                 if step is not None:
                     attrs[SLURM_JOB_ID] = step.job_id
                     attrs[SLURM_STEP_ID] = step.step_id
+                    account = self.a.procfs.slurm_account(info) if info is not None else None
+                    if account is not None:
+                        attrs[SLURM_ACCOUNT] = account
                 items = shared[(uid, cid, step)] = tuple(sorted(attrs.items()))
             key = (uuid, items)
             group = groups.get(key)

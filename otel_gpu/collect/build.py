@@ -18,6 +18,7 @@ from otel_gpu.sources.docker import DEFAULT_SOCKET as DOCKER_SOCKET
 from otel_gpu.sources.docker import DockerClient
 from otel_gpu.sources.host import HostSource
 from otel_gpu.sources.kubelet import POD_RESOURCES_SOCKET, PodListClient, PodResourcesClient
+from otel_gpu.sources.mounts import FilesystemFilter
 from otel_gpu.sources.netns import NetnsReader
 from otel_gpu.sources.nvml import NvmlSource
 from otel_gpu.sources.procfs import ProcfsReader
@@ -43,7 +44,8 @@ def build_collector(
     engine = InsightEngine(thresholds)
     if simulate is None:
         attributor = build_host_attributor() if attribution else None
-        return Collector(LocalSources(NvmlSource(), HostSource(), attributor=attributor,
+        host = HostSource(filesystems=FilesystemFilter.from_environ())
+        return Collector(LocalSources(NvmlSource(), host, attributor=attributor,
                                       dcgm=DcgmSource()),
                          insights=engine)
 
@@ -56,12 +58,27 @@ def build_collector(
     world = SimulatedWorld(server) if attribution else None
     sources = LocalSources(
         NvmlSource(server.nvml, gpm_warmup_s=0.0),
-        HostSource(),
+        simulated_host(world),
         simulation=world if world is not None else server,
         attributor=simulated_attributor(world) if world is not None else None,
         dcgm=simulated_dcgm(server),
     )
     return Collector(sources, insights=engine)
+
+
+# A simulated mount that does not answer costs a cycle this long once (the agent's bound is
+# STATVFS_TIMEOUT_S), so that a scenario with one runs quickly.
+SIMULATED_STATVFS_TIMEOUT_S = 0.2
+
+
+def simulated_host(world: SimulatedWorld | None) -> HostSource:
+    """The host source; over a world, its network and FUSE mounts are the world's."""
+    filesystems = FilesystemFilter.from_environ()
+    if world is None:
+        return HostSource(filesystems=FilesystemFilter((), filesystems.exclude))
+    return HostSource(filesystems=filesystems, mounts_procfs=world.proc_root,
+                      statvfs=world.mounts.statvfs,
+                      statvfs_timeout_s=SIMULATED_STATVFS_TIMEOUT_S)
 
 
 def simulated_dcgm(server: SimulatedServer) -> DcgmSource | None:

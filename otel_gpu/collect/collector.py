@@ -87,6 +87,9 @@ class LocalSources:
             try:
                 if self.attributor is not None:
                     self.attributor.close()
+                close_host = getattr(self.host, "close", None)
+                if close_host is not None:
+                    close_host()
             finally:
                 close = getattr(self.simulation, "close", None)
                 if close is not None:

@@ -41,6 +41,15 @@ class Thresholds:
     input_bound_cpu_of_limit: float = 0.90
     input_bound_cpu_of_limit_clear: float = 0.80
     input_bound_for_s: float = 600.0
+    # input_bound naming storage: the wait comes with storage being read while the CPUs are
+    # below their limit (input_bound_cpu_of_limit_clear to raise, input_bound_cpu_of_limit to
+    # hold: the CPU-bound band mirrored). Storage is read when the container's tasks stall on
+    # I/O (PSI io "some") a fifth of the time, or it or an NFS mount reads 100 MB/s; ours, as
+    # no tool publishes such a rule (systemd-oomd acts on memory pressure only).
+    storage_io_pressure: float = 0.20
+    storage_io_pressure_clear: float = 0.10
+    storage_read_bytes_per_s: float = 100e6
+    storage_read_bytes_per_s_clear: float = 50e6
     # device_idle: a device given to a container or pod with no process on it, or activity at
     # about 0, for half an hour.
     device_idle_activity: float = 0.01

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from otel_gpu.insights.storage import (
+    STORAGE_REMEDY,
+    cpu_phrase,
+    host_cpu_busy,
+    run_container,
+    storage_reads,
+    storage_verdict,
+)
 from otel_gpu.insights.thresholds import Thresholds
 from otel_gpu.insights.window import (
     ContainerKey,
@@ -16,6 +24,7 @@ from otel_gpu.insights.window import (
     device_label,
     duty_cycle,
     event,
+    latched,
     level,
     minutes,
     pct,
@@ -42,6 +51,7 @@ def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
     newest = window[-1]
     signals = [s for s in newest.training if s.data_wait_ratio is not None]
     if signals:
+        start = span_start(window, t.rate_span_s)
         for signal in signals:
             if signal.steps < t.data_wait_min_steps or not _steps_advanced(window, signal):
                 continue
@@ -56,15 +66,24 @@ def input_bound(window: Sequence[Sample], t: Thresholds) -> Iterator[Finding]:
                 ),
             )
             degree = "highly" if ratio >= t.data_wait_warning else "moderately"
-            yield condition(
-                ("training", *sorted(signal.attributes.items())),
-                dict(signal.attributes),
-                verdict,
-                f"The training loop is {degree} input-bound: {pct(ratio)} of step time "
-                "is spent waiting for the next batch.",
-                _data_wait_remedy(signal.dali, ratio),
-                t.data_wait_for_s,
-            )
+            key = ("training", *sorted(signal.attributes.items()))
+            message = (f"The training loop is {degree} input-bound: {pct(ratio)} of step time "
+                       "is spent waiting for the next batch")
+            remedy = _data_wait_remedy(signal.dali, ratio)
+            # The storage variant has a band of its own, so that its wording does not flap.
+            where = run_container(newest, dict(signal.attributes))
+            reads = storage_reads(newest, start, where)
+            cpu = _cpu_of_limit(newest, start, where) if where is not None else None
+            busy = host_cpu_busy(newest)
+            on, still = storage_verdict(reads, cpu if cpu is not None else busy, t)
+            if latched(window, ("input_bound.storage", key), on, still):
+                usage = newest.containers.get(where) if where is not None else None
+                limit = usage.resources.cpu_limit if usage is not None else None
+                message += (f", and it waits on storage: {reads.phrase()}, while "
+                            f"{cpu_phrase(cpu, limit, busy)}")
+                remedy = STORAGE_REMEDY
+            yield condition(key, dict(signal.attributes), verdict, message + ".", remedy,
+                            t.data_wait_for_s)
         return
     yield from _input_bound_from_cpu(window, t)
 
@@ -134,7 +153,7 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
         key = container_key(usage.attributes)
         cpu = _cpu_of_limit(newest, start, key)
         cid = usage.attributes.get("container.id")
-        if cpu is None or cid is None:
+        if cid is None:
             continue
         used = newest.container_devices.get(cid, frozenset())
         activities = [a for a in (duty_cycle(devices[u]) for u in used if u in devices)
@@ -142,6 +161,27 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
         if not activities:
             continue
         activity = sum(activities) / len(activities)
+        reads = storage_reads(newest, start, key)
+        busy = host_cpu_busy(newest)
+        on, still = storage_verdict(reads, cpu if cpu is not None else busy, t)
+        idle = activity < t.input_bound_device_activity
+        still_idle = activity < t.input_bound_device_activity_clear
+        cpu_bound = cpu is not None and idle and cpu >= t.input_bound_cpu_of_limit
+        # One finding per container: the storage variant while its own band holds, unless the
+        # CPU-bound one is raised now (the two bands never raise together).
+        if (idle and on) or (still_idle and still and not cpu_bound):
+            yield condition(
+                key, usage.attributes,
+                (WARNING if idle and on else None, WARNING if still_idle and still else None),
+                f"{cap(who(usage.attributes))} looks input-bound on storage: its GPU activity is "
+                f"{pct(activity)} while {reads.phrase()}; the CPUs are not the limit "
+                f"({cpu_phrase(cpu, usage.resources.cpu_limit, busy)}).",
+                STORAGE_REMEDY,
+                t.input_bound_for_s,
+            )
+            continue
+        if cpu is None:
+            continue
         raised = WARNING if (
             activity < t.input_bound_device_activity and cpu >= t.input_bound_cpu_of_limit
         ) else None

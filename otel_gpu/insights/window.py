@@ -45,6 +45,8 @@ class Sample:
     )
     runs: Mapping[ContainerKey, TrainingSignals] = field(init=False, repr=False, compare=False)
     filesystems: Mapping[str, Filesystem] = field(init=False, repr=False, compare=False)
+    # What a rule derived at this sample and reads back at the next one (``latched``).
+    memo: dict[Any, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         snap = self.snapshot
@@ -71,6 +73,7 @@ class Sample:
             "filesystems": {} if snap.host is None else {
                 fs.mountpoint: fs for fs in reversed(snap.host.filesystems)
             },
+            "memo": {},
         }
         for name, value in indexes.items():
             object.__setattr__(self, name, value)
@@ -141,6 +144,16 @@ def level(
             if value < clear_at:
                 held = severity
     return raised, held
+
+
+def latched(window: Sequence[Sample], key: Any, raised: bool, held: bool) -> bool:
+    """A raise and clear band for a part of a finding (a variant of its message) that the engine
+    does not track: on when ``raised``, or when ``held`` and it was on at the previous sample.
+    Each sample remembers the answer for the next."""
+    previous = len(window) > 1 and window[-2].memo.get(key, False)
+    on = raised or (held and previous)
+    window[-1].memo[key] = on
+    return on
 
 
 def flag(on: bool, severity: str) -> Verdict:

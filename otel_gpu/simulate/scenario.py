@@ -68,6 +68,7 @@ from otel_gpu.simulate.scenario_checks import (
     MAX_FILE_INTEGER,
     MAX_PID,
     MAX_UID,
+    MOUNT_KEYS,
     NVLINK_KEYS,
     POD_CONTAINER_KEYS,
     POD_KEYS,
@@ -96,6 +97,7 @@ from otel_gpu.simulate.spec import (
     FilesystemSpec,
     HostSpec,
     KubeletSpec,
+    MountSpec,
     NvLinkSpec,
     PerCycle,
     PodSpec,
@@ -360,6 +362,10 @@ class _Loader(GpuChecks):
             "disk_write_bytes_per_s": self.integer,
             "network_rx_bytes_per_s": self.integer,
             "network_tx_bytes_per_s": self.integer,
+            "io_pressure_some": self.ratio,
+            "io_pressure_full": self.ratio,
+            "memory_pressure_some": self.ratio,
+            "memory_pressure_full": self.ratio,
         }
         return Resources(**{name: self.optional(raw, key, name, checks[name]) for name in raw})
 
@@ -459,8 +465,34 @@ class _Loader(GpuChecks):
                         f"{key}.used_bytes{suffix}", f"{amount} is more than size_bytes"
                     )
             filesystems.append(FilesystemSpec(mountpoint, size, used))
+        mounts = tuple(self.mount(item, f"host.mounts[{i}]")
+                       for i, item in enumerate(self.list_of(raw.get("mounts", []),
+                                                             "host.mounts")))
         return HostSpec(
             memory_used_ratio=self.optional(raw, "host", "memory_used_ratio", self.ratio),
             cpu_utilization=self.optional(raw, "host", "cpu_utilization", self.ratio),
             filesystems=tuple(filesystems),
+            mounts=mounts,
+        )
+
+    def mount(self, value: Any, key: str) -> MountSpec:
+        raw = self.mapping(value, key, MOUNT_KEYS,
+                           required=("mountpoint", "device", "type", "size_bytes", "used_bytes"))
+        texts = {}
+        for name in ("mountpoint", "device", "type"):
+            text = self.string(raw[name], f"{key}.{name}")
+            if any(c.isspace() for c in text):
+                raise self.error(f"{key}.{name}", "the simulated mounts file has no escapes: "
+                                 "no white space")
+            texts[name] = text
+        if not texts["mountpoint"].startswith("/"):
+            raise self.error(f"{key}.mountpoint", "expected an absolute path")
+        size = self.varying(raw["size_bytes"], f"{key}.size_bytes", self.integer)
+        used = self.varying(raw["used_bytes"], f"{key}.used_bytes", self.integer)
+        return MountSpec(
+            **texts, size_bytes=size, used_bytes=used,
+            read_bytes_per_s=self.optional(raw, key, "read_bytes_per_s", self.integer) or 0,
+            write_bytes_per_s=self.optional(raw, key, "write_bytes_per_s", self.integer) or 0,
+            responsive=True if "responsive" not in raw
+            else self.optional(raw, key, "responsive", self.boolean),
         )

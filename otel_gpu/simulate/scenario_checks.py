@@ -25,6 +25,7 @@ from otel_gpu.simulate.spec import (
     KubeletSpec,
     MigInstanceSpec,
     MigLayout,
+    MountSpec,
     NvLinkSpec,
     PerCycle,
     PodSpec,
@@ -89,6 +90,7 @@ CLAIM_KEYS = _keys(ClaimSpec, without=("device_uuids",))
 POD_KEYS = _keys(PodSpec)
 HOST_KEYS = _keys(HostSpec)
 FILESYSTEM_KEYS = _keys(FilesystemSpec)
+MOUNT_KEYS = _keys(MountSpec)
 KUBELET_KEYS = _keys(KubeletSpec)
 DCGM_VALUE_KEYS = _keys(DcgmValues)
 DCGM_KEYS = _keys(DcgmSpec)

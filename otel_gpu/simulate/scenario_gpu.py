@@ -419,7 +419,21 @@ class GpuChecks(Checks):
                 for k, name in enumerate(self.list_of(raw.get("libraries", []),
                                                       f"{key}.libraries"))
             ),
+            environ=self.environ(raw.get("environ", {}), f"{key}.environ"),
         )
+
+    def environ(self, value: Any, key: str) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a mapping, got {kind_of(value)}")
+        found = {}
+        for name, text in value.items():
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                raise self.error(key, f"{name!r} is not an environment variable name")
+            text = self.string(text, f"{key}.{name}")
+            if "\0" in text:
+                raise self.error(f"{key}.{name}", "a NUL byte ends an environment entry")
+            found[name] = text
+        return found
 
     def check_unique_uuids(self, gpus: tuple[GpuSpec, ...]) -> None:
         seen: dict[str, str] = {}

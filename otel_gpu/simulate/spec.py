@@ -210,6 +210,7 @@ class ProcessSpec:
     mig_instance: int | None = None
     running: Varying = True
     libraries: tuple[str, ...] = ()  # shared objects its /proc/<pid>/maps lists, e.g. libdali.so
+    environ: dict[str, str] = field(default_factory=dict)  # its /proc/<pid>/environ
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,12 @@ class Resources:
     disk_write_bytes_per_s: Varying = None
     network_rx_bytes_per_s: Varying = None  # its network namespace's, loopback aside
     network_tx_bytes_per_s: Varying = None
+    # Shares of each cycle its tasks stalled (PSI "some": at least one task, "full": all of
+    # them), accumulated into io.pressure and memory.pressure; None: PSI off (no such files).
+    io_pressure_some: Varying = None
+    io_pressure_full: Varying = None
+    memory_pressure_some: Varying = None
+    memory_pressure_full: Varying = None
 
 
 @dataclass(frozen=True)
@@ -372,10 +379,26 @@ class FilesystemSpec:
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """A network or FUSE filesystem in the simulated /proc/self/mounts, answering statvfs
+    through the world's stand-in; NFS mounts also get their mountstats counters."""
+
+    mountpoint: str
+    device: str  # e.g. nas:/datasets
+    type: str  # e.g. nfs4, cifs, fuse.sshfs
+    size_bytes: Varying
+    used_bytes: Varying
+    read_bytes_per_s: Varying = 0  # what the client reads from the server
+    write_bytes_per_s: Varying = 0
+    responsive: Varying = True  # False: statvfs blocks, as on a dead NFS server
+
+
+@dataclass(frozen=True)
 class HostSpec:
     memory_used_ratio: Varying = None
     cpu_utilization: Varying = None  # the busy share of all the host's CPUs, 0..1
     filesystems: tuple[FilesystemSpec, ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ import tempfile
 import uuid as uuidlib
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from otel_gpu.simulate.server import HostOverrides, SimulatedServer
 from otel_gpu.simulate.spec import ClaimSpec, ContainerSpec, PodSpec, ProcessSpec, at_cycle
+from otel_gpu.simulate.storage import SimulatedMounts
 from otel_gpu.sources.cgroup import container_from_cgroup_lines
 from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
@@ -58,6 +59,7 @@ class _CgroupState:
     host_network: bool = False
     rx_bytes: int = 0
     tx_bytes: int = 0
+    pressure_us: dict[str, float] = field(default_factory=dict)  # e.g. io_pressure_some -> µs
 
 
 class SimulatedWorld:
@@ -78,6 +80,10 @@ class SimulatedWorld:
         self._closers: list[Callable[[], Any]] = []
         self._finalizer = weakref.finalize(self, _cleanup, self.root, self._closers, os.getpid())
         self._closers.append(server.close)
+        host = self.scenario.host
+        self.mounts = SimulatedMounts(self.proc_root, host.mounts if host else (),
+                                      server.interval_s)
+        self._closers.append(self.mounts.close)
         self._pids: set[int] = set()
         self._last_cycle = -1
         self._cgroups = self._cgroup_states()
@@ -100,6 +106,7 @@ class SimulatedWorld:
         self._write_processes(cycle)
         self._write_cgroups(cycle)
         self._write_networks()
+        self.mounts.begin_cycle(cycle)
 
     def clock(self, cycle: int) -> float:
         return self.server.clock(cycle)
@@ -296,6 +303,11 @@ class SimulatedWorld:
                 state.write_bytes += int((at_cycle(res.disk_write_bytes_per_s, k) or 0) * interval)
                 state.rx_bytes += int((at_cycle(res.network_rx_bytes_per_s, k) or 0) * interval)
                 state.tx_bytes += int((at_cycle(res.network_tx_bytes_per_s, k) or 0) * interval)
+                for name in _PRESSURES:
+                    share = at_cycle(getattr(res, name), k)
+                    if share is not None:
+                        state.pressure_us[name] = state.pressure_us.get(name, 0.0) + \
+                            share * interval * 1e6
             usage = round(state.usage_us)
             user = round(usage * USER_SHARE)
             memory_limit = at_cycle(res.memory_limit_bytes, cycle)
@@ -320,6 +332,7 @@ class SimulatedWorld:
                     "rios=0 wios=0 dbytes=0 dios=0\n"
                 ),
             }
+            files |= _pressure_files(state.pressure_us)
             base = os.path.join(self.cgroup_root, state.path.lstrip("/"))
             os.makedirs(base, exist_ok=True)
             for name, text in files.items():
@@ -348,6 +361,25 @@ class SimulatedWorld:
             if not os.path.islink(ns):
                 os.symlink(link, ns)
             _write(os.path.join(base, "net", "dev"), _net_dev(rx, tx))
+
+
+_PRESSURES = ("io_pressure_some", "io_pressure_full", "memory_pressure_some",
+              "memory_pressure_full")
+
+
+def _pressure_files(totals: dict[str, float]) -> dict[str, str]:
+    """io.pressure and memory.pressure in PSI's format (Documentation/accounting/psi.rst), for
+    the resources the scenario gives stall shares of; the averages are left at 0."""
+    files = {}
+    for resource in ("io", "memory"):
+        some = totals.get(f"{resource}_pressure_some")
+        full = totals.get(f"{resource}_pressure_full")
+        if some is None and full is None:
+            continue
+        files[f"{resource}.pressure"] = "".join(
+            f"{kind} avg10=0.00 avg60=0.00 avg300=0.00 total={round(total or 0)}\n"
+            for kind, total in (("some", some), ("full", full)))
+    return files
 
 
 def _net_dev(rx_bytes: int, tx_bytes: int) -> str:
@@ -389,6 +421,8 @@ def _write_process(proc_root: str, process: ProcessSpec) -> None:
     _write(os.path.join(base, "cgroup"), process.cgroup + "\n")
     _write(os.path.join(base, "cmdline"), "\0".join(process.cmdline) + "\0")
     _write(os.path.join(base, "maps"), _maps(process.libraries))
+    environ = {"PATH": "/usr/local/bin:/usr/bin:/bin", **process.environ}
+    _write(os.path.join(base, "environ"), "".join(f"{k}={v}\0" for k, v in environ.items()))
 
 
 _SITE = "/usr/local/lib/python3.10/dist-packages"

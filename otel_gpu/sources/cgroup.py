@@ -247,6 +247,8 @@ class CgroupReader(ErrorLog):
         quota, period = self._cpu_max(base)
         events = self._keyed(base, "memory.events")
         io = self._io_v2(base)
+        io_some, io_full = self._pressure(base, "io.pressure")
+        memory_some, memory_full = self._pressure(base, "memory.pressure")
         return ContainerResources(
             cgroup_version=2,
             cpu_user_s=_scaled(cpu.get("user_usec"), 1e-6),
@@ -260,6 +262,10 @@ class CgroupReader(ErrorLog):
             oom_kills=events.get("oom_kill"),
             disk_read_bytes=io[0] if io else None,
             disk_write_bytes=io[1] if io else None,
+            io_pressure_some_s=io_some,
+            io_pressure_full_s=io_full,
+            memory_pressure_some_s=memory_some,
+            memory_pressure_full_s=memory_full,
         )
 
     def _read_v1(self, paths: dict[str, str]) -> ContainerResources | None:
@@ -381,6 +387,31 @@ class CgroupReader(ErrorLog):
                     else:
                         write += n
         return min(read, INT64_MAX), min(write, INT64_MAX)
+
+    def _pressure(self, base: str, name: str) -> tuple[float | None, float | None]:
+        """PSI's ``some`` and ``full`` stall times in seconds from ``total=`` (microseconds), as
+        Documentation/accounting/psi.rst writes them: ``some avg10=0.00 avg60=0.00 avg300=0.00
+        total=0`` and a ``full`` line alike. Absent without PSI (CONFIG_PSI, psi=0)."""
+        text = self._text(base, name)
+        if text is None:
+            return None, None
+        some = full = None
+        for line in text.split("\n"):
+            if not line:
+                continue
+            kind, at = line[:5], line.rfind(" total=")
+            try:
+                if at < 0 or kind not in ("some ", "full "):
+                    raise ValueError(line)
+                seconds = parse_count(line[at + 7:]) * 1e-6
+            except ValueError:
+                self._malformed(name)
+                return None, None
+            if kind == "some ":
+                some = seconds
+            else:
+                full = seconds
+        return some, full
 
     def _io_v1(self, base: str) -> tuple[int, int] | None:
         """blkio.throttle.io_service_bytes: ``MAJ:MIN Read N`` / ``Write`` lines and a Total."""

@@ -5,6 +5,9 @@ On Linux the source reads ``/proc/stat``, ``/proc/meminfo``, ``/proc/diskstats``
 psutil's; elsewhere, or for a kind whose ``/proc`` file cannot be read (or lacks the fields it
 needs), it asks psutil. The number of logical CPUs is taken once, and the list of mounted
 filesystems once per ``partitions_ttl_s``; the usage of each filesystem is read every cycle.
+Network and FUSE filesystems, which psutil's listing leaves out, come from ``/proc/self/mounts``
+and are read with a bounded wait, and NFS mounts get their byte counters from
+``/proc/self/mountstats`` (``otel_gpu.sources.mounts``).
 
 Each kind is read once per cycle and the catalog derives every metric of that kind from the one
 answer, so all points of a cycle agree. A failed call becomes a ``SourceError`` and leaves only
@@ -29,7 +32,18 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import psutil
 
-from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, SourceError
+from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, NfsIo, SourceError
+from otel_gpu.sources.mounts import (
+    NFS_TYPES,
+    STATVFS_TIMEOUT_S,
+    BoundedStatvfs,
+    FilesystemFilter,
+    Mount,
+    filesystem_of,
+    nfs_io,
+    parse_mounts,
+    parse_mountstats,
+)
 from otel_gpu.sources.proc_files import (
     SKIPPED_DISK,
     SKIPPED_NETWORK,
@@ -109,6 +123,11 @@ class HostSource:
     from (``/proc`` on Linux); ``None`` reads everything through psutil. ``clock``
     (seconds, monotonic) times CPU utilization and the re-listing of filesystems every
     ``partitions_ttl_s``.
+
+    ``filesystems`` says which network and FUSE mounts are added and which filesystems are left
+    out; ``mounts_procfs`` is where ``self/mounts`` and ``self/mountstats`` are read (default:
+    ``procfs``); ``statvfs`` reads a network or FUSE mount's usage, waited for at most
+    ``statvfs_timeout_s``.
     """
 
     def __init__(
@@ -118,22 +137,37 @@ class HostSource:
         procfs: str | None = DEFAULT_PROCFS,
         clock: Callable[[], float] = time.monotonic,
         partitions_ttl_s: float = PARTITIONS_TTL_S,
+        filesystems: FilesystemFilter | None = None,
+        mounts_procfs: str | None = None,
+        statvfs: Callable[[str], Any] = os.statvfs,
+        statvfs_timeout_s: float = STATVFS_TIMEOUT_S,
     ) -> None:
         self._root_filesystems_only = root_filesystems_only
+        self._filter = filesystems if filesystems is not None else FilesystemFilter()
+        mounts_root = mounts_procfs if mounts_procfs is not None else procfs
+        self._mounts = _ProcFile(mounts_root, "self/mounts") if mounts_root else None
+        self._mountstats = _ProcFile(mounts_root, "self/mountstats") if mounts_root else None
+        self._statvfs = BoundedStatvfs(statvfs, statvfs_timeout_s)
+        self._remote: list[Mount] = []
         self._procfs = procfs
         self._ticks = _clock_ticks() if procfs is not None else None
         self._stat = _ProcFile(procfs, "stat", limit=4096)
         self._meminfo = _ProcFile(procfs, "meminfo")
         self._diskstats = _ProcFile(procfs, "diskstats")
         self._net_dev = _ProcFile(procfs, "net/dev")
-        files = (self._stat, self._meminfo, self._diskstats, self._net_dev)
-        weakref.finalize(self, _close_all, files)
+        files = [self._stat, self._meminfo, self._diskstats, self._net_dev]
+        files += [f for f in (self._mounts, self._mountstats) if f is not None]
+        self._closer = weakref.finalize(self, _close_all, files, self._statvfs)
         self._clock = clock
         self._partitions_ttl_s = partitions_ttl_s
         self._partitions: list[_Partition] | None = None
         self._partitions_at = 0.0
         self._logical_count: int | None = None
         self._previous_cpu: tuple[float, dict[str, float]] | None = None
+
+    def close(self) -> None:
+        """Close the kept files and stop the threads that read network and FUSE mounts."""
+        self._closer()
 
     def read(
         self, overrides: HostOverrides | None = None
@@ -160,7 +194,9 @@ class HostSource:
 
         disks = self._disks(call, errors)
         networks = self._networks(call, errors)
-        filesystems = self._filesystems(self._listed_partitions(now, call), call)
+        filesystems = self._filesystems(self._listed_partitions(now, call, errors), call)
+        filesystems += self._remote_filesystems(errors)
+        nfs = self._nfs(errors)
 
         if overrides is not None:
             ratio = getattr(overrides, "memory_used_ratio", None)
@@ -186,6 +222,7 @@ class HostSource:
             disks=disks,
             networks=networks,
             filesystems=tuple(filesystems),
+            nfs=nfs,
         )
         return snapshot, errors
 
@@ -290,9 +327,12 @@ class HostSource:
             if name not in SKIPPED_NETWORK
         }
 
-    def _listed_partitions(self, now: float, call: Callable[..., Any]) -> list[_Partition]:
+    def _listed_partitions(
+        self, now: float, call: Callable[..., Any], errors: list[SourceError]
+    ) -> list[_Partition]:
         """The mounted filesystems, listed again once ``partitions_ttl_s`` has passed; after a
-        failed listing the previous list stands and the next cycle tries again."""
+        failed listing the previous list stands and the next cycle tries again. The network
+        and FUSE mounts are listed at the same time."""
         if self._partitions is not None and now - self._partitions_at < self._partitions_ttl_s:
             return self._partitions
         listed = call(
@@ -300,6 +340,7 @@ class HostSource:
         )
         if listed is None:
             return self._partitions or []
+        excludes = self._filter.excludes
         self._partitions = [
             _Partition(
                 part.device,
@@ -309,9 +350,66 @@ class HostSource:
             )
             for part in listed
             if part.fstype not in _SKIPPED_FILESYSTEM_TYPES
+            and not excludes(part.fstype, part.mountpoint)
         ]
         self._partitions_at = now
+        self._remote = self._remote_mounts({p.mountpoint for p in self._partitions}, errors)
         return self._partitions
+
+    def _remote_mounts(self, local: set[str], errors: list[SourceError]) -> list[Mount]:
+        """The network and FUSE mounts the filter includes, each mount point once."""
+        if self._mounts is None or not self._filter.include:
+            return []
+        data = self._mounts.read()
+        if data is None:
+            return self._remote
+        mounts, malformed = parse_mounts(data.decode("utf-8", errors="replace"))
+        if malformed:
+            errors.append(SourceError(SOURCE, self._mounts.label, MALFORMED))
+        found: dict[str, Mount] = {}
+        for mount in mounts:
+            if mount.mountpoint not in local and self._filter.includes(mount.type,
+                                                                       mount.mountpoint):
+                found[mount.mountpoint] = mount  # the last mount on a point is the visible one
+        # An export mounted twice is one filesystem, kept at its first mount point; a FUSE
+        # device is only a name.
+        unique: dict[str, Mount] = {}
+        for mount in found.values():
+            unique.setdefault(mount.mountpoint if mount.type.startswith("fuse") else mount.device,
+                              mount)
+        return list(unique.values())
+
+    def _remote_filesystems(self, errors: list[SourceError]) -> list[Filesystem]:
+        if not self._remote:
+            return []
+        record = _Recorder(errors)
+        answers = self._statvfs.read([m.mountpoint for m in self._remote], record)
+        found: list[Filesystem] = []
+        for mount in self._remote:
+            result = answers.get(mount.mountpoint)
+            if result is None:
+                continue
+            try:
+                filesystem = filesystem_of(mount, result)
+            except (AttributeError, TypeError, ValueError):
+                record("statvfs", MALFORMED)
+                continue
+            if filesystem is not None:
+                found.append(filesystem)
+        return found
+
+    def _nfs(self, errors: list[SourceError]) -> tuple[NfsIo, ...]:
+        nfs = [m for m in self._remote if m.type in NFS_TYPES]
+        if not nfs or self._mountstats is None:
+            return ()
+        data = self._mountstats.read()
+        if data is None:
+            errors.append(SourceError(SOURCE, self._mountstats.label, "Unreadable"))
+            return ()
+        counters, malformed = parse_mountstats(data.decode("utf-8", errors="replace"))
+        if malformed:
+            errors.append(SourceError(SOURCE, self._mountstats.label, MALFORMED))
+        return nfs_io(nfs, counters)
 
     def _filesystems(
         self, partitions: Iterable[_Partition], call: Callable[..., Any]
@@ -381,7 +479,8 @@ class _ProcFile:
                 os.close(fd)
 
 
-def _close_all(files: Iterable[_ProcFile]) -> None:
+def _close_all(files: Iterable[_ProcFile], statvfs: BoundedStatvfs) -> None:
+    statvfs.close()
     for file in files:
         file.close()
 
@@ -390,6 +489,16 @@ def _first_cpu_line(data: bytes, ticks: float) -> tuple[dict[str, float], bool]:
     # A malformed line gives no CPU times rather than psutil's, which parses the same file.
     modes, malformed = parse_proc_stat(data.split(b"\n", 1)[0], ticks)
     return modes or {}, malformed
+
+
+class _Recorder:
+    """Records a failed call of the host source as a ``SourceError``."""
+
+    def __init__(self, errors: list[SourceError]) -> None:
+        self._errors = errors
+
+    def __call__(self, call: str, error_type: str) -> None:
+        self._errors.append(SourceError(SOURCE, call, error_type))
 
 
 class _PsutilCall:

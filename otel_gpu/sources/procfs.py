@@ -1,12 +1,17 @@
 """Host processes from /proc: owner uid, command name, start time and cgroup lines.
 
 Only ``stat``, ``status`` and ``cgroup`` are read, all world-readable, and ``maps``, once per
-process, to tell whether it has NVIDIA DALI's library (``libdali``) mapped; command lines and
-environments are never read. ``maps`` needs ptrace-read access (root, or the process's owner);
-where it is refused, ``dali`` is None and the refusal is recorded. A process may exit between
-being listed and being read: that gives None, not an error. Under ``hidepid=`` mounts other
-users' files fail with PermissionError: the reader then returns what it could read
+process, to tell whether it has NVIDIA DALI's library (``libdali``) mapped; command lines are
+never read, and environments only as below. ``maps`` needs ptrace-read access (root, or the
+process's owner); where it is refused, ``dali`` is None and the refusal is recorded. A process
+may exit between being listed and being read: that gives None, not an error. Under ``hidepid=``
+mounts other users' files fail with PermissionError: the reader then returns what it could read
 (``complete=False``) and records the failure.
+
+For a process in a Slurm job step, ``slurm_account`` reads one variable of its ``environ``,
+``SLURM_JOB_ACCOUNT`` (which slurmstepd sets in every task's environment: Slurm's sbatch and
+srun "OUTPUT ENVIRONMENT VARIABLES"), once per (pid, start time); nothing else of the
+environment is kept, and none of it is logged. ``environ`` needs the same access as ``maps``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from otel_gpu.snapshot import ErrorLog
 from otel_gpu.sources._files import read_bytes
-from otel_gpu.sources._text import MAX_TEXT, parse_count, parse_uid
+from otel_gpu.sources._text import MAX_TEXT, clean_value, parse_count, parse_uid
 
 SOURCE = "procfs"
 _MAX_FILE_BYTES = 1 << 16
@@ -25,6 +30,10 @@ _MAX_FILE_BYTES = 1 << 16
 # nvidia.dali's import, early, so a long tail of later mappings is not needed to see it.
 _MAX_MAPS_BYTES = 4 << 20
 _DALI = b"/libdali"
+# An environment is at most a quarter of the stack limit (execve(2)); slurmstepd adds its
+# SLURM_* variables to what the job was started with, so the one wanted may sit far in.
+_MAX_ENVIRON_BYTES = 2 << 20
+_SLURM_ACCOUNT = b"SLURM_JOB_ACCOUNT="
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class ProcfsReader(ErrorLog):
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
         self._cache: dict[int, ProcessInfo] = {}
+        # pid -> (start time, account): a Slurm task's account, read once per process.
+        self._accounts: dict[int, tuple[int, str | None]] = {}
         super().__init__()
 
     @property
@@ -75,6 +86,8 @@ class ProcfsReader(ErrorLog):
         wanted = set(pids)
         for pid in self._cache.keys() - wanted:
             del self._cache[pid]
+        for pid in self._accounts.keys() - wanted:
+            del self._accounts[pid]
         found = {}
         for pid in wanted:
             info = self.read(pid)
@@ -111,6 +124,36 @@ class ProcfsReader(ErrorLog):
         else:
             self._cache.pop(pid, None)
         return info
+
+    def slurm_account(self, info: ProcessInfo) -> str | None:
+        """``SLURM_JOB_ACCOUNT`` from the environment of ``info``'s process, or None (not set,
+        not readable, or a process without a start time to key it by)."""
+        start = info.start_time_ticks
+        if start is None:
+            return None
+        cached = self._accounts.get(info.pid)
+        if cached is not None and cached[0] == start:
+            return cached[1]
+        account = self._environ_value(info.pid, _SLURM_ACCOUNT)
+        self._accounts[info.pid] = (start, account)
+        return account
+
+    def _environ_value(self, pid: int, prefix: bytes) -> str | None:
+        path = os.path.join(self.root, str(pid), "environ")
+        try:
+            data = read_bytes(path, _MAX_ENVIRON_BYTES)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except OSError as e:
+            self.record("environ", type(e).__name__)
+            return None
+        at = data.find(b"\0" + prefix)
+        if at < 0 and not data.startswith(prefix):
+            return None
+        start = at + 1 + len(prefix) if at >= 0 else len(prefix)
+        end = data.find(b"\0", start)
+        value = data[start:end if end >= 0 else len(data)]
+        return clean_value(value.decode("utf-8", errors="replace"))
 
     def _dali(self, pid: int) -> bool | None:
         """Whether the process maps libdali. Read once per process: the cache keeps the answer

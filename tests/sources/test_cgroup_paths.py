@@ -430,3 +430,39 @@ def test_slurm_step_from_hybrid_lines() -> None:
              "5:devices:/slurm/uid_1000/job_77/step_3", "0::/"]
     assert slurm_step_from_cgroup_lines(lines) == SlurmStep("77", "3")
     assert slurm_step_from_cgroup_lines(["0::/init.scope", "garbage"]) is None
+
+
+# Documentation/accounting/psi.rst: one line per stall kind, total in microseconds.
+_PSI = ("some avg10=12.50 avg60=8.00 avg300=3.10 total=4500000\n"
+        "full avg10=1.00 avg60=0.50 avg300=0.20 total=250000\n")
+
+
+def test_v2_pressure_stall_times(tmp_path: Path) -> None:
+    _write(tmp_path, {"cgroup.controllers": "cpu io memory\n"})
+    _write(tmp_path / "c", {"io.pressure": _PSI, "memory.pressure": _PSI.replace("4500000", "7")})
+    reader = CgroupReader(str(tmp_path))
+    res = reader.read_path("/c")
+    assert res is not None
+    assert (res.io_pressure_some_s, res.io_pressure_full_s) == (pytest.approx(4.5),
+                                                                pytest.approx(0.25))
+    assert res.memory_pressure_some_s == pytest.approx(7e-6)
+    assert reader.take_errors() == ()
+    _write(tmp_path / "nopsi", {"memory.current": "1\n"})  # PSI off: no pressure files
+    res = reader.read_path("/nopsi")
+    assert res is not None and res.io_pressure_some_s is None and res.memory_pressure_full_s is None
+
+
+@pytest.mark.parametrize("text", [
+    "some avg10=0.00 avg60=0.00 avg300=0.00\n",  # no total
+    "some avg10=0.00 avg60=0.00 avg300=0.00 total=-4\n",
+    "some total=12\nhalf avg10=0.00 total=3\n",
+    "\x00\x01garbage",
+])
+def test_v2_malformed_pressure_is_none_and_counted(tmp_path: Path, text: str) -> None:
+    _write(tmp_path, {"cgroup.controllers": "cpu io memory\n"})
+    _write(tmp_path / "c", {"io.pressure": text})
+    reader = CgroupReader(str(tmp_path))
+    res = reader.read_path("/c")
+    assert res is not None and res.io_pressure_some_s is None and res.io_pressure_full_s is None
+    assert [(e.call, e.error_type) for e in reader.take_errors()] == [
+        ("io.pressure", "Malformed")]

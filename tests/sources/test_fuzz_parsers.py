@@ -22,6 +22,7 @@ from otel_gpu.sources.kubelet import (
     _pods,
     pod_devices,
 )
+from otel_gpu.sources.mounts import parse_mounts, parse_mountstats
 
 FAST = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -150,15 +151,17 @@ def test_cgroup_paths(path: str, lines: list[tuple[str, str, str]]) -> None:
             assert ref.pod_uid is None or len(ref.pod_uid) <= 36
 
 
-V2_FILES = ("cpu.stat", "cpu.max", "memory.current", "memory.max", "memory.events", "io.stat")
+V2_FILES = ("cpu.stat", "cpu.max", "memory.current", "memory.max", "memory.events", "io.stat",
+            "io.pressure", "memory.pressure")
 V1_FILES = {"cpu,cpuacct": ("cpu.stat", "cpu.cfs_quota_us", "cpu.cfs_period_us",
                             "cpuacct.usage_user", "cpuacct.usage_sys"),
             "memory": ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.oom_control"),
             "blkio": ("blkio.throttle.io_service_bytes",)}
 keyed = st.lists(st.tuples(st.sampled_from(["user_usec", "system_usec", "nr_periods",
                                              "nr_throttled", "throttled_usec", "oom_kill",
-                                             "throttled_time", "8:0", "Read", "Write"]),
-                           number, st.sampled_from(["", "rbytes=", "wbytes="]))
+                                             "throttled_time", "8:0", "Read", "Write",
+                                             "some avg10=1.00", "full"]),
+                           number, st.sampled_from(["", "rbytes=", "wbytes=", "total="]))
                  ).map(lambda rows: "\n".join(f"{k} {p}{v}" for k, v, p in rows))
 cgroup_file = st.one_of(number, keyed, hostile_text, st.sampled_from(["max", "max 100000"]),
                         st.tuples(number, number).map(" ".join))
@@ -185,6 +188,29 @@ def test_cgroup_v1_and_v2_accounting(v2: dict[str, str], v1: dict[str, str]) -> 
             assert resources is not None
             check_fields(resources)
             reader.take_errors()
+
+
+mount_field = st.one_of(word, st.sampled_from(["nfs4", "fuse.sshfs", "cifs", "/data", "\\040",
+                                              "nas:/e", "rw,vers=4.2", "ro", "0"]))
+mountstats_line = st.one_of(
+    st.lists(mount_field, max_size=8).map(" ".join),
+    st.tuples(mount_field, mount_field, mount_field).map(
+        lambda t: f"device {t[0]} mounted on {t[1]} with fstype {t[2]} statvers=1.1"),
+    st.lists(number, max_size=10).map(lambda ns: "\tbytes:\t" + " ".join(ns)),
+)
+
+
+@FAST
+@given(st.lists(st.lists(mount_field, max_size=8).map(" ".join), max_size=8).map("\n".join),
+       st.lists(mountstats_line, max_size=10).map("\n".join))
+def test_mounts_and_mountstats(mounts: str, mountstats: str) -> None:
+    found, _ = parse_mounts(mounts)
+    for mount in found:
+        assert mount.mode in ("ro", "rw") and all(isinstance(f, str) for f in mount)
+    counters, _ = parse_mountstats(mountstats)
+    for read, written in counters.values():
+        check_count(read)
+        check_count(written)
 
 
 # -- Docker and kubelet replies -------------------------------------------------------------------

@@ -170,6 +170,52 @@ def test_never_reads_cmdline_or_environ(tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(opened) == ["cgroup", "maps", "stat", "status"]
 
 
+def _environ(*entries: str) -> bytes:
+    return b"".join(e.encode() + b"\0" for e in entries)
+
+
+@pytest.mark.parametrize(("environ", "account"), [
+    (_environ("PATH=/bin", "SLURM_JOB_ID=4242", "SLURM_JOB_ACCOUNT=vision-lab", "HOME=/h"),
+     "vision-lab"),
+    (_environ("SLURM_JOB_ACCOUNT=first"), "first"),
+    (_environ("MY_SLURM_JOB_ACCOUNT=not-this", "PATH=/bin"), None),
+    (_environ("SLURM_JOB_ACCOUNT=\x1b[31mred\nline"), "[31mredline"),  # control characters dropped
+    (b"", None),
+])
+def test_slurm_account_is_the_one_variable_read(tmp_path: Path, environ: bytes,
+                                                account: str | None) -> None:
+    (_proc(tmp_path, 12) / "environ").write_bytes(environ)
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(12)
+    assert info is not None
+    assert reader.slurm_account(info) == account
+    assert reader.take_errors() == ()
+
+
+def test_slurm_account_is_read_once_per_process(tmp_path: Path) -> None:
+    d = _proc(tmp_path, 13, start=700)
+    (d / "environ").write_bytes(_environ("SLURM_JOB_ACCOUNT=a1"))
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read_many([13])[13]
+    assert reader.slurm_account(info) == "a1"
+    (d / "environ").write_bytes(_environ("SLURM_JOB_ACCOUNT=a2"))
+    assert reader.slurm_account(info) == "a1"  # the same process: not read again
+    (d / "stat").write_text(_stat(13, "python", 701))  # the pid reused
+    assert reader.slurm_account(reader.read_many([13])[13]) == "a2"
+    reader.read_many([])
+    assert reader.slurm_account(ProcessInfo(13, None, None, None, ())) is None  # no start time
+    assert reader._accounts == {}  # forgotten with the process
+
+
+def test_unreadable_environ_is_recorded_without_its_content(tmp_path: Path) -> None:
+    (_proc(tmp_path, 14) / "environ").mkdir()  # read() fails as a refused environ would
+    reader = ProcfsReader(str(tmp_path))
+    info = reader.read(14)
+    assert info is not None and reader.slurm_account(info) is None
+    assert [(e.call, e.error_type) for e in reader.take_errors()] == [
+        ("environ", "IsADirectoryError")]
+
+
 _MAPS = (
     "55d0c2a00000-55d0c2b00000 r-xp 00000000 08:01 131090     /usr/bin/python3.10\n"
     "7f3a10000000-7f3a10200000 r-xp 00000000 08:01 262211     "

@@ -245,7 +245,9 @@ HOST.add(
     name="system.filesystem.usage",
     instrument=UPDOWNCOUNTER,
     unit="By",
-    description="Filesystem space by state.",
+    description="Filesystem space by state: local disks, and the network and FUSE mounts "
+    "OTEL_GPU_FILESYSTEM_INCLUDE names (nfs, cifs, lustre, beegfs, gpfs, fuse.* by default); a "
+    "mount that does not answer within 2 s is left out until it does.",
     attributes=_FS,
     observe=_filesystem(ratio=False),
     semconv=True,
@@ -259,3 +261,23 @@ HOST.add(
     observe=_filesystem(ratio=True),
     semconv=True,
 )
+
+
+@HOST.observed_by(
+    name="otel_gpu.nfs.io",
+    instrument=COUNTER,
+    unit="By",
+    description="Bytes each NFS mount read from and wrote to its server since it was mounted "
+    "(the server bytes of the `bytes:` line of /proc/self/mountstats; reads served from the page "
+    "cache are not counted). An export mounted twice is counted once, at its first mount point.",
+    attributes=("system.device", "system.filesystem.mountpoint", "system.filesystem.type",
+                "disk.io.direction"),
+)
+def _nfs_io(snap: Snapshot) -> Iterator[Point]:
+    if snap.host is None:
+        return
+    for mount in snap.host.nfs:
+        base = {"system.device": mount.device, "system.filesystem.mountpoint": mount.mountpoint,
+                "system.filesystem.type": mount.type}
+        yield mount.read_bytes, {**base, "disk.io.direction": "read"}
+        yield mount.write_bytes, {**base, "disk.io.direction": "write"}

@@ -69,8 +69,10 @@ CONTAINER_ATTRIBUTES = (
 )
 # On a device given through a Dynamic Resource Allocation claim: the claim and its driver.
 DRA_ATTRIBUTES = ("otel_gpu.k8s.resourceclaim.name", "otel_gpu.k8s.dra.driver.name")
-# A GPU process in no container but in a Slurm job step: the job and step, from its cgroup path.
-SLURM_ATTRIBUTES = ("otel_gpu.slurm.job.id", "otel_gpu.slurm.step.id")
+# A GPU process in no container but in a Slurm job step: the job and step, from its cgroup path,
+# and the job's account, from SLURM_JOB_ACCOUNT in its environment where that is readable.
+SLURM_ATTRIBUTES = ("otel_gpu.slurm.job.id", "otel_gpu.slurm.step.id",
+                    "otel_gpu.slurm.account.name")
 WORKLOAD_ATTRIBUTES = ("process.owner", *CONTAINER_ATTRIBUTES, *SLURM_ATTRIBUTES)
 
 

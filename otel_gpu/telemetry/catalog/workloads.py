@@ -227,6 +227,24 @@ CONTAINERS.add(
 )
 
 
+PRESSURE_STALL = "otel_gpu.pressure.stall_type"
+_PRESSURE_RULE = (
+    " by `otel_gpu.pressure.stall_type`: `some` while at least one of its tasks waited, `full` "
+    "while all of them did (PSI, Documentation/accounting/psi.rst); cgroup v2 with PSI only."
+)
+for _resource, _waited in (("io", "I/O"), ("memory", "memory: reclaim, refaults, swap-in")):
+    CONTAINERS.add(
+        name=f"otel_gpu.container.{_resource}.pressure.stall.time",
+        instrument=COUNTER,
+        unit="s",
+        description=f"Time the container's tasks stalled waiting for {_waited} (its cgroup's "
+        f"{_resource}.pressure total)," + _PRESSURE_RULE,
+        attributes=(*CONTAINER_ATTRIBUTES, PRESSURE_STALL),
+        observe=_container_pair(PRESSURE_STALL, (("some", f"{_resource}_pressure_some_s"),
+                                                 ("full", f"{_resource}_pressure_full_s"))),
+    )
+
+
 def _container_network(kind: str) -> Observe:
     def observe(snap: Snapshot) -> Iterator[Point]:
         for usage in snap.containers:
