@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, Snapshot
+from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, NfsIo, Snapshot
 from otel_gpu.telemetry.catalog import CATALOG
 from otel_gpu.telemetry.catalog.metric import AttributeSets, SeriesAttributes
 from otel_gpu.telemetry.failures import FailureTally, ValueCheck
@@ -25,6 +25,7 @@ def _host(cycle: int, interface: str = "eth0") -> Snapshot:
         disks={"vda": DiskIo(1 + cycle, 2, 3, 4)},
         networks={interface: NetworkIo(5 + cycle, 6, 0, 0)},
         filesystems=(Filesystem("/dev/vda1", "/", "ext4", "rw", 30 + cycle, 60, 10),),
+        nfs=(NfsIo("nas:/data", "/data", "nfs4", 7 + cycle, 8),),
     ))
 
 

@@ -277,7 +277,15 @@ def _nfs_io(snap: Snapshot) -> Iterator[Point]:
     if snap.host is None:
         return
     for mount in snap.host.nfs:
-        base = {"system.device": mount.device, "system.filesystem.mountpoint": mount.mountpoint,
-                "system.filesystem.type": mount.type}
-        yield mount.read_bytes, {**base, "disk.io.direction": "read"}
-        yield mount.write_bytes, {**base, "disk.io.direction": "write"}
+        for direction, value in (("read", mount.read_bytes), ("write", mount.write_bytes)):
+            key = (mount.device, mount.mountpoint, mount.type, direction)
+            attributes = _NFS_MOUNTS.find(key) or _NFS_MOUNTS.add(key, {
+                "system.device": mount.device,
+                "system.filesystem.mountpoint": mount.mountpoint,
+                "system.filesystem.type": mount.type,
+                "disk.io.direction": direction,
+            })
+            yield value, attributes
+
+
+_NFS_MOUNTS = AttributeSets()
