@@ -21,7 +21,8 @@ over containers), ``clients`` (the Docker and kubelet clients), ``attribution`` 
 ``encode`` (the OTLP exporter's ``encode_metrics`` of that data, not part of the cycle).
 ``simulation`` (the simulator rewriting its trees, ``SimulatedWorld.begin_cycle``) is work the
 real agent does not do: it is reported and left out of the cycle figure. After start-up the
-script calls ``gc.freeze()``, as the agent does (``--no-freeze``: not).
+script settles the garbage collector as the agent does (``settle_garbage_collector``:
+``gc.freeze()`` and a youngest-generation threshold of 10,000; ``--no-freeze``: neither).
 
     .venv/bin/python benchmarks/bench_scale.py              # 5 rounds x 3 cycles
     .venv/bin/python benchmarks/bench_scale.py --quick      # 100 and 1000, 2 rounds x 2
@@ -50,6 +51,7 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 
+from otel_gpu.cli.agent import settle_garbage_collector
 from otel_gpu.collect.build import build_collector
 from otel_gpu.collect.collector import Collector, SnapshotCache
 from otel_gpu.telemetry.instruments import register_catalog
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=str, default=None, help="comma-separated process counts")
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     parser.add_argument("--no-freeze", action="store_true",
-                        help="do not gc.freeze() after start-up, as the agent does")
+                        help="leave the garbage collector as it is: no gc.freeze() and the "
+                        "default thresholds, where the agent settles it after start-up")
     args = parser.parse_args(argv)
     sizes = (100, 1000) if args.quick else SIZES
     if args.sizes:
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             server.cycle()
             server.samples.clear()
         if not args.no_freeze:
-            gc.freeze()
+            settle_garbage_collector()
         for r in range(rounds):
             order = servers[r % len(servers) :] + servers[: r % len(servers)]
             for server in order:

@@ -76,6 +76,8 @@ class Accountant:
                 if 0 < seconds <= self.max_gap_s:
                     self._credit(previous, snapshot, seconds)
             self._forget(snapshot.timestamp)
+        if not self._accounts and not snapshot.accounts:
+            return snapshot  # nothing to add: a Snapshot's copy costs more than the rest here
         return replace(snapshot, accounts=tuple(self._accounts.values()))
 
     def _credit(self, previous: Snapshot, now: Snapshot, seconds: float) -> None:

@@ -272,7 +272,8 @@ class _Cycle:
         images |= {cid: m.image_id for cid, m in self.metas.items() if m.image_id}
         environments = self._timed("environments", envs, lambda: shared_environments(
             envs, containers, pids, images), ())
-        assignments = tuple(self._owned(a, infos, inits) for a in assignments)
+        runners = self._first_runners(infos)
+        assignments = tuple(self._owned(a, runners, inits) for a in assignments)
         return Attribution(
             workloads=workloads,
             assignments=assignments,
@@ -481,21 +482,28 @@ class _Cycle:
             del self.a._pod_paths[cid]
         return found
 
+    def _first_runners(self, infos: dict[int, ProcessInfo]) -> dict[str, ProcessInfo]:
+        """Per container, its GPU process of lowest pid whose user is known: one pass over the
+        processes per cycle, however many containers hold devices."""
+        runners: dict[str, ProcessInfo] = {}
+        for pid, info in sorted(infos.items()):
+            ref = self.process_refs.get(pid)
+            if ref is not None and info.uid is not None and ref.id not in runners:
+                runners[ref.id] = info
+        return runners
+
     def _owned(
         self,
         assignment: DeviceAssignment,
-        infos: dict[int, ProcessInfo],
+        runners: dict[str, ProcessInfo],
         inits: dict[str, ProcessInfo],
     ) -> DeviceAssignment:
         """``assignment`` with the user it is held for, and where that answer came from."""
         owner: tuple[str, int | None, str] | None = None
         cid = assignment.attributes.get("container.id")
-        if cid is not None:
-            for pid, info in sorted(infos.items()):
-                ref = self.process_refs.get(pid)
-                if ref is not None and ref.id == cid and info.uid is not None:
-                    owner = (self.a.owner(info.uid), info.uid, "process")
-                    break
+        runner = runners.get(cid) if cid is not None else None
+        if runner is not None and runner.uid is not None:
+            owner = (self.a.owner(runner.uid), runner.uid, "process")
         meta = self.metas.get(cid) if cid is not None else None
         if owner is None and meta is not None and meta.user:
             name = meta.user.split(":", 1)[0]

@@ -108,11 +108,15 @@ def _data_wait_remedy(dali: bool | None, ratio: float) -> str:
     return remedy
 
 
-def _container_dali(snap_workloads: Sequence[Workload], cid: str) -> bool | None:
-    """Whether a GPU process of container ``cid`` maps DALI; None when none could be read."""
-    seen = [w.dali for w in snap_workloads
-            if w.attributes.get("container.id") == cid and w.dali is not None]
-    return any(seen) if seen else None
+def _dali_by_container(snap_workloads: Sequence[Workload]) -> dict[str, bool]:
+    """Per container, whether one of its GPU processes maps DALI; containers none of whose
+    processes could be read are absent."""
+    found: dict[str, bool] = {}
+    for w in snap_workloads:
+        cid = w.attributes.get("container.id")
+        if cid is not None and w.dali is not None:
+            found[cid] = found.get(cid, False) or w.dali
+    return found
 
 
 def _steps_advanced(window: Sequence[Sample], signal: TrainingSignals) -> bool:
@@ -144,6 +148,7 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
     snap = newest.snapshot
     start = span_start(window, t.rate_span_s)
     devices = {dev.uuid: dev for dev, _ in workload_devices(snap)}
+    dali_of: dict[str, bool] | None = None  # built once, when a container first needs it
     for usage in snap.containers:
         key = container_key(usage.attributes)
         cpu = _cpu_of_limit(newest, start, key)
@@ -185,7 +190,9 @@ def _input_bound_from_cpu(window: Sequence[Sample], t: Thresholds) -> Iterator[F
             and cpu > t.input_bound_cpu_of_limit_clear
         ) else None
         limit = usage.resources.cpu_limit
-        dali = _container_dali(snap.workloads, cid)
+        if dali_of is None:
+            dali_of = _dali_by_container(snap.workloads)
+        dali = dali_of.get(cid)
         if dali:
             remedy = ("NVIDIA DALI is loaded here, so move its remaining CPU operators "
                       "(device='cpu') to the GPU, and " + _DALI_PIPELINE)

@@ -10,12 +10,15 @@ at ``clock(k)``, ``interval_s`` after cycle k - 1, without sleeping.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from otel_gpu.simulate.dcgm_exporter import DcgmExporterStandIn
 from otel_gpu.simulate.fake_dcgm import FakeDcgm
 from otel_gpu.simulate.fake_nvml import SIMULATION_EPOCH, FakeNvml
 from otel_gpu.simulate.scenario import load_scenario
 from otel_gpu.simulate.spec import Scenario, at_cycle
+
+if TYPE_CHECKING:
+    from otel_gpu.simulate.dcgm_exporter import DcgmExporterStandIn
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class SimulatedServer:
         if self.dcgm is None or not self.dcgm.spec.exporter:
             return None
         if self._exporter is None:
+            from otel_gpu.simulate.dcgm_exporter import DcgmExporterStandIn  # http.server
+
             self._exporter = DcgmExporterStandIn(self.dcgm)
         return self._exporter.url
 

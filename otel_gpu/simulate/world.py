@@ -18,15 +18,8 @@ import uuid as uuidlib
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from otel_gpu.simulate.docker_api import DockerApiServer, serve_docker_api
-from otel_gpu.simulate.kubelet_api import (
-    PodListServer,
-    PodResourcesServer,
-    serve_pod_list,
-    serve_pod_resources,
-)
 from otel_gpu.simulate.server import HostOverrides, SimulatedServer
 from otel_gpu.simulate.spec import ClaimSpec, ContainerSpec, PodSpec, ProcessSpec, at_cycle
 from otel_gpu.simulate.storage import SimulatedMounts
@@ -36,6 +29,10 @@ from otel_gpu.sources.kubelet import (
     GPU_RESOURCE,
     MIG_RESOURCE_PREFIX,
 )
+
+if TYPE_CHECKING:
+    from otel_gpu.simulate.docker_api import DockerApiServer
+    from otel_gpu.simulate.kubelet_api import PodListServer, PodResourcesServer
 
 CPU_PERIOD_US = 100_000
 USER_SHARE = 0.8
@@ -153,6 +150,11 @@ class SimulatedWorld:
     # -- the servers --
 
     def _serve(self) -> None:
+        # The servers' modules (http.server, socketserver, gRPC's server) are imported here, so
+        # that an agent whose stand-ins run in another process does not load them.
+        from otel_gpu.simulate.docker_api import serve_docker_api
+        from otel_gpu.simulate.kubelet_api import serve_pod_list, serve_pod_resources
+
         scenario = self.scenario
         if scenario.containers:
             self.docker_socket = os.path.join(self.root, "docker.sock")

@@ -32,12 +32,13 @@ def parse_count(text: str | bytes) -> int:
     """A counter as the kernel writes one: ASCII decimal digits, at most int64. Anything else
     (a sign, ``1_000``, other scripts' digits, an overflowing value) raises ``ValueError``."""
     digits = text.strip()
-    if not digits or not digits.isascii() or not digits.isdigit():
-        raise ValueError(f"not a counter: {digits[:32]!r}")
-    value = int(digits)
-    if value > INT64_MAX:
-        raise ValueError("counter beyond int64")
-    return value
+    # bytes.isdigit() knows ASCII digits only; str.isdigit() knows every script's
+    if digits.isdigit() and (type(digits) is bytes or digits.isascii()):
+        value = int(digits)
+        if value > INT64_MAX:
+            raise ValueError("counter beyond int64")
+        return value
+    raise ValueError(f"not a counter: {digits[:32]!r}")
 
 
 def parse_signed(text: str | bytes) -> int:

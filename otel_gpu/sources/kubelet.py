@@ -54,62 +54,101 @@ MAX_POD_LIST_BYTES = 64 << 20
 _RUNTIME_PREFIXES = {"containerd": "containerd", "docker": "docker", "cri-o": "cri-o"}
 
 
+def descriptor_table() -> dict[str, list[tuple[str, int, str, str, str]]]:
+    """The messages read here: (field, number, type, label, message type) per field; types and
+    labels by their names in descriptor.proto's ``FieldDescriptorProto``."""
+    one, many = "LABEL_OPTIONAL", "LABEL_REPEATED"
+    string, int64, message = "TYPE_STRING", "TYPE_INT64", "TYPE_MESSAGE"
+    return {
+        "ListPodResourcesRequest": [],
+        "ListPodResourcesResponse": [("pod_resources", 1, message, many, "PodResources")],
+        "PodResources": [
+            ("name", 1, string, one, ""),
+            ("namespace", 2, string, one, ""),
+            ("containers", 3, message, many, "ContainerResources"),
+        ],
+        "ContainerResources": [
+            ("name", 1, string, one, ""),
+            ("devices", 2, message, many, "ContainerDevices"),
+            ("cpu_ids", 3, int64, many, ""),
+            ("dynamic_resources", 5, message, many, "DynamicResource"),
+        ],
+        "DynamicResource": [
+            ("claim_name", 2, string, one, ""),
+            ("claim_namespace", 3, string, one, ""),
+            ("claim_resources", 4, message, many, "ClaimResource"),
+        ],
+        "ClaimResource": [
+            ("cdi_devices", 1, message, many, "CDIDevice"),
+            ("driver_name", 2, string, one, ""),
+            ("pool_name", 3, string, one, ""),
+            ("device_name", 4, string, one, ""),
+        ],
+        "CDIDevice": [("name", 1, string, one, "")],
+        "ContainerDevices": [
+            ("resource_name", 1, string, one, ""),
+            ("device_ids", 2, string, many, ""),
+            ("topology", 3, message, one, "TopologyInfo"),
+        ],
+        "TopologyInfo": [("nodes", 1, message, many, "NUMANode")],
+        "NUMANode": [("ID", 1, int64, one, "")],
+    }
+
+
+def build_descriptor() -> bytes:
+    """``descriptor_table()`` as a serialized FileDescriptorProto (protobuf's descriptor.proto).
+    Not called by the agent, which loads ``DESCRIPTOR`` (its value, checked by the tests):
+    protobuf's ``descriptor_pb2`` alone adds 1.5 MB to the agent's resident memory."""
+    from google.protobuf import descriptor_pb2
+
+    kinds = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="otel_gpu/kubelet/podresources/v1/api.proto", package="v1", syntax="proto3"
+    )
+    for message_name, fields in descriptor_table().items():
+        message = proto.message_type.add(name=message_name)
+        for name, number, kind, label, type_name in fields:
+            added = message.field.add(name=name, number=number, type=getattr(kinds, kind),
+                                      label=getattr(kinds, label))
+            if type_name:
+                added.type_name = f".v1.{type_name}"
+    return proto.SerializeToString()
+
+
+DESCRIPTOR = bytes.fromhex(
+    "0a2a6f74656c5f6770752f6b7562656c65742f706f647265736f75726365732f76312f6170692e70726f746f"
+    "1202763122190a174c697374506f645265736f75726365735265717565737422430a184c697374506f645265"
+    "736f7572636573526573706f6e736512270a0d706f645f7265736f757263657318012003280b32102e76312e"
+    "506f645265736f7572636573225b0a0c506f645265736f7572636573120c0a046e616d651801200128091211"
+    "0a096e616d657370616365180220012809122a0a0a636f6e7461696e65727318032003280b32162e76312e43"
+    "6f6e7461696e65725265736f7572636573228a010a12436f6e7461696e65725265736f7572636573120c0a04"
+    "6e616d6518012001280912250a076465766963657318022003280b32142e76312e436f6e7461696e65724465"
+    "7669636573120f0a076370755f696473180320032803122e0a1164796e616d69635f7265736f757263657318"
+    "052003280b32132e76312e44796e616d69635265736f75726365226a0a0f44796e616d69635265736f757263"
+    "6512120a0a636c61696d5f6e616d6518022001280912170a0f636c61696d5f6e616d65737061636518032001"
+    "2809122a0a0f636c61696d5f7265736f757263657318042003280b32112e76312e436c61696d5265736f7572"
+    "636522700a0d436c61696d5265736f7572636512220a0b6364695f6465766963657318012003280b320d2e76"
+    "312e43444944657669636512130a0b6472697665725f6e616d6518022001280912110a09706f6f6c5f6e616d"
+    "6518032001280912130a0b6465766963655f6e616d6518042001280922190a09434449446576696365120c0a"
+    "046e616d6518012001280922610a10436f6e7461696e65724465766963657312150a0d7265736f757263655f"
+    "6e616d6518012001280912120a0a6465766963655f69647318022003280912220a08746f706f6c6f67791803"
+    "2001280b32102e76312e546f706f6c6f6779496e666f222b0a0c546f706f6c6f6779496e666f121b0a056e6f"
+    "64657318012003280b320c2e76312e4e554d414e6f646522160a084e554d414e6f6465120a0a024944180120"
+    "012803620670726f746f33"
+)
+
+
 @cache
 def _messages() -> dict[str, Any]:
     """The message classes, built on first use: gRPC and protobuf are loaded only on a node
     where the pod-resources API is asked."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from google.protobuf import descriptor_pool, message_factory
 
-    f = descriptor_pb2.FieldDescriptorProto
-    one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
-    messages: dict[str, list[tuple[str, int, int, int, str]]] = {
-        "ListPodResourcesRequest": [],
-        "ListPodResourcesResponse": [("pod_resources", 1, f.TYPE_MESSAGE, many, "PodResources")],
-        "PodResources": [
-            ("name", 1, f.TYPE_STRING, one, ""),
-            ("namespace", 2, f.TYPE_STRING, one, ""),
-            ("containers", 3, f.TYPE_MESSAGE, many, "ContainerResources"),
-        ],
-        "ContainerResources": [
-            ("name", 1, f.TYPE_STRING, one, ""),
-            ("devices", 2, f.TYPE_MESSAGE, many, "ContainerDevices"),
-            ("cpu_ids", 3, f.TYPE_INT64, many, ""),
-            ("dynamic_resources", 5, f.TYPE_MESSAGE, many, "DynamicResource"),
-        ],
-        "DynamicResource": [
-            ("claim_name", 2, f.TYPE_STRING, one, ""),
-            ("claim_namespace", 3, f.TYPE_STRING, one, ""),
-            ("claim_resources", 4, f.TYPE_MESSAGE, many, "ClaimResource"),
-        ],
-        "ClaimResource": [
-            ("cdi_devices", 1, f.TYPE_MESSAGE, many, "CDIDevice"),
-            ("driver_name", 2, f.TYPE_STRING, one, ""),
-            ("pool_name", 3, f.TYPE_STRING, one, ""),
-            ("device_name", 4, f.TYPE_STRING, one, ""),
-        ],
-        "CDIDevice": [("name", 1, f.TYPE_STRING, one, "")],
-        "ContainerDevices": [
-            ("resource_name", 1, f.TYPE_STRING, one, ""),
-            ("device_ids", 2, f.TYPE_STRING, many, ""),
-            ("topology", 3, f.TYPE_MESSAGE, one, "TopologyInfo"),
-        ],
-        "TopologyInfo": [("nodes", 1, f.TYPE_MESSAGE, many, "NUMANode")],
-        "NUMANode": [("ID", 1, f.TYPE_INT64, one, "")],
-    }
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="otel_gpu/kubelet/podresources/v1/api.proto", package="v1", syntax="proto3"
-    )
-    for message_name, fields in messages.items():
-        message = proto.message_type.add(name=message_name)
-        for name, number, kind, label, type_name in fields:
-            added = message.field.add(name=name, number=number, type=kind, label=label)
-            if type_name:
-                added.type_name = f".v1.{type_name}"
     pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(proto.SerializeToString())
+    pool.AddSerializedFile(DESCRIPTOR)
     return {
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"v1.{name}"))
-        for name in messages
+        for name in descriptor_table()
     }
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Iterator
-
-from otel_gpu.snapshot import Attributes
 
 log = logging.getLogger("otel_gpu")
 
@@ -20,8 +17,6 @@ log = logging.getLogger("otel_gpu")
 # whole request; a non-finite double is not a measurement.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-_FINITE = float("inf")
 
 OUT_OF_RANGE = "value_out_of_range"
 NOT_FINITE = "value_not_finite"
@@ -55,19 +50,25 @@ def value_problem(value: object) -> str | None:
     return OUT_OF_RANGE
 
 
-def carried(points: Iterable[tuple[float, Attributes]], metric: str, source: str,
-            tally: FailureTally) -> Iterator[tuple[float, Attributes]]:
-    """The points OTLP can carry; each other one is dropped alone, counted and logged once."""
-    for value, attributes in points:
-        if type(value) is float and -_FINITE < value < _FINITE:  # the common case, quickly
-            yield value, attributes
-            continue
+class ValueCheck:
+    """Drops the values of one metric that OTLP cannot carry: each is counted and the first of
+    each kind logged. The series ledger answers the common cases (a finite float, an int
+    within int64) itself and asks this about the others."""
+
+    def __init__(self, metric: str, source: str, tally: FailureTally) -> None:
+        self.metric = metric
+        self.source = source
+        self.tally = tally
+
+    def __call__(self, value: object) -> bool:
+        """Whether ``value`` can be exported; if not, it is counted (and logged the first
+        time)."""
         problem = value_problem(value)
         if problem is None:
-            yield value, attributes
-            continue
-        first = (source, problem) not in tally.counts()
-        tally.add(source, problem)
+            return True
+        first = (self.source, problem) not in self.tally.counts()
+        self.tally.add(self.source, problem)
         if first:
             log.warning("dropped a point of %s: %r cannot be exported (%s); "
-                        "counted in otel_gpu.collection.errors", metric, value, problem)
+                        "counted in otel_gpu.collection.errors", self.metric, value, problem)
+        return False

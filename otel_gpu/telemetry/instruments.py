@@ -22,7 +22,7 @@ from otel_gpu.telemetry.catalog import (
     Metric,
     observed_metrics,
 )
-from otel_gpu.telemetry.failures import FailureTally, carried
+from otel_gpu.telemetry.failures import FailureTally, ValueCheck
 from otel_gpu.telemetry.series import SeriesLedger
 
 log = logging.getLogger("otel_gpu")
@@ -81,14 +81,15 @@ def _callback(metric: Metric, cache: SnapshotSource, tally: FailureTally,
     source = value_source(metric.name)
     counter = metric.instrument == COUNTER
     name = metric.name
+    check = ValueCheck(name, source, tally)
 
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         try:
             if stand_down is not None and name in stand_down():
                 return []
             snapshot = cache.get()
-            points = carried(observe(snapshot), metric.name, source, tally)
-            return ledger.observe(metric.name, counter, points, snapshot.cycle, Observation)
+            return ledger.observe(name, counter, observe(snapshot), snapshot.cycle, Observation,
+                                  check)
         except Exception:
             log.exception("otel-gpu: could not observe %s", metric.name)
             return []

@@ -19,10 +19,11 @@ increase, after an agent restart or a new generation alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from otel_gpu.snapshot import Attributes
+from otel_gpu.telemetry.catalog.metric import SeriesAttributes
+from otel_gpu.telemetry.failures import INT64_MAX, INT64_MIN
 
 # Counters that start at zero when the agent starts: their first value is already what was
 # counted since the start time.
@@ -43,54 +44,68 @@ def series_key(attributes: Attributes) -> Key:
     return frozenset(attributes.items())
 
 
-@dataclass
-class _Series:
-    seen: int  # the cycle of its last observation
-    baseline: float = 0
-    last: float = 0  # the source's last value (counters)
+class _Counter:
+    __slots__ = ("baseline", "last", "seen")
+
+    def __init__(self, seen: int, baseline: float, last: float) -> None:
+        self.seen = seen  # the cycle of its last observation
+        self.baseline = baseline
+        self.last = last  # the source's last value
+
+
+_INF = float("inf")
 
 
 class SeriesLedger:
     """One generation's series, per instrument; counters' baselines."""
 
     def __init__(self, carried: dict[tuple[str, Key], float] | None = None) -> None:
-        self._series: dict[str, dict[Key, _Series]] = {}
-        self._counters: set[str] = set()
+        # per instrument: a gauge's series -> the cycle it was last seen in; a counter's ->
+        # its entry
+        self._gauges: dict[str, dict[Key, int]] = {}
+        self._counters: dict[str, dict[Key, _Counter]] = {}
         # Counters alive when the previous generation ended: their last value is the baseline,
         # so that the first point of the new generation is the increase over one interval.
         self._carried = carried or {}
 
     def observe(self, name: str, counter: bool, points: Iterable[tuple[float, Attributes]],
                 cycle: int, make: Callable[[float, Attributes], Any] = lambda v, a: (v, a),
-                ) -> list[Any]:
+                check: Callable[[object], bool] | None = None) -> list[Any]:
         """``points`` as exported, each made by ``make(value, attributes)``: counters relative
-        to their baseline."""
-        table = self._series.get(name)
-        if table is None:
-            table = self._series[name] = {}
+        to their baseline. ``check``: asked about each value that is not a finite float or an
+        int within int64, and the point is dropped when it answers False (``ValueCheck``)."""
+        gauges: dict[Key, int] = {}
+        counters: dict[Key, _Counter] = {}
         if counter:
-            self._counters.add(name)
+            counters = self._counters.setdefault(name, counters)
+        else:
+            gauges = self._gauges.setdefault(name, gauges)
         out = []
         for value, attributes in points:
-            key = frozenset(attributes.items())
-            entry = table.get(key)
-            if entry is None:
-                entry = _Series(seen=cycle, baseline=self._baseline(name, counter, key, value),
-                                last=value)
-                table[key] = entry
-            entry.seen = cycle
+            kind = type(value)  # finite floats and int64s need no call to ``check``
+            if (not ((kind is float and -_INF < value < _INF)
+                     or (kind is int and INT64_MIN <= value <= INT64_MAX))
+                    and check is not None and not check(value)):
+                continue
+            key = (attributes.key if type(attributes) is SeriesAttributes
+                   else frozenset(attributes.items()))
             if counter:
-                if value < entry.last:  # the source started over (driver reload, restart)
-                    entry.baseline = 0
-                entry.last = value
-                out.append(make(value - entry.baseline, attributes))
+                entry = counters.get(key)
+                if entry is None:
+                    entry = counters[key] = _Counter(cycle, self._baseline(name, key, value),
+                                                     value)
+                else:
+                    entry.seen = cycle
+                    if value < entry.last:  # the source started over (driver reload, restart)
+                        entry.baseline = 0
+                    entry.last = value
+                value -= entry.baseline
             else:
-                out.append(make(value, attributes))
+                gauges[key] = cycle
+            out.append(make(value, attributes))
         return out
 
-    def _baseline(self, name: str, counter: bool, key: Key, value: float) -> float:
-        if not counter:
-            return 0
+    def _baseline(self, name: str, key: Key, value: float) -> float:
         carried = self._carried.pop((name, key), None)
         if carried is not None and carried <= value:
             return carried
@@ -98,17 +113,21 @@ class SeriesLedger:
 
     def sizes(self) -> dict[str, int]:
         """Series held per instrument."""
-        return {name: len(table) for name, table in self._series.items()}
+        return {name: len(table) for tables in (self._gauges, self._counters)
+                for name, table in tables.items()}
 
     def stale(self, cycle: int, after: int) -> dict[str, int]:
         """Series per instrument not seen in the last ``after`` cycles before ``cycle``."""
-        return {name: sum(1 for s in table.values() if s.seen < cycle - after)
-                for name, table in self._series.items()}
+        horizon = cycle - after
+        stale = {name: sum(1 for seen in table.values() if seen < horizon)
+                 for name, table in self._gauges.items()}
+        stale.update((name, sum(1 for s in table.values() if s.seen < horizon))
+                     for name, table in self._counters.items())
+        return stale
 
     def next_generation(self, cycle: int) -> SeriesLedger:
         """A ledger for a fresh MeterProvider: the counters seen in ``cycle`` go on from their
         last value."""
-        carried = {(name, key): entry.last for name, table in self._series.items()
-                   if name in self._counters
+        carried = {(name, key): entry.last for name, table in self._counters.items()
                    for key, entry in table.items() if entry.seen >= cycle}
         return SeriesLedger(carried)

@@ -18,7 +18,7 @@ from otel_gpu.cli import main
 code = main(["agent", "--interval", "0.01", "--exporter", "none", "--cycles", "2"])
 watched = ("otel_gpu.simulate", "yaml", "grpc", "google.protobuf", "http.server",
            "opentelemetry.sdk._logs", "opentelemetry.exporter.otlp.proto.grpc",
-           "opentelemetry.exporter.prometheus")
+           "opentelemetry.exporter.prometheus", "urllib.request")
 print(json.dumps({"code": code, "loaded": [m for m in watched if m in sys.modules]}))
 """
 
@@ -47,6 +47,14 @@ def test_the_pod_resources_messages_load_on_first_use() -> None:
         "before = 'grpc' in sys.modules or 'google.protobuf' in sys.modules\n"
         "request = k.ListPodResourcesRequest()\n"
         "print(json.dumps({'before': before, 'bytes': len(request.SerializeToString()),"
-        " 'response': k.ListPodResourcesResponse.DESCRIPTOR.full_name}))\n"
+        " 'response': k.ListPodResourcesResponse.DESCRIPTOR.full_name,"
+        " 'descriptor_pb2': 'google.protobuf.descriptor_pb2' in sys.modules}))\n"
     )
-    assert found == {"before": False, "bytes": 0, "response": "v1.ListPodResourcesResponse"}
+    assert found == {"before": False, "bytes": 0, "response": "v1.ListPodResourcesResponse",
+                     "descriptor_pb2": False}
+
+
+def test_the_pod_resources_descriptor_loaded_is_the_one_its_table_builds() -> None:
+    from otel_gpu.sources import kubelet
+
+    assert kubelet.build_descriptor() == kubelet.DESCRIPTOR, kubelet.build_descriptor().hex()

@@ -122,3 +122,21 @@ def test_pod_container_cgroup_candidates_name_the_container() -> None:
     assert f"/kubepods/pod{uid}/{cid}" in paths  # guaranteed, cgroupfs driver
     assert all(parse_cgroup_path(p).id == cid for p in paths)
     assert pod_container_paths(uid, "../../etc", None) == ()
+
+
+def test_a_cycle_finds_its_containers_first_processes_in_one_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_gpu.collect import attribution
+
+    passes: list[int] = []
+    real = attribution._Cycle._first_runners
+
+    def counted(self: attribution._Cycle, infos: dict) -> dict:
+        passes.append(len(infos))
+        return real(self, infos)
+
+    monkeypatch.setattr(attribution._Cycle, "_first_runners", counted)
+    snapshot = _snapshot("dgx-a100", cycles=3)
+    by_process = [a for a in snapshot.assignments if a.owner_source == "process"]
+    assert len(by_process) >= 2  # several containers' owners, from one pass a cycle
+    assert len(passes) == 3

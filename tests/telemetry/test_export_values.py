@@ -18,9 +18,10 @@ from otel_gpu.telemetry.failures import (
     NOT_FINITE,
     OUT_OF_RANGE,
     FailureTally,
-    carried,
+    ValueCheck,
     value_problem,
 )
+from otel_gpu.telemetry.series import SeriesLedger
 
 SCENARIO = str(ROOT / "tests" / "scenarios" / "huge-values.yaml")
 
@@ -40,9 +41,10 @@ def test_only_the_bad_point_is_dropped_and_each_is_counted() -> None:
     tally = FailureTally()
     given_points = [(1, {"a": "1"}), (2**64 - 1, {"a": "2"}), (float("nan"), {"a": "3"}),
                     (True, {"a": "4"}), (INT64_MAX, {"a": "5"})]
-    kept = list(carried(given_points, "m", "nvml", tally))
+    ledger, check = SeriesLedger(), ValueCheck("m", "nvml", tally)
+    kept = ledger.observe("m", False, given_points, 1, check=check)
     assert kept == [(1, {"a": "1"}), (True, {"a": "4"}), (INT64_MAX, {"a": "5"})]
-    list(carried(given_points, "m", "nvml", tally))
+    ledger.observe("m", False, given_points, 2, check=check)
     assert tally.counts() == {("nvml", OUT_OF_RANGE): 2, ("nvml", NOT_FINITE): 2}
 
 

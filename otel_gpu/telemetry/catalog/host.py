@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from otel_gpu.snapshot import Snapshot
-from otel_gpu.telemetry.catalog.metric import COUNTER, GAUGE, UPDOWNCOUNTER, Observe, Point, Section
+from otel_gpu.telemetry.catalog.metric import (
+    COUNTER,
+    GAUGE,
+    UPDOWNCOUNTER,
+    AttributeSets,
+    Observe,
+    Point,
+    Section,
+    SeriesAttributes,
+)
 
 HOST = Section("Host")
 
@@ -20,20 +29,30 @@ _DISK = ("system.device", "disk.io.direction")
 _NET = ("network.interface.name", "network.io.direction")
 
 
+# Every observe function here hands out the same attribute dict for the same series, cycle
+# after cycle (``AttributeSets``): the series ledger then finds the series by the key the dict
+# carries instead of hashing its attributes at every point.
+
+
 def _host_map(attr: str, key: str) -> Observe:
+    sets = AttributeSets()
+
     def observe(snap: Snapshot) -> Iterator[Point]:
         if snap.host is not None:
             for state, value in getattr(snap.host, attr).items():
-                yield value, {key: state}
+                yield value, sets.find(state) or sets.add(state, {key: state})
 
     return observe
+
+
+_NONE = SeriesAttributes({})
 
 
 def _host_value(attr: str) -> Observe:
     def observe(snap: Snapshot) -> Iterator[Point]:
         value = getattr(snap.host, attr) if snap.host is not None else None
         if value is not None:
-            yield value, {}
+            yield value, _NONE
 
     return observe
 
@@ -88,7 +107,12 @@ def _memory_state_utilization(snap: Snapshot) -> Iterator[Point]:
     host = snap.host
     if host is not None and host.memory_total_bytes:
         for state, value in host.memory_state_bytes.items():
-            yield value / host.memory_total_bytes, {"system.memory.state": state}
+            attributes = _MEMORY_STATES.find(state) or _MEMORY_STATES.add(
+                state, {"system.memory.state": state})
+            yield value / host.memory_total_bytes, attributes
+
+
+_MEMORY_STATES = AttributeSets()
 
 
 HOST.add(
@@ -120,20 +144,28 @@ HOST.add(
 )
 
 
-def _disk(field_read: str, field_write: str) -> Observe:
+def _by_direction(table: str, name_key: str, direction_key: str,
+                  fields: tuple[tuple[str, str], tuple[str, str]]) -> Observe:
+    """Per entry of ``host.<table>`` (a disk, an interface), one point per direction: the
+    entry's field for it, with the entry's name and the direction."""
+    (first, first_field), (second, second_field) = fields
+    firsts, seconds = AttributeSets(), AttributeSets()
+
     def observe(snap: Snapshot) -> Iterator[Point]:
-        if snap.host is not None:
-            for device, io in snap.host.disks.items():
-                yield (
-                    getattr(io, field_read),
-                    {"system.device": device, "disk.io.direction": "read"},
-                )
-                yield (
-                    getattr(io, field_write),
-                    {"system.device": device, "disk.io.direction": "write"},
-                )
+        if snap.host is None:
+            return
+        for name, io in getattr(snap.host, table).items():
+            yield getattr(io, first_field), firsts.find(name) or firsts.add(
+                name, {name_key: name, direction_key: first})
+            yield getattr(io, second_field), seconds.find(name) or seconds.add(
+                name, {name_key: name, direction_key: second})
 
     return observe
+
+
+def _disk(field_read: str, field_write: str) -> Observe:
+    return _by_direction("disks", "system.device", "disk.io.direction",
+                         (("read", field_read), ("write", field_write)))
 
 
 HOST.add(
@@ -157,19 +189,8 @@ HOST.add(
 
 
 def _net(field_rx: str, field_tx: str) -> Observe:
-    def observe(snap: Snapshot) -> Iterator[Point]:
-        if snap.host is not None:
-            for name, io in snap.host.networks.items():
-                yield (
-                    getattr(io, field_rx),
-                    {"network.interface.name": name, "network.io.direction": "receive"},
-                )
-                yield (
-                    getattr(io, field_tx),
-                    {"network.interface.name": name, "network.io.direction": "transmit"},
-                )
-
-    return observe
+    return _by_direction("networks", "network.interface.name", "network.io.direction",
+                         (("receive", field_rx), ("transmit", field_tx)))
 
 
 HOST.add(
@@ -193,27 +214,29 @@ HOST.add(
 
 
 def _filesystem(ratio: bool) -> Observe:
+    sets = AttributeSets()
+
     def observe(snap: Snapshot) -> Iterator[Point]:
         if snap.host is None:
             return
         for fs in snap.host.filesystems:
             size = fs.size_bytes
-            base = {
-                "system.device": fs.device,
-                "system.filesystem.mountpoint": fs.mountpoint,
-                "system.filesystem.type": fs.type,
-                "system.filesystem.mode": fs.mode,
-            }
+            if ratio and not size:
+                continue
             for state, value in (
                 ("used", fs.used_bytes),
                 ("free", fs.free_bytes),
                 ("reserved", fs.reserved_bytes),
             ):
-                if ratio:
-                    if size:
-                        yield value / size, {**base, "system.filesystem.state": state}
-                else:
-                    yield value, {**base, "system.filesystem.state": state}
+                key = (fs.device, fs.mountpoint, fs.type, fs.mode, state)
+                attributes = sets.find(key) or sets.add(key, {
+                    "system.device": fs.device,
+                    "system.filesystem.mountpoint": fs.mountpoint,
+                    "system.filesystem.type": fs.type,
+                    "system.filesystem.mode": fs.mode,
+                    "system.filesystem.state": state,
+                })
+                yield (value / size if ratio else value), attributes
 
     return observe
 
@@ -254,7 +277,15 @@ def _nfs_io(snap: Snapshot) -> Iterator[Point]:
     if snap.host is None:
         return
     for mount in snap.host.nfs:
-        base = {"system.device": mount.device, "system.filesystem.mountpoint": mount.mountpoint,
-                "system.filesystem.type": mount.type}
-        yield mount.read_bytes, {**base, "disk.io.direction": "read"}
-        yield mount.write_bytes, {**base, "disk.io.direction": "write"}
+        for direction, value in (("read", mount.read_bytes), ("write", mount.write_bytes)):
+            key = (mount.device, mount.mountpoint, mount.type, direction)
+            attributes = _NFS_MOUNTS.find(key) or _NFS_MOUNTS.add(key, {
+                "system.device": mount.device,
+                "system.filesystem.mountpoint": mount.mountpoint,
+                "system.filesystem.type": mount.type,
+                "disk.io.direction": direction,
+            })
+            yield value, attributes
+
+
+_NFS_MOUNTS = AttributeSets()

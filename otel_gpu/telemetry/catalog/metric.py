@@ -3,8 +3,9 @@ are written in."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from otel_gpu.snapshot import Attributes, Snapshot
 
@@ -15,6 +16,42 @@ COUNTER = "counter"
 UPDOWNCOUNTER = "updowncounter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
+
+class SeriesAttributes(dict[str, Any]):
+    """An attribute set that carries its series key, ``frozenset(items)``, computed once.
+
+    Handed out by :class:`AttributeSets`, the same object cycle after cycle, so that the series
+    ledger finds the series without hashing its attributes again. Never changed once made.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, attributes: Attributes) -> None:
+        super().__init__(attributes)
+        self.key = frozenset(self.items())
+
+
+class AttributeSets:
+    """The attribute sets of one observe function, by a key cheaper than the set itself (an
+    interface name, a filesystem's mount point and state). At most ``limit`` are held: when
+    full, all are forgotten, so that names that come and go (containers' interfaces, mounts)
+    cannot grow it."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._sets: dict[Hashable, SeriesAttributes] = {}
+        self._limit = limit
+        # the set held for a key, or None; the dict's own lookup, without a call of ours
+        self.find: Callable[[Hashable], SeriesAttributes | None] = self._sets.get
+
+    def add(self, key: Hashable, attributes: Attributes) -> SeriesAttributes:
+        if len(self._sets) >= self._limit:
+            self._sets.clear()
+        made = self._sets[key] = SeriesAttributes(attributes)
+        return made
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
 
 GPU_IDENTITY = ("hw.id", "hw.name", "hw.model", "hw.vendor")
 MIG_IDENTITY = (*GPU_IDENTITY, "hw.parent", "nvidia.gpu.mig.profile")
