@@ -252,3 +252,17 @@ def test_a_reply_that_is_no_snapshot_is_refused(doc: Any) -> None:
     reply = {"schema": SCHEMA, "scope": {"kind": "user"}, "snapshot": doc or {"cycle": "x"}}
     with pytest.raises(NoAgent):
         view_from_agent(reply)
+
+
+def test_a_tenant_share_keeps_its_disk_and_none_of_the_environments(snapshot: Snapshot) -> None:
+    from otel_gpu.cli.status_share import USER, Scope, share_of
+
+    assert snapshot.environments  # alice-train's and carol-finetune's, one image
+    share = share_of(snapshot, Scope(USER, uid=1000, user="alice"))
+    mine = {c.attributes.get("container.name"): c.storage for c in share.containers}
+    train = mine["alice-train"]
+    assert train is not None and train.shm_size_bytes == 16 << 30 and train.data_workers == 8
+    assert "carol-finetune" not in mine
+    # Which containers of which users carry an environment is the operator's to see.
+    assert share.environments == ()
+    assert decode_snapshot(json.loads(json.dumps(encode(share)))) == share
