@@ -197,6 +197,33 @@ def check_proc(proc_root: str = "/proc", uid: int | None = None) -> list[Check]:
                                 "is untested")]
 
 
+def check_container_roots(
+    proc_root: str = "/proc", uid: int | None = None, stat: Any = os.stat
+) -> list[Check]:
+    """Whether another user's ``/proc/<pid>/root`` can be entered, as the /dev/shm and
+    environment reads need: the kernel asks for CAP_SYS_PTRACE there (proc(5), ptrace access
+    mode), where status and cgroup need nothing."""
+    me = os.getuid() if uid is None else uid
+    for entry in _pids(proc_root):
+        status = _read(os.path.join(proc_root, entry, "status"))
+        owner = _uid_of(status) if status is not None else None
+        if owner is None or owner == me:
+            continue
+        try:
+            stat(os.path.join(proc_root, entry, "root", ""))
+        except PermissionError:
+            return [Check("container roots", WARN, f"/proc/{entry}/root of uid {owner} cannot "
+                          "be entered: containers' /dev/shm and environments are not read",
+                          "give the agent CAP_SYS_PTRACE (docker run --cap-add SYS_PTRACE; "
+                          "securityContext.capabilities.add: [SYS_PTRACE])")]
+        except OSError:
+            continue  # it exited, or has no root to enter (a kernel thread)
+        return [Check("container roots", OK, "another user's /proc/<pid>/root can be entered: "
+                                             "containers' /dev/shm and environments are read")]
+    return [Check("container roots", WARN, "no other user's process is running, so entering "
+                                           "their /proc/<pid>/root is untested")]
+
+
 def _pids(proc_root: str) -> Iterable[str]:
     try:
         names = os.listdir(proc_root)
@@ -507,6 +534,7 @@ def run_checks(
     in_container = detect_self(proc_root, env).in_container
     checks = _with_deadline("nvml", max(10.0, timeout_s), lambda: check_nvml(nvml))
     checks += check_proc(proc_root)
+    checks += check_container_roots(proc_root)
     checks += check_cgroup(proc_root, cgroup_root)
     checks += check_pid_namespace(proc_root, env)
     checks += check_docker(docker_socket, timeout_s, in_container)

@@ -24,6 +24,7 @@ from otel_gpu.cli.doctor import (
     Check,
     _with_deadline,
     cgroup_layout,
+    check_container_roots,
     check_docker,
     check_kubelet,
     check_nvml,
@@ -278,6 +279,22 @@ def test_proc_another_users_cgroup_unreadable(tmp_path: Path) -> None:
     _proc(tmp_path, 11, 1001, cgroup=False)
     check = _one(check_proc(str(tmp_path), uid=1000))
     assert check.status == FAIL and "/proc/11/cgroup" in check.message
+
+
+def test_container_roots_need_ptrace_access(tmp_path: Path) -> None:
+    _proc(tmp_path, 10, 1000)
+    _proc(tmp_path, 11, 1001)
+    os.symlink(tmp_path, tmp_path / "11" / "root")
+    assert _one(check_container_roots(str(tmp_path), uid=1000)).status == OK
+
+    def denied(path: str) -> os.stat_result:  # the kernel without CAP_SYS_PTRACE
+        raise PermissionError(13, "Permission denied", path)
+
+    check = _one(check_container_roots(str(tmp_path), uid=1000, stat=denied))
+    assert check.status == WARN and "/proc/11/root" in check.message
+    assert check.remedy is not None and "CAP_SYS_PTRACE" in check.remedy
+    alone = _one(check_container_roots(str(tmp_path), uid=1001))  # pid 10 has no root to enter
+    assert alone.status == WARN and "untested" in alone.message
 
 
 def test_proc_hidepid(tmp_path: Path) -> None:
