@@ -259,7 +259,8 @@ def _mirrored(request: Request) -> tuple[Request, bool]:
              "says; GPU, MIG, host and training metrics go out from the collector process "
              "under its resource (OTEL_GPU_EXPORT_FROM=application keeps them here)")
     return replace(request, base_resource=mirror.resource, detect=False,
-                   interval_ms=mirror.interval_ms, meter_provider=provider), True
+                   interval_ms=mirror.interval_ms, meter_provider=provider,
+                   stand_down=mirror.stand_down), True
 
 
 def _start(request: Request, modes: list[Mode]) -> Session:
@@ -295,7 +296,8 @@ def _start_export_child(request: Request) -> Session:
     base = request.base_resource
     settings = ExportSettings(request.simulate, request.interval_ms / 1e3,
                               dict(base.attributes), base.schema_url or "", request.detect,
-                              request.thresholds, request.attributes)
+                              request.thresholds, request.attributes,
+                              stand_down=tuple(sorted(request.stand_down)))
     child = CollectorChild(Task(Role.EXPORT, settings),
                            feed=lambda: StepReport(buffer.drain(), errors.take_errors(),
                                                    dali_loaded()))

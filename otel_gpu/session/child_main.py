@@ -272,6 +272,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),
             own_only=agent_running(),
+            stand_down=(lambda: settings.stand_down) if settings.stand_down else None,
             logger_provider=build_logger_provider(log_exporters, resource)
             if log_exporters else None)
         feed.instruments = TrainingInstruments(pipeline.provider)

@@ -10,11 +10,18 @@ variables. Such a provider is *mirrored*: the session's collector process export
 host and training metrics itself, under that provider's resource and at its reader's interval,
 to the same endpoint with the same settings; the application's own metrics stay on its provider.
 
+An application LoggerProvider is allowed when it too is what the environment gives (the one
+``opentelemetry-instrument`` sets up): a batch processor over each exporter
+``OTEL_LOGS_EXPORTER`` names, built from the environment, under the same resource. The collector
+process then sends the insight log records through its own exporters, built the same way. Next
+to the contrib system-metrics instrumentation (instrumented here, or about to be under
+``opentelemetry-instrument``), the collector process's host instruments stand down for the
+``system.*`` names it reports (``Mirror.stand_down``), as ours do in this process.
+
 Anything else keeps the instruments on the application's provider: another exporter or a
 second reader (a console or Prometheus one, an in-memory reader), an exporter given settings in
 code (an endpoint, headers, a temporality), views, a meter configurator, another exemplar
-filter, an application LoggerProvider (insight log records go through it), the contrib
-system-metrics instrumentation (ours stand down next to it in this process), or
+filter, a LoggerProvider with processors or exporters of its own, or
 ``OTEL_GPU_EXPORT_FROM=application``.
 
 Whether the exporter was given settings in code is told by building the same class from the
@@ -30,10 +37,11 @@ import contextlib
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -46,7 +54,7 @@ from otel_gpu.telemetry.providers import (
     exporter_names,
     otlp_class_name,
 )
-from otel_gpu.telemetry.system_metrics import contrib_expected, contrib_system_metrics
+from otel_gpu.telemetry.system_metrics import contrib_names
 
 log = logging.getLogger("otel_gpu")
 
@@ -59,6 +67,8 @@ class Mirror:
 
     resource: Resource
     interval_ms: float
+    #: the ``system.*`` names the contrib system-metrics instrumentation reports here
+    stand_down: frozenset[str] = frozenset()
 
 
 def mirror_of(provider: Any, environ: Mapping[str, str] | None = None) -> Mirror | None:
@@ -70,10 +80,11 @@ def mirror_of(provider: Any, environ: Mapping[str, str] | None = None) -> Mirror
         if not isinstance(provider, MeterProvider) or provider in retired or \
                 getattr(provider, "_shutdown", True):
             return None
-        if app_logger_provider() is not None or contrib_system_metrics() or \
-                contrib_expected(environ):
+        logger_provider = app_logger_provider()
+        if logger_provider is not None and not _logs_as_environment(logger_provider, provider):
             return None
-        return _mirror(provider)
+        mirror = _mirror(provider)
+        return None if mirror is None else replace(mirror, stand_down=contrib_names(environ))
     except Exception:  # an SDK whose insides differ: keep the instruments on the provider
         log.debug("otel-gpu: the application's MeterProvider is not mirrored", exc_info=True)
         return None
@@ -98,14 +109,44 @@ def _mirror(provider: MeterProvider) -> Mirror | None:
     cls = type(exporter)
     if (cls.__module__, cls.__qualname__) != otlp_class_name("metrics", names[0]):
         return None
-    from_env = cls()
+    if not _built_from_environment(exporter):
+        return None
+    return Mirror(config.resource, float(reader._export_interval_millis))
+
+
+def _logs_as_environment(logger_provider: Any, meter_provider: MeterProvider) -> bool:
+    """Whether ``logger_provider`` sends log records where the collector process's own would:
+    one batch processor over each exporter ``OTEL_LOGS_EXPORTER`` names, built from the
+    environment, under the meter provider's resource."""
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    if type(logger_provider) is not LoggerProvider or \
+            logger_provider.resource != meter_provider._sdk_config.resource:
+        return False
+    processors = logger_provider._multi_log_record_processor._log_record_processors
+    names = exporter_names("logs")
+    if names == ["none"]:
+        return not processors
+    if len(processors) != len(names) or not all(name in OTLP_NAMES for name in names):
+        return False
+    for processor, name in zip(processors, names, strict=True):
+        if type(processor) is not BatchLogRecordProcessor:
+            return False
+        exporter = processor._batch_processor._exporter
+        cls = type(exporter)
+        if (cls.__module__, cls.__qualname__) != otlp_class_name("logs", name) or \
+                not _built_from_environment(exporter):
+            return False
+    return True
+
+
+def _built_from_environment(exporter: Any) -> bool:
+    from_env = type(exporter)()
     try:
-        if not hasattr(exporter, "_endpoint") or not _same_settings(exporter, from_env):
-            return None
+        return hasattr(exporter, "_endpoint") and _same_settings(exporter, from_env)
     finally:
         with contextlib.suppress(Exception):
             from_env.shutdown()
-    return Mirror(config.resource, float(reader._export_interval_millis))
 
 
 def _same_settings(given: Any, from_env: Any) -> bool:

@@ -61,3 +61,5 @@ class Request:
     tracer_provider: Any = None
     metric_exporters: Sequence[MetricExporter] | None = None
     summary: bool = True  # the end-of-run summary on stderr (``OTEL_GPU_SUMMARY``)
+    #: the ``system.*`` names the collector process leaves to the contrib instrumentation
+    stand_down: frozenset[str] = frozenset()

@@ -85,6 +85,8 @@ class ExportSettings:
     thresholds: Thresholds | None = None
     run_attributes: dict[str, str] = field(default_factory=dict)
     carried: StepTotals = StepTotals()
+    #: ``system.*`` names the contrib system-metrics instrumentation reports in the parent
+    stand_down: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

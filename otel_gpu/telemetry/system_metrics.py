@@ -45,7 +45,8 @@ def contrib_system_metrics() -> frozenset[str]:
 
 def contrib_expected(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``opentelemetry-instrument`` is running here and will instrument the contrib
-    system-metrics instrumentation (installed and not disabled)."""
+    system-metrics instrumentation: installed, not disabled, and with its dependencies met (it
+    is skipped otherwise)."""
     if AUTO_MODULE not in sys.modules:
         return False
     disabled = disabled_instrumentations(environ)
@@ -53,7 +54,25 @@ def contrib_expected(environ: Mapping[str, str] | None = None) -> bool:
         return False
     from importlib.metadata import entry_points
 
-    return any(True for _ in entry_points(group="opentelemetry_instrumentor", name=ENTRY_POINT))
+    found = list(entry_points(group="opentelemetry_instrumentor", name=ENTRY_POINT))
+    if not found:
+        return False
+    try:
+        from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+    except ImportError:
+        return True
+    return any(ep.dist is None or get_dist_dependency_conflicts(ep.dist) is None
+               for ep in found)
+
+
+def contrib_names(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The ``system.*`` names the contrib system-metrics instrumentation reports in this
+    process, or will once ``opentelemetry-instrument`` instruments it (its default
+    configuration); empty when it is not there."""
+    active = contrib_system_metrics()
+    if active:
+        return active
+    return _default_names() if contrib_expected(environ) else frozenset()
 
 
 def _default_names() -> frozenset[str]:

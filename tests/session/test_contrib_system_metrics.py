@@ -21,6 +21,16 @@ from otel_gpu.telemetry.system_metrics import StandDown, contrib_system_metrics
 INSTRUMENT = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
 
 
+# What the session's mode is: the distro's providers are built from the environment, so the
+# collector process exports the GPU and host metrics (mirrored), ours standing down there too.
+SCRIPT = """
+import time
+from otel_gpu.session import api
+time.sleep(2)
+print(api._session.mode.name, sorted(api._session.child._task.settings.stand_down)[:3])
+"""
+
+
 def test_each_system_metric_name_comes_from_one_scope() -> None:
     # Our instrumentor is installed first, so it starts before the contrib one instruments.
     with OtlpReceiver() as receiver:
@@ -28,9 +38,11 @@ def test_each_system_metric_name_comes_from_one_scope() -> None:
                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
                "OTEL_METRIC_EXPORT_INTERVAL": "300", "OTEL_TRACES_EXPORTER": "none",
                "OTEL_LOGS_EXPORTER": "none", "OTEL_GPU_SUMMARY": "false"}
-        result = subprocess.run([INSTRUMENT, sys.executable, "-c", "import time; time.sleep(2)"],
+        result = subprocess.run([INSTRUMENT, sys.executable, "-c", SCRIPT],
                                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[0] == "EXPORT_CHILD", result.stdout
+        assert "system.cpu.time" in result.stdout, result.stdout
         assert receiver.wait_for(lambda: len(receiver.metric_requests) >= 3, timeout_s=10)
         requests = list(receiver.metric_requests)
     scopes: dict[str, set[str]] = defaultdict(set)
@@ -81,3 +93,19 @@ def test_stand_down_waits_for_an_expected_instrumentation(
     assert stand_down() == frozenset()
     monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "flask,system_metrics")
     assert StandDown(clock=lambda: now[0])() == frozenset()
+
+
+def test_an_instrumentation_with_unmet_dependencies_is_not_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # opentelemetry-instrument skips an instrumentor whose dependencies conflict.
+    from opentelemetry.instrumentation import dependencies
+
+    monkeypatch.setenv("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    monkeypatch.setitem(sys.modules, system_metrics.AUTO_MODULE, types.ModuleType("auto"))
+    assert system_metrics.contrib_expected()
+    assert "system.cpu.time" in system_metrics.contrib_names()
+    conflict = dependencies.DependencyConflict("psutil >= 99", "psutil 7.0.0")
+    monkeypatch.setattr(dependencies, "get_dist_dependency_conflicts", lambda dist: conflict)
+    assert not system_metrics.contrib_expected()
+    assert system_metrics.contrib_names() == frozenset()
+    assert StandDown()() == frozenset()

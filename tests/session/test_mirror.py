@@ -10,12 +10,17 @@ import sys
 import textwrap
 
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+    OTLPLogExporter as GrpcLogExporter,
+)
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcExporter,
 )
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpExporter,
 )
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
 from opentelemetry.sdk.metrics import Counter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -37,7 +42,8 @@ ENDPOINT = "http://127.0.0.1:4999"
 @pytest.fixture
 def otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith(("OTEL_EXPORTER_OTLP", "OTEL_METRICS_EXPORTER", "OTEL_GPU_EXPORT")):
+        if name.startswith(("OTEL_EXPORTER_OTLP", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER",
+                            "OTEL_GPU_EXPORT")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
 
@@ -106,6 +112,61 @@ def test_the_environment_naming_another_exporter_or_the_setting_keeps_them(
     finally:
         provider.shutdown()
     assert mirror_of(provider) is None  # shut down
+
+
+def _logger_provider(resource: Resource, *exporters: object) -> LoggerProvider:
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    for exporter in exporters:
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider
+
+
+@pytest.mark.parametrize("case,mirrored", [
+    ("the environment's", True), ("an endpoint in code", False), ("the console", False),
+    ("another resource", False), ("two processors", False), ("none named, one added", False)])
+def test_a_logger_provider_is_allowed_when_it_is_the_environments(
+        otlp_env: None, monkeypatch: pytest.MonkeyPatch, case: str, mirrored: bool) -> None:
+    from opentelemetry._logs import _internal as logs_api
+
+    resource = Resource({"service.name": "trainer"})
+    meters = _provider(GrpcExporter(), resource=resource)
+    if case == "none named, one added":
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
+    exporters = {
+        "the environment's": [GrpcLogExporter()],
+        "an endpoint in code": [GrpcLogExporter(endpoint="http://elsewhere:4317")],
+        "the console": [ConsoleLogRecordExporter()],
+        "another resource": [GrpcLogExporter()],
+        "two processors": [GrpcLogExporter(), GrpcLogExporter()],
+        "none named, one added": [GrpcLogExporter()],
+    }[case]
+    logs = _logger_provider(Resource({"service.name": "other"}) if case == "another resource"
+                            else resource, *exporters)
+    monkeypatch.setattr(logs_api, "_LOGGER_PROVIDER", logs)
+    try:
+        assert (mirror_of(meters) is not None) is mirrored
+        monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")  # and none named, none added
+        monkeypatch.setattr(logs_api, "_LOGGER_PROVIDER", _logger_provider(resource))
+        assert mirror_of(meters) is not None
+    finally:
+        meters.shutdown()
+        logs.shutdown()
+
+
+def test_next_to_the_contrib_system_metrics_its_names_are_left_to_it(otlp_env: None) -> None:
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    meters = _provider(GrpcExporter())
+    instrumentor = SystemMetricsInstrumentor(config={"system.cpu.time": ["user"],
+                                                     "system.memory.usage": ["used"],
+                                                     "process.cpu.time": ["user"]})
+    try:
+        assert mirror_of(meters).stand_down == frozenset()
+        instrumentor.instrument(meter_provider=meters)
+        assert mirror_of(meters).stand_down == {"system.cpu.time", "system.memory.usage"}
+    finally:
+        instrumentor.uninstrument()
+        meters.shutdown()
 
 
 SCRIPT = """
