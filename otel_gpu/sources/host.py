@@ -23,6 +23,7 @@ compares against nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,7 @@ import psutil
 
 from otel_gpu.snapshot import DiskIo, Filesystem, HostSnapshot, NetworkIo, NfsIo, SourceError
 from otel_gpu.sources.mounts import (
+    MAX_REMOTE_MOUNTS,
     NFS_TYPES,
     STATVFS_TIMEOUT_S,
     BoundedStatvfs,
@@ -85,6 +87,8 @@ PARTITIONS_TTL_S = 60.0
 DEFAULT_PROCFS: str | None = "/proc" if sys.platform.startswith("linux") else None
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("otel_gpu")
 
 
 class HostOverrides(Protocol):
@@ -149,6 +153,7 @@ class HostSource:
         self._mountstats = _ProcFile(mounts_root, "self/mountstats") if mounts_root else None
         self._statvfs = BoundedStatvfs(statvfs, statvfs_timeout_s)
         self._remote: list[Mount] = []
+        self._told_too_many = False
         self._procfs = procfs
         self._ticks = _clock_ticks() if procfs is not None else None
         self._stat = _ProcFile(procfs, "stat", limit=4096)
@@ -377,7 +382,15 @@ class HostSource:
         for mount in found.values():
             unique.setdefault(mount.mountpoint if mount.type.startswith("fuse") else mount.device,
                               mount)
-        return list(unique.values())
+        kept = list(unique.values())
+        if len(kept) > MAX_REMOTE_MOUNTS:
+            if not self._told_too_many:
+                log.warning("otel-gpu: %d network and FUSE mounts; reporting the first %d by "
+                            "mount point (OTEL_GPU_FILESYSTEM_EXCLUDE leaves others out)",
+                            len(kept), MAX_REMOTE_MOUNTS)
+                self._told_too_many = True
+            kept = sorted(kept, key=lambda m: m.mountpoint)[:MAX_REMOTE_MOUNTS]
+        return kept
 
     def _remote_filesystems(self, errors: list[SourceError]) -> list[Filesystem]:
         if not self._remote:

@@ -12,7 +12,10 @@ of the filter includes them and none excludes them.
 retries for ever), so each call runs on a thread of its own and is waited for at most
 ``timeout_s``. A mount whose call is still running is unresponsive: it is skipped, and counted as
 a ``SourceError`` (``Unresponsive``) every cycle, until that call returns; the next cycle then
-reads it afresh. At most one call per mount point is ever outstanding.
+reads it afresh. At most one call per mount point is ever outstanding, and at most
+``MAX_REMOTE_MOUNTS`` mount points are read (each holds a thread): a host with more (per-user
+FUSE mounts, an automounter's) reports the first of them by mount point, says so once in the
+log, and is better served by ``OTEL_GPU_FILESYSTEM_EXCLUDE``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from otel_gpu.sources._text import parse_count
 
 NFS_TYPES = frozenset({"nfs", "nfs4"})
 STATVFS_TIMEOUT_S = 2.0
+MAX_REMOTE_MOUNTS = 64
 UNRESPONSIVE = "Unresponsive"
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 # include/linux/nfs_iostat.h, enum nfs_stat_bytecounters: the order of the eight numbers of the

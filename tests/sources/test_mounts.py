@@ -273,3 +273,26 @@ def test_one_thread_per_mount_kept_across_cycles_and_stopped_on_close(tmp_path: 
     for thread in ours:
         thread.join(5)
     assert not any(thread.is_alive() for thread in ours)
+
+
+def test_mounts_beyond_the_cap_are_left_out_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from otel_gpu.sources.mounts import MAX_REMOTE_MOUNTS
+
+    count = MAX_REMOTE_MOUNTS + 40
+    points = [f"/run/media/user{i:03d}" for i in range(count)]
+    mounts = "".join(f"u{i}@box:/ {p} fuse.sshfs rw,nosuid 0 0\n" for i, p in enumerate(points))
+    before = set(_statvfs_threads())
+    source = _source(_proc(tmp_path, mounts=mounts, mountstats=""),
+                     FakeStatvfs(dict.fromkeys(points, (GIB, GIB // 2))))
+    try:
+        with caplog.at_level("WARNING", logger="otel_gpu"):
+            for _ in range(3):
+                snap, errors = source.read()
+        assert errors == []
+        assert sorted(_remote(snap)) == points[:MAX_REMOTE_MOUNTS]
+        assert len(set(_statvfs_threads()) - before) == MAX_REMOTE_MOUNTS
+        told = [r for r in caplog.records if "FUSE mounts" in r.getMessage()]
+        assert len(told) == 1 and str(count) in told[0].getMessage()
+    finally:
+        source.close()
