@@ -47,6 +47,7 @@ from otel_gpu.telemetry.providers import (
     exemplar_filter_note,
     unknown_exporters,
 )
+from otel_gpu.telemetry.system_metrics import StandDown
 
 T = TypeVar("T")
 log = logging.getLogger("otel_gpu")
@@ -293,6 +294,9 @@ def _start_export_child(request: Request) -> Session:
     tracker's buffer and error log exist before it, and it reads them twice per interval."""
     buffer = StepBuffer(request.attributes)
     errors = ErrorLog("training")
+    # The contrib system-metrics instrumentation may instrument this process after start():
+    # the child hears of it with every report.
+    stand_down = StandDown()
     base = request.base_resource
     settings = ExportSettings(request.simulate, request.interval_ms / 1e3,
                               dict(base.attributes), base.schema_url or "", request.detect,
@@ -300,7 +304,7 @@ def _start_export_child(request: Request) -> Session:
                               stand_down=tuple(sorted(request.stand_down)))
     child = CollectorChild(Task(Role.EXPORT, settings),
                            feed=lambda: StepReport(buffer.drain(), errors.take_errors(),
-                                                   dali_loaded()))
+                                                   dali_loaded(), tuple(sorted(stand_down()))))
     ready = child.ready
     if ready.note:
         log.info("otel-gpu: %s", ready.note)

@@ -158,6 +158,7 @@ class TrainingFeed:
         self.steps = carried.steps if carried is not None else 0
         self._ratio: float | None = None
         self._dali: bool | None = None
+        self._stand_down: frozenset[str] = frozenset()
         self.dropped_steps = 0
 
     def put(self, report: Any) -> None:
@@ -167,6 +168,8 @@ class TrainingFeed:
             self._errors.extend(e for e in report.errors if isinstance(e, SourceError))
             if isinstance(report.dali, bool):
                 self._dali = report.dali
+            if isinstance(report.stand_down, tuple):
+                self._stand_down = frozenset(n for n in report.stand_down if isinstance(n, str))
         if isinstance(report.steps, StepBatch):
             self._record(report.steps)
 
@@ -191,6 +194,13 @@ class TrainingFeed:
     def add_error(self, error: SourceError) -> None:
         with self._lock:
             self._errors.append(error)
+
+    def stand_down(self) -> frozenset[str]:
+        """The host metric names the training process's contrib instrumentation reports."""
+        return self._stand_down
+
+    def expect_stand_down(self, names: tuple[str, ...]) -> None:
+        self._stand_down = frozenset(names)
 
     def read(self) -> TrainingSignals:
         with self._lock:
@@ -251,6 +261,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         collector = build_collector(settings.simulate, settings.interval_s,
                                     attribution=attribution, thresholds=settings.thresholds)
         feed = TrainingFeed(None, settings.run_attributes, settings.carried)
+        feed.expect_stand_down(settings.stand_down)
         recorder = RunRecorder(devices, host)
         collector.add_insight_listener(recorder)
         # For ``otel-gpu status --watch``: the training process is our parent.
@@ -272,7 +283,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
             collector, cache_max_age_s=min(1.0, settings.interval_s / 2), resource=resource,
             readers=readers, view=lambda cache: ScopedCache(cache, devices, host),
             own_only=agent_running(),
-            stand_down=(lambda: settings.stand_down) if settings.stand_down else None,
+            stand_down=feed.stand_down,
             logger_provider=build_logger_provider(log_exporters, resource)
             if log_exporters else None)
         feed.instruments = TrainingInstruments(pipeline.provider)

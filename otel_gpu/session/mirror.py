@@ -16,7 +16,8 @@ An application LoggerProvider is allowed when it too is what the environment giv
 process then sends the insight log records through its own exporters, built the same way. Next
 to the contrib system-metrics instrumentation (instrumented here, or about to be under
 ``opentelemetry-instrument``), the collector process's host instruments stand down for the
-``system.*`` names it reports (``Mirror.stand_down``), as ours do in this process.
+``system.*`` names it reports (``Mirror.stand_down`` at first, then what the training process
+reports with its steps), as ours do in this process.
 
 Anything else keeps the instruments on the application's provider: another exporter or a
 second reader (a console or Prometheus one, an in-memory reader), an exporter given settings in

@@ -117,6 +117,8 @@ class StepReport:
     steps: StepBatch | None
     errors: tuple[SourceError, ...] = ()
     dali: bool | None = None  # nvidia.dali imported in the training process
+    #: the ``system.*`` names the contrib system-metrics instrumentation reports there now
+    stand_down: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,62 @@ def test_an_instrumentation_with_unmet_dependencies_is_not_waited_for(
     assert not system_metrics.contrib_expected()
     assert system_metrics.contrib_names() == frozenset()
     assert StandDown()() == frozenset()
+
+
+LATE = """
+import time
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+import otel_gpu
+
+reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=300)
+provider = MeterProvider(metric_readers=[reader])
+session = otel_gpu.start(meter_provider=provider)
+time.sleep(1.0)
+SystemMetricsInstrumentor(config={"system.cpu.time": ["user"], "system.memory.usage": ["used"]}
+                          ).instrument(meter_provider=provider)
+print("instrumented", time.time_ns(), flush=True)
+time.sleep(2.5)
+otel_gpu.stop()
+provider.shutdown()
+print(session.mode.name)
+"""
+
+
+def test_an_instrumentation_that_comes_after_start_is_followed_by_the_collector_process(
+) -> None:
+    with OtlpReceiver() as receiver:
+        env = {**os.environ, "OTEL_GPU_SIMULATE": "h200", "OTEL_GPU_SUMMARY": "false",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_EXPORTER": "none",
+               "OTEL_LOGS_EXPORTER": "none"}
+        result = subprocess.run([sys.executable, "-c", LATE], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        requests = list(receiver.metric_requests)
+    lines = result.stdout.split()
+    assert lines[-1] == "EXPORT_CHILD"  # the application's provider, mirrored
+    instrumented_ns = int(lines[1])
+    ours_before: set[str] = set()
+    ours_late: set[str] = set()
+    contrib: set[str] = set()
+    for request in requests:
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    stamps = [p.time_unix_nano for p in metric.gauge.data_points] + \
+                        [p.time_unix_nano for p in metric.sum.data_points]
+                    if not metric.name.startswith("system.") or not stamps:
+                        continue
+                    if sm.scope.name != "otel_gpu":
+                        contrib.add(metric.name)
+                    elif max(stamps) < instrumented_ns:
+                        ours_before.add(metric.name)
+                    elif min(stamps) > instrumented_ns + 1_500_000_000:
+                        ours_late.add(metric.name)
+    assert {"system.cpu.time", "system.memory.usage"} <= ours_before
+    assert contrib == {"system.cpu.time", "system.memory.usage"}
+    assert "system.filesystem.usage" in ours_late  # ours it does not report stay
+    assert not ours_late & contrib, ours_late & contrib
