@@ -26,6 +26,7 @@ and ``--app-export-from application`` keeps the GPU metrics on it, in this proce
 auto-instrumentation runs once, in this process, before the first block (the distro's
 providers, our instrumentor and, where installed, the contrib system-metrics instrumentation,
 which keep running through the plain blocks too, since global providers cannot be removed).
+Those providers are built from the environment, so the session mirrors them too.
 The default lets the session build its providers, and a child process collects and exports
 those metrics and records the training steps. ``--control plain`` makes the second
 kind of block plain as well (what the method reads when nothing differs); ``--control busy``
@@ -184,12 +185,14 @@ def run_instrumented(work: int, block_s: float, interval_s: float, sink: Sink,
     return figures, sink.counts()["metrics"] - before
 
 
-#: The session modes each ``--export-from`` may give; for ``app-providers``, EXPORT_CHILD when the
-#: application's provider is mirrored (``otel_gpu.session.mirror``; the default), SOURCES_CHILD
-#: under ``OTEL_GPU_EXPORT_FROM=application`` (``--app-export-from application``).
+#: The session modes each ``--export-from`` may give; for ``app-providers`` and ``instrument``,
+#: EXPORT_CHILD when the application's (or the distro's) provider is mirrored
+#: (``otel_gpu.session.mirror``; the default), SOURCES_CHILD under
+#: ``OTEL_GPU_EXPORT_FROM=application`` (``--app-export-from application``).
 EXPECTED_MODES: dict[str, tuple[str, ...]] = {
     "child": ("EXPORT_CHILD",), "training": ("SOURCES_CHILD",),
-    "app-providers": ("EXPORT_CHILD", "SOURCES_CHILD"), "instrument": ()}
+    "app-providers": ("EXPORT_CHILD", "SOURCES_CHILD"),
+    "instrument": ("EXPORT_CHILD", "SOURCES_CHILD")}
 modes_seen: set[str] = set()
 
 
