@@ -1,7 +1,8 @@
 """Churn: tens of thousands of GPU containers come and go; the SDK's state stays bounded.
 
 A simulated node (tests/support/churn.py: eight GPUs, ``--alive`` containers at a time, each
-with a GPU process, its cgroup figures, its device assignment, one in ten with an insight)
+with a GPU process, its cgroup figures with pressure stall times, its network counters, its
+writable layer and /dev/shm, its device assignment, one in ten with an insight)
 loses ``--churn`` containers and gains as many every cycle, for ``--cycles`` cycles of
 fast-forwarded time. Every cycle goes through the production path: ``MeterGenerations`` (the
 agent's catalog instruments via ``register_catalog``) and a ``PeriodicExportingMetricReader``

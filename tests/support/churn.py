@@ -1,7 +1,8 @@
 """A node where GPU containers come and go: Snapshots of production types, cycle by cycle.
 
 Eight GPUs; about ``alive`` containers at a time, each with one GPU process of one of many
-users, its cgroup figures, its device assignment and, for one in ten, an active insight.
+users, its cgroup figures (pressure stall times included), its network counters, its writable
+layer and /dev/shm, its device assignment and, for one in ten, an active insight.
 ``churn`` containers end and as many new ones start every cycle, so after ``cycles`` cycles
 ``alive + churn * cycles`` distinct containers have been seen. Time is simulated: nothing waits.
 """
@@ -12,7 +13,9 @@ import random
 from dataclasses import dataclass, field
 
 from otel_gpu.snapshot import (
+    ContainerNetwork,
     ContainerResources,
+    ContainerStorage,
     ContainerUsage,
     DeviceAssignment,
     Gpu,
@@ -92,10 +95,19 @@ class ChurnWorld:
                                       sm_utilization=0.4))
             assignments.append(DeviceAssignment(device_uuid=gpu.uuid, mig=False,
                                                 attributes=attrs))
+            age = self.cycle - c.born
             usages.append(ContainerUsage(attributes=attrs, resources=ContainerResources(
                 cgroup_version=2, cpu_user_s=c.cpu_s, cpu_system_s=c.cpu_s / 10,
                 cpu_limit=8.0, memory_usage_bytes=4 << 30, memory_limit_bytes=32 << 30,
-                oom_kills=0, disk_read_bytes=1 << 20, disk_write_bytes=1 << 10)))
+                oom_kills=0, disk_read_bytes=1 << 20, disk_write_bytes=1 << 10,
+                io_pressure_some_s=0.2 * age, io_pressure_full_s=0.05 * age,
+                memory_pressure_some_s=0.02 * age, memory_pressure_full_s=0.01 * age),
+                network=ContainerNetwork(rx_bytes=age << 20, tx_bytes=age << 10,
+                                         rx_packets=age * 700, tx_packets=age * 10),
+                storage=ContainerStorage(writable_bytes=(1 << 30) + (age << 20),
+                                         writable_sampled_at=1.7e9 + 10.0 * c.born,
+                                         shm_size_bytes=64 << 20, shm_used_bytes=age << 10,
+                                         data_workers=4)))
             if c.number % 10 == 0:
                 insights.append(Insight(rule="gpu.idle", severity="warning",
                                         attributes={**gpu_attributes(gpu), **attrs},

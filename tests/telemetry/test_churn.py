@@ -15,6 +15,11 @@ from otel_gpu.telemetry.generations import MeterGenerations, RotationPolicy
 
 WHO = "otel_gpu.workload.gpu.memory.usage"
 CPU = "container.cpu.time"
+# Per-container metrics of the container's own resources, each on every live container.
+PER_CONTAINER = ("otel_gpu.container.io.pressure.stall.time",
+                 "otel_gpu.container.memory.pressure.stall.time", "container.network.io",
+                 "container.filesystem.usage", "otel_gpu.container.shm.usage",
+                 "otel_gpu.container.dataloader.workers")
 
 
 def _points(data: MetricsData) -> Iterator[tuple[str, Any]]:
@@ -39,8 +44,9 @@ def _run(world: ChurnWorld, cycles: int, policy: RotationPolicy) -> dict[str, An
             points = list(_points(reader.get_metrics_data()))
             overflow = [n for n, p in points if "otel.metric.overflow" in p.attributes]
             assert not overflow, f"cycle {snapshot.cycle}: overflow in {set(overflow)}"
-            exported = {p.attributes["container.id"] for n, p in points if n == WHO}
-            assert exported == world.live_container_ids(), f"cycle {snapshot.cycle}"
+            for name in (WHO, *PER_CONTAINER):
+                exported = {p.attributes["container.id"] for n, p in points if n == name}
+                assert exported == world.live_container_ids(), f"{name}, cycle {snapshot.cycle}"
             for name, point in points:
                 if name != CPU:
                     continue
@@ -68,7 +74,8 @@ def test_churn_never_overflows_and_every_live_workload_is_exported() -> None:
     assert result["distinct"] == 50 + 10 * 249
     assert result["rotations"] >= 1
     # State held per instrument beyond the live series: at most max_stale gone ones, plus those
-    # gone within stale_after cycles (two series per container at most, cpu.time's modes).
+    # gone within stale_after cycles (two series per container at most: cpu.time's modes, the
+    # pressure stall types, the network directions).
     assert result["excess"] <= policy.max_stale + 2 * world.churn * (policy.stale_after + 1)
 
 
