@@ -17,7 +17,7 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -150,7 +150,7 @@ class TrainingFeed:
     steps counted so far (those of earlier children included)."""
 
     def __init__(self, instruments: Any, run_attributes: dict[str, str],
-                 carried: StepTotals | None = None) -> None:
+                 carried: StepTotals | None = None, stand_down: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._errors: list[SourceError] = []
         self.instruments = instruments
@@ -158,7 +158,7 @@ class TrainingFeed:
         self.steps = carried.steps if carried is not None else 0
         self._ratio: float | None = None
         self._dali: bool | None = None
-        self._stand_down: frozenset[str] = frozenset()
+        self._stand_down = frozenset(stand_down)
         self.dropped_steps = 0
 
     def put(self, report: Any) -> None:
@@ -198,9 +198,6 @@ class TrainingFeed:
     def stand_down(self) -> frozenset[str]:
         """The host metric names the training process's contrib instrumentation reports."""
         return self._stand_down
-
-    def expect_stand_down(self, names: tuple[str, ...]) -> None:
-        self._stand_down = frozenset(names)
 
     def read(self) -> TrainingSignals:
         with self._lock:
@@ -260,8 +257,7 @@ def serve_export(conn: Connection, settings: ExportSettings) -> None:
         devices, host = rank_devices()
         collector = build_collector(settings.simulate, settings.interval_s,
                                     attribution=attribution, thresholds=settings.thresholds)
-        feed = TrainingFeed(None, settings.run_attributes, settings.carried)
-        feed.expect_stand_down(settings.stand_down)
+        feed = TrainingFeed(None, settings.run_attributes, settings.carried, settings.stand_down)
         recorder = RunRecorder(devices, host)
         collector.add_insight_listener(recorder)
         # For ``otel-gpu status --watch``: the training process is our parent.
